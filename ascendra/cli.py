@@ -1,0 +1,123 @@
+"""The ``ascendra`` command. Each subcommand parses its arguments and hands off to a module;
+user errors end as one line on stderr and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from ascendra.errors import AscendraError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise AscendraError(f"{message} (see '{self.prog} --help')")
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        rates = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise AscendraError(f"--qps wants comma-separated numbers, got {text!r}") from None
+    if not rates or any(r <= 0 for r in rates):
+        raise AscendraError(f"--qps rates must be positive, got {text!r}")
+    return rates
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ascendra.core.request import Slo
+    from ascendra.experiments import report as rep
+    from ascendra.experiments.presets import PRESETS, preset
+    from ascendra.experiments.sweep import run_sweep
+    from ascendra.perf import latency_model
+    from ascendra.workloads.spec import TraceWorkload
+
+    if args.list:
+        for p in PRESETS.values():
+            print(f"{p.name:<16} {p.description}")
+        return 0
+    if not args.preset:
+        raise AscendraError("sim: --preset NAME is required (see --list)")
+    p = preset(args.preset)
+    for flag, value in (("--requests", args.requests), ("--instances", args.instances),
+                        ("--max-seqs", args.max_seqs), ("--ttft", args.ttft), ("--tbt", args.tbt)):
+        if value is not None and value <= 0:
+            raise AscendraError(f"{flag} must be positive, got {value}")
+    overrides: dict[str, object] = {
+        "requests": args.requests, "seed": args.seed,
+        "qps": _rates(args.qps) if args.qps else None,
+        "instances": args.instances, "hp_instances": args.hp, "max_seqs": args.max_seqs,
+        "gpu": args.gpu, "model": args.model,
+    }
+    if args.trace:
+        workload = TraceWorkload(Path(args.trace), name=Path(args.trace).stem)
+        workload.all_requests()  # a malformed trace fails here, before any simulation
+        overrides["workload"] = workload
+    if args.ttft is not None or args.tbt is not None:
+        overrides["slo"] = Slo(args.ttft or p.slo.ttft, args.tbt or p.slo.tbt)
+    p = p.with_overrides(**overrides)
+    latency_model(p.model, p.gpu)  # an unknown GPU or a bad model config fails here, once
+    if p.instances <= 0 or not 0 <= p.hp_instances < p.instances:
+        raise AscendraError(
+            f"need ≥ 1 instance and 0 ≤ HP < instances, got {p.instances} and {p.hp_instances}")
+    systems = args.systems.split(",") if args.systems else None
+
+    def bar(total: int, desc: str) -> tqdm:
+        return tqdm(total=total, desc=f"{p.name} {desc}", unit="run", disable=args.quiet,
+                    file=sys.stderr, leave=False)
+
+    sweeps = run_sweep(p, systems, jobs=args.jobs, progress=bar)
+    report = rep.to_json(p, sweeps)
+    print(rep.table(report))
+    if args.json:
+        rep.write_json(report, args.json)
+    if args.plot:
+        rep.plot(report, args.plot)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ascendra", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sim = sub.add_parser("sim", help="simulate a preset's QPS sweep and report goodput")
+    sim.add_argument("--preset", help="experiment preset (see --list)")
+    sim.add_argument("--list", action="store_true", help="list presets and exit")
+    sim.add_argument("--json", type=Path, help="write the report as JSON here")
+    sim.add_argument("--plot", type=Path, help="write attainment vs QPS as PNG here")
+    sim.add_argument("--systems", help="comma-separated subset of the preset's systems")
+    sim.add_argument("--qps", help="comma-separated request rates to start the sweep with")
+    sim.add_argument("--requests", type=int, help="requests per rate")
+    sim.add_argument("--instances", type=int, help="instances in the cluster")
+    sim.add_argument("--hp", type=int, help="HP instances (partitioned systems)")
+    sim.add_argument("--max-seqs", type=int, help="seat limit for every system's engines")
+    sim.add_argument("--model", help="built-in model name or a Hugging Face config.json path")
+    sim.add_argument("--gpu", help="h100, h200 or a100")
+    sim.add_argument("--ttft", type=float, help="TTFT SLO in seconds")
+    sim.add_argument("--tbt", type=float, help="mean TBT SLO in seconds")
+    sim.add_argument("--trace", help="replay this CSV (timestamp, prompt, output tokens) instead")
+    sim.add_argument("--seed", type=int)
+    sim.add_argument("--jobs", type=int, help="worker processes (default: all cores)")
+    sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    sim.set_defaults(func=_cmd_sim)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
+    except AscendraError as e:
+        print(f"ascendra: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

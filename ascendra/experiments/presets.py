@@ -1,0 +1,108 @@
+"""Named simulator experiments (``ascendra sim --preset NAME``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from ascendra.core.request import Slo
+from ascendra.errors import AscendraError
+from ascendra.workloads.lengths import LongBenchLike, ShareGptLike
+from ascendra.workloads.spec import SyntheticWorkload, TraceWorkload, Workload, builtin_trace
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    workload: Workload
+    slo: Slo
+    systems: tuple[str, ...]
+    qps: tuple[float, ...]
+    instances: int = 3
+    hp_instances: int = 1
+    requests: int = 2000  # per rate, at least
+    # Arrivals span at least this long, so that a high rate is a sustained load and not a burst
+    # the engines can absorb in memory (2,000 requests last only ~10 s at 200 QPS).
+    duration_s: float | None = 60.0
+    model: str = "llama-3.1-8b"
+    gpu: str = "h100"
+    kv_tokens: int = 451_840
+    max_seqs: int | None = None  # None: each system's own seat limit
+    margin: float = 0.7  # the paper's Δ for Llama-3.1-8B
+    jitter_cv: float = 0.03
+    seed: int = 1
+
+    def request_count(self, rate: float) -> int:
+        if self.duration_s is None:
+            return self.requests
+        return max(self.requests, math.ceil(rate * self.duration_s))
+
+    def with_overrides(self, **kw: object) -> Preset:
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})  # type: ignore[arg-type]
+
+
+_PAPER_SYSTEMS = ("ascendra", "vllm-v0", "sarathi", "vllm")
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "paper-sharegpt",
+            "Llama-3.1-8B on 3×H100; ShareGPT-like, Poisson; TTFT 1.0 s / TBT 0.15 s; "
+            "Ascendra 2 LP + 1 HP",
+            SyntheticWorkload(ShareGptLike()),
+            Slo(1.0, 0.15),
+            _PAPER_SYSTEMS,
+            qps=(45, 55, 65, 75, 85, 95),
+        ),
+        Preset(
+            "paper-longbench",
+            "Llama-3.1-8B on 3×H100; LongBench-like, Poisson; TTFT 2.5 s / TBT 0.15 s; "
+            "Ascendra 2 LP + 1 HP",
+            SyntheticWorkload(LongBenchLike()),
+            Slo(2.5, 0.15),
+            _PAPER_SYSTEMS,
+            qps=(12, 16, 20, 24, 28, 32),
+        ),
+        Preset(
+            "anchor-h100",
+            "One H100 instance, the measured anchor's load (400 requests a rate): "
+            "vLLM defaults vs budget 512",
+            SyntheticWorkload(ShareGptLike()),
+            Slo(1.0, 0.15),
+            ("vllm", "sarathi"),
+            qps=(16, 20, 24, 28, 32),
+            instances=1,
+            hp_instances=0,
+            requests=400,
+            duration_s=None,
+            max_seqs=128,  # as measured (--max-num-seqs 128)
+        ),
+        Preset(
+            "azure-conv",
+            "Azure LLM 2023 conversation trace replayed (time-scaled) on 3×H100; "
+            "TTFT 0.5 s / TBT 0.1 s (the authors' trace SLOs)",
+            TraceWorkload(builtin_trace("azure-llm-2023/conv"), name="azure-conv"),
+            Slo(0.5, 0.1),
+            _PAPER_SYSTEMS,
+            qps=(10, 15, 20, 25, 30),
+        ),
+        Preset(
+            "azure-code",
+            "Azure LLM 2023 code trace replayed (time-scaled, very bursty) on 3×H100; "
+            "TTFT 1.5 s / TBT 0.3 s (the authors' trace SLOs)",
+            TraceWorkload(builtin_trace("azure-llm-2023/code"), name="azure-code"),
+            Slo(1.5, 0.3),
+            _PAPER_SYSTEMS,
+            qps=(4, 6, 8, 10, 12),
+        ),
+    )
+}
+
+
+def preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise AscendraError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})") from None

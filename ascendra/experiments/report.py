@@ -1,0 +1,114 @@
+"""Turn sweeps into the table, the JSON and the plot that every report shares."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ascendra.experiments.presets import Preset
+from ascendra.experiments.sweep import SystemSweep
+from ascendra.metrics import GOODPUT_TARGET
+from ascendra.perf import latency_model
+from ascendra.perf.bound import saturation_bound
+
+
+def workload_bound(preset: Preset) -> tuple[float, float, float]:
+    """(bound QPS, mean prompt, mean output) for the preset's workload on its instances."""
+    sample = preset.workload.requests(10.0, max(preset.requests, 2000), preset.seed)
+    p = float(np.mean([r.prompt_len for r in sample]))
+    o = float(np.mean([r.output_len for r in sample]))
+    bound = saturation_bound(latency_model(preset.model, preset.gpu), p, o,
+                             instances=preset.instances, kv_tokens=preset.kv_tokens)
+    return bound, p, o
+
+
+def to_json(preset: Preset, sweeps: dict[str, SystemSweep]) -> dict[str, Any]:
+    bound, p, o = workload_bound(preset)
+    systems: dict[str, Any] = {}
+    for name, sw in sweeps.items():
+        at = sw.at_goodput()
+        s = at.summary if at else None
+        systems[name] = {
+            "goodput_qps": round(sw.goodput, 3),
+            "curve": [[q, round(a, 4)] for q, a in sw.curve],
+            "ttft_p99": s.ttft_p99 if s else None,
+            "tbt_mean_p99": s.tbt_mean_p99 if s else None,
+            "max_gap_p99": s.max_gap_p99 if s else None,
+            "gap_p99": s.gap_p99 if s else None,
+            "reported_at_qps": at.qps if at else None,
+            "goodput_over_bound": round(sw.goodput / bound, 4) if bound else None,
+            "points": {
+                str(q): {**pt.summary.as_dict(), "wall_s": round(pt.wall_s, 3),
+                         "utilization": [round(u, 3) for u in pt.utilization]}
+                for q, pt in sorted(sw.points.items())
+            },
+        }
+    return {
+        "preset": preset.name,
+        "description": preset.description,
+        "workload": {"name": preset.workload.name, "mean_prompt": round(p, 1),
+                     "mean_output": round(o, 1), "requests_per_rate": preset.requests},
+        "slo": {"ttft_s": preset.slo.ttft, "tbt_mean_s": preset.slo.tbt},
+        "setup": {"model": preset.model, "gpu": preset.gpu, "instances": preset.instances,
+                  "hp_instances": preset.hp_instances, "kv_tokens": preset.kv_tokens,
+                  "max_seqs": preset.max_seqs, "margin_s": preset.margin,
+                  "jitter_cv": preset.jitter_cv, "seed": preset.seed},
+        "goodput_target": GOODPUT_TARGET,
+        "saturation_bound_qps": round(bound, 3),
+        "systems": systems,
+    }
+
+
+def _fmt(x: float | None, scale: float = 1.0, digits: int = 0) -> str:
+    return "-" if x is None else f"{x * scale:.{digits}f}"
+
+
+def table(report: dict[str, Any]) -> str:
+    systems = report["systems"]
+    bound = report["saturation_bound_qps"]
+    ref = systems.get("ascendra", {}).get("goodput_qps")
+    head = f"{'system':<10} {'goodput':>8} {'/bound':>7} {'ascendra×':>9} {'TTFT p99':>9} " \
+           f"{'TBT p99':>8} {'maxgap p99':>10}"
+    lines = [f"preset {report['preset']}: {report['description']}",
+             f"saturation bound {bound:.1f} QPS  "
+             f"(goodput = QPS at {GOODPUT_TARGET:.0%} attainment)",
+             head, "-" * len(head)]
+    for name, s in systems.items():
+        g = s["goodput_qps"]
+        ratio = f"{ref / g:.2f}" if ref is not None and g > 0 and name != "ascendra" else "-"
+        lines.append(
+            f"{name:<10} {g:>8.2f} {_fmt(s['goodput_over_bound'], 1, 2):>7} {ratio:>9} "
+            f"{_fmt(s['ttft_p99'], 1e3):>7}ms {_fmt(s['tbt_mean_p99'], 1e3):>6}ms "
+            f"{_fmt(s['max_gap_p99'], 1e3):>8}ms"
+        )
+    return "\n".join(lines)
+
+
+def write_json(report: dict[str, Any], path: str | Path) -> None:
+    Path(path).write_text(json.dumps(report, indent=1) + "\n")
+
+
+def plot(report: dict[str, Any], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for name, s in report["systems"].items():
+        q, a = zip(*s["curve"], strict=True) if s["curve"] else ((), ())
+        ax.plot(q, [x * 100 for x in a], marker="o", ms=3,
+                label=f"{name} ({s['goodput_qps']:.1f} QPS)")
+    ax.axhline(GOODPUT_TARGET * 100, ls="--", c="grey", lw=0.8)
+    ax.axvline(report["saturation_bound_qps"], ls=":", c="k", lw=0.8, label="saturation bound")
+    ax.set_xlabel("request rate (QPS)")
+    ax.set_ylabel("SLO attainment (%)")
+    ax.set_ylim(0, 102)
+    ax.set_title(report["preset"])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,240 @@
+"""A discrete-event simulator of a serving cluster that runs the policy core unchanged.
+
+Events are request arrivals at the router, engine steps finishing, and offloaded requests reaching
+their HP instance. Each instance is a policy-core scheduler whose steps take the time a latency
+model gives for the batch (optionally with seeded jitter, so the scheduler's own predictor is not
+an oracle). The router side is the core's routing policy fed with instance snapshots. Everything
+is deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ascendra.core.dispatch import (
+    AscendraRouting,
+    BaselineRouting,
+    InstanceLoad,
+    Role,
+    make_dispatcher,
+)
+from ascendra.core.kv import KvCache
+from ascendra.core.latency import LatencyModel
+from ascendra.core.offload import DeadlinePredictor, select_offloads
+from ascendra.core.request import Request, Slo
+from ascendra.core.scheduler import Scheduler, SchedulerOutput
+from ascendra.core.systems import SystemSpec
+from ascendra.errors import AscendraError
+from ascendra.metrics import RequestOutcome
+from ascendra.workloads.spec import RequestSpec
+
+_ARRIVAL, _STEP_DONE, _OFFLOAD = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    system: SystemSpec
+    instances: int = 3
+    hp_instances: int = 1  # used by partitioned systems only
+    kv_tokens: int = 451_840  # per instance (H100 80GB, Llama-3.1-8B, 0.9 memory)
+    offload_delay: float = 0.01  # LP abort → HP enqueue, seconds
+    jitter_cv: float = 0.0  # multiplicative noise on step times
+    drain_timeout: float = 120.0  # stop this long after the last arrival; unfinished = missed
+
+    def roles(self) -> list[Role]:
+        if not self.system.partitioned:
+            return [Role.MIXED] * self.instances
+        if not 0 <= self.hp_instances <= self.instances:
+            raise AscendraError(f"HP instances must be within 0..{self.instances}")
+        return [Role.LP] * (self.instances - self.hp_instances) + [Role.HP] * self.hp_instances
+
+
+@dataclass(slots=True)
+class _Track:
+    first: float = -1.0
+    last: float = -1.0
+    tokens: int = 0
+    max_gap: float = 0.0
+    finished: bool = False
+
+
+@dataclass(slots=True)
+class _Instance:
+    index: int
+    role: Role
+    scheduler: Scheduler
+    busy: bool = False
+    current: SchedulerOutput | None = None
+    pending: int = 0
+    steps: int = 0
+    busy_time: float = 0.0
+
+    def load(self) -> InstanceLoad:
+        s = self.scheduler
+        return InstanceLoad(
+            index=self.index, role=self.role, num_waiting=len(s.waiting),
+            num_running=len(s.running), waiting_tokens=s.waiting_tokens,
+            decode_context=sum(r.num_tokens for r in s.running),
+            kv_free_fraction=s.kv.free_fraction, max_seqs=s.max_seqs, pending=self.pending,
+        )
+
+
+@dataclass
+class SimResult:
+    outcomes: list[RequestOutcome]
+    gaps: np.ndarray
+    duration: float
+    steps: list[int] = field(default_factory=list)
+    utilization: list[float] = field(default_factory=list)
+    offloads: int = 0
+
+
+class Simulation:
+    def __init__(self, config: ClusterConfig, truth: LatencyModel, predictor: DeadlinePredictor,
+                 slo: Slo, seed: int = 0) -> None:
+        self.config = config
+        self.truth = truth
+        self.predictor = predictor
+        self.slo = slo
+        self.rng = np.random.default_rng(seed)
+        spec = config.system
+        dispatcher = make_dispatcher(spec.dispatch, predictor)
+        self.routing: AscendraRouting | BaselineRouting = (
+            AscendraRouting(dispatcher) if spec.partitioned else BaselineRouting(dispatcher)
+        )
+        self.instances: list[_Instance] = []
+        for i, role in enumerate(config.roles()):
+            engine = spec.hp_engine if role is Role.HP and spec.hp_engine else spec.engine
+            kv = KvCache.from_tokens(config.kv_tokens)
+            self.instances.append(_Instance(i, role, engine.build(kv)))
+        self._events: list[tuple[float, int, int, object]] = []
+        self._seq = itertools.count()
+        self._tracks: dict[int, _Track] = {}
+        self._gaps: list[float] = []
+        self._offloaded: set[int] = set()
+
+    def _push(self, t: float, kind: int, payload: object) -> None:
+        heapq.heappush(self._events, (t, next(self._seq), kind, payload))
+
+    def _loads(self) -> list[InstanceLoad]:
+        return [inst.load() for inst in self.instances]
+
+    def _jitter(self) -> float:
+        cv = self.config.jitter_cv
+        if cv <= 0:
+            return 1.0
+        sigma = np.sqrt(np.log1p(cv * cv))
+        return float(self.rng.lognormal(-sigma * sigma / 2, sigma))
+
+    def _kick(self, inst: _Instance, now: float) -> None:
+        """Start the instance's next step if it is idle and has work."""
+        if inst.busy or not inst.scheduler.has_work:
+            return
+        s = inst.scheduler
+        out = s.schedule(now)
+        if out.is_empty and out.preempted:
+            out = s.schedule(now)  # preemption freed KV for the requests it put back
+        if inst.role is Role.LP:
+            self._offload(inst, out, now)
+        if out.is_empty:
+            if not s.running and s.waiting:
+                # Nothing runs and nothing fits: the head can never be served here.
+                s.remove(s.waiting[0])
+            return
+        dur = self.truth.batch_time(out.shape) * self._jitter()
+        inst.busy, inst.current = True, out
+        inst.steps += 1
+        inst.busy_time += dur
+        self._push(now + dur, _STEP_DONE, inst)
+
+    def _offload(self, inst: _Instance, out: SchedulerOutput, now: float) -> None:
+        if not any(i.role is Role.HP for i in self.instances):
+            return
+        batch_time = self.predictor.batch_time(out.shape)
+        for req in select_offloads(inst.scheduler.waiting, now, batch_time, self.predictor):
+            target = self.routing.route_offload(self._loads())
+            if target is None:
+                return
+            inst.scheduler.remove(req)
+            req.offloaded = True
+            self._offloaded.add(req.id)
+            self.instances[target].pending += 1
+            self._push(now + self.config.offload_delay, _OFFLOAD, (target, req))
+
+    def _fresh(self, spec: RequestSpec) -> Request:
+        return Request(
+            id=spec.id, arrival=spec.arrival, prompt_len=spec.prompt_len,
+            max_tokens=spec.output_len, slo=self.slo,
+            predicted_prefill=self.predictor.prefill_time(spec.prompt_len),
+        )
+
+    def run(self, requests: Sequence[RequestSpec]) -> SimResult:
+        for spec in requests:
+            self._push(spec.arrival, _ARRIVAL, spec)
+        horizon = (max((r.arrival for r in requests), default=0.0)
+                   + self.config.drain_timeout)
+        tracks, gaps = self._tracks, self._gaps
+        now = 0.0
+        while self._events:
+            now, _, kind, payload = heapq.heappop(self._events)
+            if now > horizon:
+                break
+            if kind == _STEP_DONE:
+                inst: _Instance = payload  # type: ignore[assignment]
+                assert inst.current is not None
+                result = inst.scheduler.update(inst.current)
+                for req in result.sampled:
+                    tr = tracks[req.id]
+                    if tr.tokens:
+                        gap = now - tr.last
+                        gaps.append(gap)
+                        if gap > tr.max_gap:
+                            tr.max_gap = gap
+                    else:
+                        tr.first = now
+                    tr.last = now
+                    tr.tokens += 1
+                for req in result.finished:
+                    tracks[req.id].finished = True
+                inst.busy, inst.current = False, None
+                self._kick(inst, now)
+            elif kind == _ARRIVAL:
+                req = self._fresh(payload)  # type: ignore[arg-type]
+                tracks[req.id] = _Track()
+                route = self.routing.route_new(self._loads(), req)
+                inst = self.instances[route.index]
+                inst.scheduler.add(req)
+                self._kick(inst, now)
+            else:
+                target, req = payload  # type: ignore[misc]
+                inst = self.instances[target]
+                inst.pending -= 1
+                inst.scheduler.add(req)
+                self._kick(inst, now)
+        outcomes = [self._outcome(spec) for spec in requests]
+        return SimResult(
+            outcomes=outcomes,
+            gaps=np.asarray(gaps),
+            duration=now,
+            steps=[i.steps for i in self.instances],
+            utilization=[i.busy_time / now if now > 0 else 0.0 for i in self.instances],
+            offloads=len(self._offloaded),
+        )
+
+    def _outcome(self, spec: RequestSpec) -> RequestOutcome:
+        tr = self._tracks.get(spec.id)
+        if tr is None or tr.tokens == 0:
+            return RequestOutcome(spec.id, spec.arrival, spec.prompt_len, spec.output_len,
+                                  self.slo, offloaded=spec.id in self._offloaded)
+        tbt = (tr.last - tr.first) / (tr.tokens - 1) if tr.tokens > 1 else None
+        return RequestOutcome(
+            spec.id, spec.arrival, spec.prompt_len, spec.output_len, self.slo,
+            ttft=tr.first - spec.arrival, tbt_mean=tbt,
+            max_gap=tr.max_gap if tr.tokens > 1 else None, tokens=tr.tokens,
+            finished=tr.finished, offloaded=spec.id in self._offloaded,
+        )

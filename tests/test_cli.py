@@ -1,0 +1,76 @@
+"""The ``ascendra`` command: a real (small) sweep and every bad input we can think of."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ascendra.cli import main
+
+
+def run(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ascendra.cli", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_sim_writes_table_json_and_plot(tmp_path):
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    p = run(["sim", "--preset", "anchor-h100", "--qps", "8,60", "--requests", "400",
+             "--json", str(out), "--plot", str(png), "--jobs", "1", "--quiet"])
+    assert p.returncode == 0, p.stderr
+    assert "vllm" in p.stdout and "sarathi" in p.stdout and "goodput" in p.stdout
+    report = json.loads(out.read_text())
+    assert report["preset"] == "anchor-h100"
+    for name in ("vllm", "sarathi"):
+        s = report["systems"][name]
+        assert set(s) >= {"goodput_qps", "curve", "ttft_p99", "tbt_mean_p99"}
+        assert isinstance(s["goodput_qps"], float) and 8 <= s["goodput_qps"] <= 60
+        assert all(len(pt) == 2 for pt in s["curve"])
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_list_presets(capsys):
+    assert main(["sim", "--list"]) == 0
+    names = capsys.readouterr().out
+    assert all(n in names for n in ("paper-sharegpt", "paper-longbench", "anchor-h100"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sim", "--preset", "nope"], "unknown preset 'nope'"),
+        (["sim", "--preset", "anchor-h100", "--qps", "-5"], "rates must be positive"),
+        (["sim", "--preset", "anchor-h100", "--qps", "1,x"], "comma-separated numbers"),
+        (["sim", "--preset", "anchor-h100", "--requests", "0"], "--requests must be positive"),
+        (["sim", "--preset", "anchor-h100", "--gpu", "tpu"], "unknown GPU"),
+        (["sim", "--preset", "anchor-h100", "--hp", "2"], "HP < instances"),
+        (["sim", "--preset", "anchor-h100", "--systems", "foo"], "unknown system 'foo'"),
+        (["sim", "--preset", "anchor-h100", "--tbt", "-1"], "--tbt must be positive"),
+        (["sim"], "--preset NAME is required"),
+        (["sim", "--wat"], "unrecognized arguments"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_bad_files_are_one_line_and_exit_2(tmp_path, capsys):
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp,prompt_tokens,output_tokens\n0,10,5\n1,abc,5\n")
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"hidden_size": 64}))
+    for args, message in (
+        (["--trace", str(trace)], "line 3: unreadable"),
+        (["--trace", str(tmp_path / "none.csv")], "trace not found"),
+        (["--model", str(cfg)], "lacks fields"),
+        (["--model", "no-such-model"], "unknown built-in model"),
+    ):
+        assert main(["sim", "--preset", "anchor-h100", *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1

@@ -1,0 +1,103 @@
+"""Workload generators, trace replay and the shared SLO metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ascendra.core.request import Slo
+from ascendra.errors import AscendraError
+from ascendra.metrics import RequestOutcome, attainment, goodput, summarize
+from ascendra.workloads.arrivals import arrival_times
+from ascendra.workloads.lengths import LongBenchLike, ShareGptLike
+from ascendra.workloads.spec import SyntheticWorkload, TraceWorkload, builtin_trace, load_trace
+
+SLO = Slo(1.0, 0.15)
+
+
+def test_sharegpt_like_lengths():
+    lens = ShareGptLike().sample(np.random.default_rng(0), 20_000)
+    p, o = np.array(lens).T
+    assert (p + o < 2048).all() and p.min() >= 4 and o.min() >= 4
+    assert 500 < p.mean() < 620 and 250 < o.mean() < 310
+
+
+def test_longbench_like_lengths():
+    lens = LongBenchLike().sample(np.random.default_rng(0), 5000)
+    p, o = np.array(lens).T
+    assert p.min() >= 1900 and p.max() <= 2048
+    assert o.min() >= 100 and o.max() <= 1200 and 300 < np.median(o) < 460
+
+
+def test_arrivals_poisson_and_gamma():
+    rng = np.random.default_rng(1)
+    t = arrival_times(rng, 20.0, 20_000)
+    gaps = np.diff(t)
+    assert gaps.mean() == pytest.approx(1 / 20, rel=0.03)
+    assert gaps.std() / gaps.mean() == pytest.approx(1.0, abs=0.05)
+    g = np.diff(arrival_times(rng, 20.0, 20_000, process="gamma", cv=3.0))
+    assert g.mean() == pytest.approx(1 / 20, rel=0.1)
+    assert g.std() / g.mean() == pytest.approx(3.0, rel=0.1)
+    with pytest.raises(AscendraError, match="positive"):
+        arrival_times(rng, -1.0, 10)
+    with pytest.raises(AscendraError, match="unknown arrival"):
+        arrival_times(rng, 1.0, 10, process="uniform")
+
+
+def test_synthetic_workload_is_deterministic_per_seed():
+    w = SyntheticWorkload(ShareGptLike())
+    assert w.requests(10, 50, 7) == w.requests(10, 50, 7)
+    assert w.requests(10, 50, 7) != w.requests(10, 50, 8)
+
+
+def test_azure_traces_ship_and_replay():
+    conv = load_trace(builtin_trace("azure-llm-2023/conv"))
+    assert len(conv) == 19_366 and conv[0].arrival == 0.0
+    assert all(a.arrival <= b.arrival for a, b in zip(conv, conv[1:], strict=False))
+    code = TraceWorkload(builtin_trace("azure-llm-2023/code"), max_total=8192)
+    assert all(r.prompt_len + r.output_len <= 8192 for r in code.all_requests())
+    scaled = code.requests(rate=10.0, n=1000, seed=0)
+    assert (len(scaled) - 1) / scaled[-1].arrival == pytest.approx(10.0)
+
+
+def test_malformed_traces_are_refused(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("timestamp,prompt_tokens,output_tokens\n0.0,10,5\n0.5,ten,5\n")
+    with pytest.raises(AscendraError, match="line 3: unreadable"):
+        load_trace(p)
+    p.write_text("timestamp,prompt_tokens\n0.0,10\n")
+    with pytest.raises(AscendraError, match="no output-tokens column"):
+        load_trace(p)
+    p.write_text("timestamp,prompt_tokens,output_tokens\n0.0,0,5\n")
+    with pytest.raises(AscendraError, match="≥ 1"):
+        load_trace(p)
+    with pytest.raises(AscendraError, match="not found"):
+        load_trace(tmp_path / "nope.csv")
+
+
+def test_goodput_interpolates_the_first_crossing():
+    assert goodput([(10, 1.0), (20, 0.95), (30, 0.85)]) == pytest.approx(25.0)
+    assert goodput([(30, 0.85), (10, 1.0), (20, 0.95)]) == pytest.approx(25.0)
+    assert goodput([(10, 1.0), (20, 0.99)]) == 20  # never misses: the highest rate tried
+    assert goodput([(10, 0.5), (20, 0.2)]) == 0.0
+    assert goodput([(10, 0.9), (20, 0.5)]) == pytest.approx(10.0)
+
+
+def _o(**kw) -> RequestOutcome:
+    base = dict(id=0, arrival=0.0, prompt_len=10, output_len=4, slo=SLO, ttft=0.5, tbt_mean=0.1,
+                max_gap=0.2, tokens=4, finished=True)
+    return RequestOutcome(**{**base, **kw})
+
+
+def test_met_slo_and_attainment():
+    ok, slow_first, slow_tbt = _o(), _o(ttft=1.2), _o(tbt_mean=0.2)
+    unfinished, failed = _o(finished=False), _o(error="instance died")
+    assert ok.met and not slow_first.met and not slow_tbt.met
+    assert [o.miss_reason for o in (slow_first, slow_tbt, unfinished, failed)] == [
+        "ttft", "tbt", "dropped", "error"]
+    outs = [ok, slow_first, slow_tbt, unfinished, failed]
+    assert attainment(outs) == pytest.approx(0.2)
+    assert attainment([ok], sent=4) == pytest.approx(0.25)  # never answered = missed
+    s = summarize(outs, gaps=[0.1, 0.2], sent=6)
+    assert s.misses == {"ttft": 1, "tbt": 1, "dropped": 2, "error": 1}
+    assert s.attainment == pytest.approx(1 / 6)
