@@ -54,6 +54,10 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         "instances": args.instances, "hp_instances": args.hp, "max_seqs": args.max_seqs,
         "gpu": args.gpu, "model": args.model,
     }
+    if args.duration is not None:
+        if args.duration < 0:
+            raise AscendraError(f"--duration must be ≥ 0, got {args.duration}")
+        overrides["duration_s"] = args.duration or None
     if args.trace:
         workload = TraceWorkload(Path(args.trace), name=Path(args.trace).stem)
         workload.all_requests()  # a malformed trace fails here, before any simulation
@@ -92,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--plot", type=Path, help="write attainment vs QPS as PNG here")
     sim.add_argument("--systems", help="comma-separated subset of the preset's systems")
     sim.add_argument("--qps", help="comma-separated request rates to start the sweep with")
-    sim.add_argument("--requests", type=int, help="requests per rate")
+    sim.add_argument("--requests", type=int, help="requests per rate (at least)")
+    sim.add_argument("--duration", type=float,
+                     help="arrivals span at least this many seconds (0: exactly --requests)")
     sim.add_argument("--instances", type=int, help="instances in the cluster")
     sim.add_argument("--hp", type=int, help="HP instances (partitioned systems)")
     sim.add_argument("--max-seqs", type=int, help="seat limit for every system's engines")

@@ -39,7 +39,10 @@ class Preset:
         return max(self.requests, math.ceil(rate * self.duration_s))
 
     def with_overrides(self, **kw: object) -> Preset:
-        return replace(self, **{k: v for k, v in kw.items() if v is not None})  # type: ignore[arg-type]
+        """A copy with the given fields replaced; ``None`` leaves a field as it is, except for
+        ``duration_s``, where ``None`` means a fixed request count."""
+        keep = {k: v for k, v in kw.items() if v is not None or k == "duration_s"}
+        return replace(self, **keep)  # type: ignore[arg-type]
 
 
 _PAPER_SYSTEMS = ("ascendra", "vllm-v0", "sarathi", "vllm")
