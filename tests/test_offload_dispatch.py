@@ -46,7 +46,8 @@ def test_round_robin_cycles():
 
 def test_least_predicted_delay_prefers_the_emptier_queue():
     lpd = LeastPredictedDelay(latency_model())
-    loads = [_load(0, num_waiting=4, waiting_tokens=8000), _load(1, num_waiting=1, waiting_tokens=100)]
+    loads = [_load(0, num_waiting=4, waiting_tokens=8000),
+             _load(1, num_waiting=1, waiting_tokens=100)]
     assert lpd.pick(loads, req(0, 500)) == 1
     busy = [_load(0, num_running=120, decode_context=240_000), _load(1, num_running=2,
                                                                         decode_context=400)]

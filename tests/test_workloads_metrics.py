@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -53,7 +55,7 @@ def test_synthetic_workload_is_deterministic_per_seed():
 def test_azure_traces_ship_and_replay():
     conv = load_trace(builtin_trace("azure-llm-2023/conv"))
     assert len(conv) == 19_366 and conv[0].arrival == 0.0
-    assert all(a.arrival <= b.arrival for a, b in zip(conv, conv[1:], strict=False))
+    assert all(a.arrival <= b.arrival for a, b in itertools.pairwise(conv))
     code = TraceWorkload(builtin_trace("azure-llm-2023/code"), max_total=8192)
     assert all(r.prompt_len + r.output_len <= 8192 for r in code.all_requests())
     scaled = code.requests(rate=10.0, n=1000, seed=0)
