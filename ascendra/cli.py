@@ -85,6 +85,63 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_runtime(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ascendra.runtime.agent import ROLES, Agent, AgentConfig
+    from ascendra.runtime.engine_args import SYSTEM_ARGS, EngineLaunch
+
+    if args.role not in ROLES:
+        raise AscendraError(f"--role must be one of {', '.join(ROLES)}, got {args.role!r}")
+    if args.system not in SYSTEM_ARGS:
+        raise AscendraError(f"--system must be one of {', '.join(SYSTEM_ARGS)}")
+    if not Path(args.model).exists():
+        raise AscendraError(f"model path not found: {args.model}")
+    launch = EngineLaunch(model=args.model, port=args.port, system=args.system,
+                          served_model_name=args.served_model_name,
+                          max_model_len=args.max_model_len, extra=tuple(args.engine_args))
+    agent = Agent(AgentConfig(launch=launch, agent_port=args.agent_port, role=args.role,
+                              role_file=Path(args.role_file) if args.role_file else None))
+    uvicorn.run(agent.app(), host="127.0.0.1", port=args.agent_port, log_level="warning")
+    return 0
+
+
+def _cmd_router(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ascendra.core.request import Slo
+    from ascendra.router.app import Router, RouterSettings
+    from ascendra.router.control import ControlConfig
+    from ascendra.router.instances import InstanceSpec
+
+    if not args.instance:
+        raise AscendraError("router: at least one --instance is required")
+    try:
+        specs = [InstanceSpec.parse(x) for x in args.instance]
+    except ValueError as e:
+        raise AscendraError(str(e)) from None
+    control = ControlConfig(partitioned=not args.baseline, priorities=not args.baseline,
+                            dispatch=args.dispatch, margin=args.margin,
+                            migrate=not args.no_migration)
+    settings = RouterSettings(model_name=args.model_name, tokenizer=args.tokenizer,
+                              max_model_len=args.max_model_len, instances=specs,
+                              slo=Slo(args.ttft, args.tbt), control=control)
+    try:
+        router = Router(settings)
+    except OSError as e:
+        raise AscendraError(f"cannot load the tokenizer from {args.tokenizer}: {e}") from None
+    uvicorn.run(router.app(), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from ascendra.runtime.local_stack import StackConfig, run
+
+    cfg = StackConfig(model=Path(args.model) if args.model else None, lp=args.lp, hp=args.hp,
+                      system=args.system, port=args.port, ttft=args.ttft, tbt=args.tbt)
+    return run(cfg)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ascendra", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -111,6 +168,46 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--jobs", type=int, help="worker processes (default: all cores)")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=_cmd_sim)
+
+    rt = sub.add_parser("runtime", help="run one vLLM engine in its LP/HP role with its agent")
+    rt.add_argument("--model", required=True, help="model directory")
+    rt.add_argument("--served-model-name")
+    rt.add_argument("--port", type=int, default=8101, help="vLLM's port")
+    rt.add_argument("--agent-port", type=int, default=8100, help="the agent's port")
+    rt.add_argument("--role", default="lp", help="lp, hp or mixed (baseline)")
+    rt.add_argument("--role-file", help="read the role from this file (downward API labels)")
+    rt.add_argument("--system", default="ascendra", help="engine settings: ascendra, vllm, "
+                    "sarathi")
+    rt.add_argument("--max-model-len", type=int)
+    rt.add_argument("engine_args", nargs="*", help="after --: extra vLLM arguments")
+    rt.set_defaults(func=_cmd_runtime)
+
+    ro = sub.add_parser("router", help="the OpenAI-compatible router")
+    ro.add_argument("--model-name", required=True, help="the model name clients use")
+    ro.add_argument("--tokenizer", required=True, help="tokenizer (model) directory")
+    ro.add_argument("--max-model-len", type=int, required=True)
+    ro.add_argument("--instance", action="append",
+                    help="ENGINE_URL[,agent=AGENT_URL][,role=lp|hp|mixed]; repeat per instance")
+    ro.add_argument("--host", default="127.0.0.1")
+    ro.add_argument("--port", type=int, default=8000)
+    ro.add_argument("--ttft", type=float, default=1.0, help="default TTFT SLO, s")
+    ro.add_argument("--tbt", type=float, default=0.15, help="default mean-TBT SLO, s")
+    ro.add_argument("--margin", type=float, default=0.7, help="offload safety margin, s")
+    ro.add_argument("--dispatch", default="round-robin", help="round-robin or least-delay")
+    ro.add_argument("--baseline", action="store_true",
+                    help="no LP/HP policy: round-robin over alike instances (vllm, sarathi)")
+    ro.add_argument("--no-migration", action="store_true")
+    ro.set_defaults(func=_cmd_router)
+
+    up = sub.add_parser("up", help="start the local stack: vLLM LP/HP instances and the router")
+    up.add_argument("--model", help="model directory (default: the tiny random-weight Llama)")
+    up.add_argument("--lp", type=int, default=1)
+    up.add_argument("--hp", type=int, default=1)
+    up.add_argument("--system", default="ascendra", help="ascendra, vllm or sarathi")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--ttft", type=float, default=1.0)
+    up.add_argument("--tbt", type=float, default=0.15)
+    up.set_defaults(func=_cmd_up)
     return parser
 
 

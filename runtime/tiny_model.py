@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 BUILD_VERSION = 1
-_WORDS = (
+_CORPUS_WORDS = (
     "the of and to in is that for it as with was on be at by this had not are but from or have an "
     "they which one you were her all she there would their we him been has when who will more no "
     "if out so said what up its about into than them can only other new some could time these two "
@@ -27,7 +27,7 @@ _WORDS = (
     "both life being under never day same another know while last might us great old year off come "
     "since against go came right used take three request token deadline latency instance priority "
     "serve model cluster schedule batch prefill decode queue budget slack offload router engine"
-).split()
+)
 
 
 @dataclass(frozen=True)
@@ -58,12 +58,13 @@ def default_cache_dir() -> Path:
 
 def _corpus(seed: int, lines: int = 4000) -> list[str]:
     rng = np.random.default_rng(seed)
-    words = np.array(_WORDS)
+    words = np.array(_CORPUS_WORDS.split())
     out = []
     for _ in range(lines):
         n = int(rng.integers(4, 24))
         text = " ".join(words[rng.integers(0, len(words), n)])
-        out.append(text.capitalize() + rng.choice([".", "?", "!", ","]) + f" {rng.integers(0, 1000)}")
+        end = rng.choice([".", "?", "!", ","])
+        out.append(f"{text.capitalize()}{end} {rng.integers(0, 1000)}")
     return out
 
 

@@ -1,0 +1,1 @@
+"""The Ascendra router: OpenAI-compatible front door over LP/HP vLLM instances."""

@@ -1,0 +1,290 @@
+"""The router's HTTP surface (FastAPI). Handlers validate, hand decisions to the controller and
+relay events; no scheduling rule lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ascendra.core.request import Request as CoreRequest
+from ascendra.core.request import Slo
+from ascendra.core.values import least_slack
+from ascendra.metrics import RequestOutcome
+from ascendra.router.control import ControlConfig, Controller, EngineRateModel
+from ascendra.router.formats import SSE_DONE, ResponseShape, sse
+from ascendra.router.instances import InstancePool, InstanceSpec
+from ascendra.router.metrics import RouterMetrics
+from ascendra.router.prompts import PromptEncoder
+from ascendra.router.protocol import (
+    ApiError,
+    ChatBody,
+    CompletionBody,
+    parse_body,
+    slo_from_headers,
+)
+from ascendra.router.session import FailureEvent, Session
+
+log = logging.getLogger("ascendra.router")
+
+
+@dataclass
+class RouterSettings:
+    model_name: str
+    tokenizer: str
+    max_model_len: int
+    instances: list[InstanceSpec]
+    slo: Slo = field(default_factory=lambda: Slo(1.0, 0.15))
+    control: ControlConfig = field(default_factory=ControlConfig)
+    poll_interval: float = 0.1
+    stall_timeout: float = 30.0
+    default_step_time: float = 0.02
+    default_prefill_s_per_token: float = 2e-4
+
+
+class Router:
+    def __init__(self, settings: RouterSettings) -> None:
+        self.settings = settings
+        self.encoder = PromptEncoder(settings.tokenizer, settings.max_model_len)
+        self.pool = InstancePool(settings.instances, poll_interval=settings.poll_interval)
+        self.model = EngineRateModel(settings.default_step_time,
+                                     settings.default_prefill_s_per_token)
+        self.controller = Controller(settings.control, self.pool, self.model)
+        self.metrics = RouterMetrics(settings.slo.ttft, settings.slo.tbt)
+        self.http: aiohttp.ClientSession | None = None
+        self._ids = itertools.count()
+        self._prefix = f"{os.getpid():x}-{int(time.time()):x}"
+
+    # -- one request -------------------------------------------------------------------------
+    def _session(self, body: CompletionBody | ChatBody, ids: list[int], max_tokens: int,
+                 slo: Slo, arrival: float) -> Session:
+        rid = f"{self._prefix}-{next(self._ids)}"
+        req = CoreRequest(id=hash(rid), arrival=arrival, prompt_len=len(ids),
+                          max_tokens=max_tokens, slo=slo,
+                          predicted_prefill=self.model.prefill_time(len(ids)))
+        req.priority = least_slack(req)
+        return Session(id=rid, request=req, prompt_ids=ids, max_tokens=max_tokens,
+                       sampling=body.sampling_params(), min_tokens=body.min_tokens,
+                       model=self.settings.model_name)
+
+    async def generate(self, request: Request, chat: bool) -> Response:
+        arrival = time.time()
+        endpoint = "chat" if chat else "completions"
+        try:
+            raw = await request.body()
+            if chat:
+                body: CompletionBody | ChatBody = parse_body(raw, ChatBody)
+            else:
+                body = parse_body(raw, CompletionBody)
+            if body.model != self.settings.model_name:
+                raise ApiError(404, f"model {body.model!r} does not exist; this router serves "
+                                    f"{self.settings.model_name!r}", param="model",
+                               code="model_not_found")
+            slo = slo_from_headers(request.headers, self.settings.slo)
+            if isinstance(body, ChatBody):
+                ids, requested = self.encoder.chat_ids(body), body.requested_max_tokens
+            else:
+                ids, requested = self.encoder.completion_ids(body), body.max_tokens
+            max_tokens = self.encoder.budget(len(ids), requested)
+            session = self._session(body, ids, max_tokens, slo, arrival)
+            try:
+                target = self.controller.place(session)
+            except LookupError:
+                raise ApiError(503, "no healthy engine instance is available",
+                               type_="server_error", code="no_instance") from None
+        except ApiError as e:
+            self.metrics.requests.labels(endpoint, str(e.status)).inc()
+            return JSONResponse(e.body(), e.status)
+        assert self.http is not None
+        session.start(self.http, target, self.controller.priority(session, target, arrival))
+        shape = ResponseShape(
+            chat=chat, id=("chatcmpl-" if chat else "cmpl-") + session.id,
+            model=self.settings.model_name, prompt_tokens=len(ids),
+            include_usage=bool(body.stream_options and body.stream_options.include_usage),
+            return_token_ids=body.return_token_ids)
+        self.metrics.requests.labels(endpoint, "200").inc()
+        if body.stream:
+            return StreamingResponse(self._stream(session, shape),
+                                     media_type="text/event-stream")
+        return await self._whole(request, session, shape)
+
+    async def _relay(self, session: Session) -> AsyncIterator[tuple[str, list[int], str | None]]:
+        """(text, token ids, finish reason) for the client; recovers failed instances. Raises
+        ApiError when the stream cannot go on."""
+        assert self.http is not None
+        async for ev in session.events(self.settings.stall_timeout):
+            if isinstance(ev, FailureEvent):
+                if not session.is_current(ev):
+                    continue
+                log.warning("stream %s failed on %s: %s", session.id, ev.instance.url, ev.error)
+                if await self.controller.recover(self.http, session, ev.instance):
+                    self.metrics.migrations.labels("recovery").inc()
+                    continue
+                raise ApiError(502, f"the engine failed and no other instance could take the "
+                                    f"request over: {ev.error}", type_="server_error",
+                               code="engine_failed")
+            yield ev.text, ev.token_ids, ev.finish_reason
+
+    async def _stream(self, session: Session, shape: ResponseShape) -> AsyncIterator[bytes]:
+        error: str | None = None
+        try:
+            first = True
+            try:
+                async for text, token_ids, finish in self._relay(session):
+                    yield sse(shape.chunk(text, token_ids, finish, first))
+                    first = False
+            except ApiError as e:
+                error = e.message
+                yield sse(e.body())
+            if error is None and shape.include_usage:
+                yield sse(shape.usage_chunk(len(session.generated)))
+            yield SSE_DONE
+        finally:
+            await session.stop()  # a client that went away aborts the engine request
+            self._record(session, error)
+
+    async def _whole(self, request: Request, session: Session,
+                     shape: ResponseShape) -> Response:
+        async def collect() -> dict[str, Any]:
+            texts = [text async for text, _, _ in self._relay(session)]
+            return shape.whole("".join(texts), session.generated, session.finish_reason,
+                               len(session.generated))
+
+        async def disconnected() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        work = asyncio.create_task(collect())
+        watch = asyncio.create_task(disconnected())
+        error: str | None = None
+        try:
+            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                error = "client disconnected"
+                return Response(status_code=499)
+            try:
+                return JSONResponse(work.result())
+            except ApiError as e:
+                error = e.message
+                return JSONResponse(e.body(), e.status)
+        finally:
+            for t in (work, watch):
+                t.cancel()
+            await session.stop()
+            self._record(session, error)
+
+    def _record(self, s: Session, error: str | None) -> None:
+        r = s.request
+        n = len(s.generated)
+        outcome = RequestOutcome(
+            id=r.id, arrival=r.arrival, prompt_len=r.prompt_len, output_len=s.max_tokens,
+            slo=r.slo, tokens=n, finished=s.done and error is None, offloaded=s.offloaded,
+            error=error,
+            ttft=None if s.first_token_at is None else s.first_token_at - r.arrival,
+            tbt_mean=(s.last_token_at - s.first_token_at) / (n - 1)
+            if n > 1 and s.first_token_at is not None and s.last_token_at is not None else None,
+            max_gap=s.max_gap if n > 1 else None,
+        )
+        self.metrics.observe(outcome)
+
+    # -- the app ---------------------------------------------------------------------------
+    def app(self) -> FastAPI:
+        @contextlib.asynccontextmanager
+        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+            self.http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+            tasks = [asyncio.create_task(self.pool.poll_forever(self.http)),
+                     asyncio.create_task(self._control_forever())]
+            try:
+                yield
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await self.http.close()
+
+        app = FastAPI(title="ascendra router", lifespan=lifespan)
+
+        @app.exception_handler(StarletteHTTPException)
+        async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+            return JSONResponse(ApiError(exc.status_code, str(exc.detail)).body(),
+                                exc.status_code)
+
+        @app.post("/v1/completions")
+        async def completions(request: Request) -> Response:
+            return await self.generate(request, chat=False)
+
+        @app.post("/v1/chat/completions")
+        async def chat_completions(request: Request) -> Response:
+            return await self.generate(request, chat=True)
+
+        @app.get("/v1/models")
+        async def models() -> dict[str, Any]:
+            return {"object": "list", "data": [{
+                "id": self.settings.model_name, "object": "model", "created": 0,
+                "owned_by": "ascendra", "max_model_len": self.settings.max_model_len}]}
+
+        @app.get("/health")
+        async def health() -> JSONResponse:
+            n = len(self.pool.routable())
+            return JSONResponse({"healthy_instances": n}, 200 if n else 503)
+
+        @app.get("/metrics")
+        async def metrics() -> Response:
+            self._export_gauges()
+            return Response(generate_latest(self.metrics.registry),
+                            media_type=CONTENT_TYPE_LATEST)
+
+        @app.get("/ascendra/instances")
+        async def instances() -> list[dict[str, Any]]:
+            return [{"url": i.url, "role": i.role.value, "healthy": i.healthy,
+                     "state": i.state.as_dict() if i.state else None,
+                     "own_streams": len(i.sessions)} for i in self.pool.instances]
+
+        @app.post("/ascendra/drain")
+        async def drain(request: Request) -> JSONResponse:
+            try:
+                url = str((await request.json())["instance"]).rstrip("/")
+            except (ValueError, KeyError, TypeError):
+                return JSONResponse(ApiError(400, 'body must be {"instance": ENGINE_URL}').body(),
+                                    400)
+            inst = next((i for i in self.pool.instances if i.url == url), None)
+            if inst is None:
+                return JSONResponse(ApiError(404, f"no instance {url}").body(), 404)
+            assert self.http is not None
+            moved = await self.controller.drain(self.http, inst)
+            self.metrics.migrations.labels("drain").inc(moved)
+            return JSONResponse({"moved": moved})
+
+        return app
+
+    async def _control_forever(self) -> None:
+        assert self.http is not None
+        before = (0, 0)
+        while True:
+            try:
+                await self.controller.tick(self.http)
+            except Exception:  # the loop must outlive any one bad tick
+                log.exception("control tick failed")
+            c = self.controller
+            self.metrics.offloads.inc(c.offloads - before[0])
+            self.metrics.migrations.labels("tbt").inc(c.migrations - before[1])
+            before = (c.offloads, c.migrations)
+            await asyncio.sleep(self.settings.control.interval)
+
+    def _export_gauges(self) -> None:
+        for i in self.pool.instances:
+            self.metrics.inflight.labels(i.url, i.role.value).set(len(i.sessions))
+            self.metrics.queue.labels(i.url, i.role.value).set(i.state.waiting if i.state else 0)

@@ -1,0 +1,193 @@
+"""The router's decisions, each one a call into the policy core.
+
+* placing a new request (HP ticket or LP dispatch; round-robin for baselines),
+* its vLLM priority integer,
+* the offload loop: queued LP requests the core's rule says will miss their TTFT move to an HP,
+* migration: running requests whose mean TBT the core projects over target move by replay,
+* recovery: a stream whose instance fails or stalls resumes elsewhere.
+
+Timing inputs come from the engines' own measurements (step time, prefill rate), fed into a
+latency model the core functions accept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from ascendra.core.dispatch import AscendraRouting, BaselineRouting, Role, make_dispatcher
+from ascendra.core.latency import BatchShape
+from ascendra.core.migration import StreamProgress, migration_helps, tbt_at_risk
+from ascendra.core.offload import at_risk
+from ascendra.core.priority import hp_priority, lp_priority
+from ascendra.router.instances import Instance, InstancePool
+from ascendra.router.session import Session
+
+log = logging.getLogger("ascendra.router")
+
+
+@dataclass
+class EngineRateModel:
+    """A latency model from what the engines report: step time plus prefill time per token.
+
+    The values are the pool's latest measurements (mutable, updated by the controller); before
+    any are in, the configured defaults stand.
+    """
+
+    step_time: float = 0.02
+    prefill_s_per_token: float = 2e-4
+
+    def batch_time(self, shape: BatchShape) -> float:
+        return self.step_time + shape.num_prefill_tokens * self.prefill_s_per_token
+
+    def prefill_time(self, prompt_len: int) -> float:
+        return self.batch_time(BatchShape.prefill(prompt_len))
+
+    def observe(self, instances: list[Instance]) -> None:
+        steps = [i.state.step_time for i in instances if i.state and i.state.step_time]
+        rates = [i.state.prefill_s_per_token for i in instances
+                 if i.state and i.state.prefill_s_per_token]
+        if steps:
+            self.step_time = sum(steps) / len(steps)
+        if rates:
+            self.prefill_s_per_token = sum(rates) / len(rates)
+
+
+def instance_step_time(inst: Instance, fallback: float) -> float:
+    return inst.state.step_time if inst.state and inst.state.step_time else fallback
+
+
+@dataclass
+class ControlConfig:
+    partitioned: bool = True  # Ascendra LP/HP; False: every instance alike (baselines)
+    priorities: bool = True  # send vLLM priorities (engines run --scheduling-policy priority)
+    dispatch: str = "round-robin"
+    margin: float = 0.7  # offload safety margin Δ, seconds
+    interval: float = 0.05  # control loop period, seconds
+    migrate: bool = True
+    max_moves: int = 3  # offloads + migrations + recoveries per request
+
+
+class Controller:
+    def __init__(self, cfg: ControlConfig, pool: InstancePool, model: EngineRateModel) -> None:
+        self.cfg = cfg
+        self.pool = pool
+        self.model = model
+        dispatcher = make_dispatcher(cfg.dispatch, model)
+        self.routing = AscendraRouting(dispatcher) if cfg.partitioned \
+            else BaselineRouting(dispatcher)
+        self.offloads = 0
+        self.migrations = 0
+        self.recoveries = 0
+
+    # -- placement -------------------------------------------------------------------------
+    def place(self, session: Session) -> Instance:
+        live = self.pool.routable()
+        if not live:
+            raise LookupError("no healthy instance")
+        route = self.routing.route_new(self.pool.loads(live), session.request)
+        return self.pool.instances[route.index]
+
+    def priority(self, session: Session, target: Instance, now: float) -> int | None:
+        if not self.cfg.priorities:
+            return None
+        if target.role is Role.HP:
+            return hp_priority(session.request, now)
+        return lp_priority(session.request)
+
+    async def move(self, http: aiohttp.ClientSession, session: Session, target: Instance,
+                   why: str) -> bool:
+        now = time.time()
+        if why == "offload":
+            session.request.offloaded = session.offloaded = True
+        moved = await session.move(http, target, self.priority(session, target, now))
+        if moved:
+            log.info("moved %s to %s (%s, %d tokens so far)", session.id, target.url, why,
+                     len(session.generated))
+        return moved
+
+    # -- the control loop ------------------------------------------------------------------
+    def offload_candidates(self, now: float) -> list[Session]:
+        """Own requests queued (not started) on LP instances that the core's rule says will
+        miss their TTFT. vLLM does not say which requests wait, so the waiting ones are taken
+        to be this router's lowest-priority requests without a token, as many as the engine
+        reports waiting."""
+        out: list[Session] = []
+        for inst in self.pool.routable():
+            if inst.role is not Role.LP or inst.state is None:
+                continue
+            pending = sorted((s for s in inst.sessions.values() if not s.generated),
+                             key=lambda s: (s.request.priority, s.sent_at))
+            queued = pending[len(pending) - min(len(pending), inst.state.waiting):]
+            batch = instance_step_time(inst, self.model.step_time)
+            out += [s for s in queued if s.moves < self.cfg.max_moves
+                    and at_risk(s.request, now, batch, self.cfg.margin)]
+        return out
+
+    def migration_candidates(self, now: float) -> list[tuple[Session, Instance]]:
+        out = []
+        live = self.pool.routable()
+        for inst in live:
+            source_step = instance_step_time(inst, self.model.step_time)
+            for s in list(inst.sessions.values()):
+                if not s.generated or s.done or s.moves >= self.cfg.max_moves \
+                        or s.first_token_at is None or s.last_token_at is None:
+                    continue
+                p = StreamProgress(s.first_token_at, s.last_token_at, len(s.generated),
+                                   s.remaining)
+                if not tbt_at_risk(p, now, source_step, s.request.slo.tbt):
+                    continue
+                others = [i for i in live if i is not inst]
+                if not others:
+                    continue
+                target = min(others, key=lambda i: instance_step_time(i, self.model.step_time))
+                prefill = self.model.prefill_time(len(s.prompt_ids) + len(s.generated))
+                if migration_helps(p, now, source_step=source_step,
+                                   target_step=instance_step_time(target, self.model.step_time),
+                                   target_prefill=prefill, slo_tbt=s.request.slo.tbt):
+                    out.append((s, target))
+        return out
+
+    async def tick(self, http: aiohttp.ClientSession) -> None:
+        self.model.observe(self.pool.routable())
+        now = time.time()
+        if self.cfg.partitioned:
+            for s in self.offload_candidates(now):
+                target = self.routing.route_offload(self.pool.loads())
+                if target is None:
+                    break
+                if await self.move(http, s, self.pool.instances[target], "offload"):
+                    self.offloads += 1
+        if self.cfg.migrate:
+            for s, target in self.migration_candidates(now):
+                if await self.move(http, s, target, "tbt"):
+                    self.migrations += 1
+
+    # -- failures --------------------------------------------------------------------------
+    async def recover(self, http: aiohttp.ClientSession, session: Session,
+                      failed: Instance) -> bool:
+        """Resume a stream whose instance failed on another healthy one, if any is left."""
+        failed.healthy = False
+        if session.moves >= self.cfg.max_moves:
+            return False
+        others = [i for i in self.pool.routable() if i is not failed]
+        if not others:
+            return False
+        target = min(others, key=lambda i: (i.state.waiting if i.state else 0,
+                                            len(i.sessions)))
+        moved = await self.move(http, session, target, "recovery")
+        self.recoveries += moved
+        return moved
+
+    async def drain(self, http: aiohttp.ClientSession, inst: Instance) -> int:
+        """Move every stream of this router off ``inst`` (before it is removed or restarted)."""
+        others = [i for i in self.pool.routable() if i is not inst]
+        if not others:
+            return 0
+        moved = 0
+        for i, s in enumerate(list(inst.sessions.values())):
+            moved += await self.move(http, s, others[i % len(others)], "drain")
+        return moved

@@ -1,0 +1,46 @@
+"""The router's Prometheus metrics (``ascendra_`` names), on a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ascendra.metrics import RequestOutcome
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5,
+                    3.0, 5.0, 7.5, 10.0, 20.0, 60.0)
+
+
+def _buckets(slo_values: tuple[float, ...]) -> tuple[float, ...]:
+    """Default edges plus the SLO targets themselves, so "within SLO" is exact."""
+    return tuple(sorted(set(_LATENCY_BUCKETS) | {round(v, 6) for v in slo_values}))
+
+
+class RouterMetrics:
+    def __init__(self, ttft_slo: float, tbt_slo: float) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("ascendra_requests", "Requests answered, by endpoint and status",
+                                ["endpoint", "status"], registry=r)
+        self.ttft = Histogram("ascendra_ttft_seconds", "Time to first token (arrival at the "
+                              "router to first token sent)", buckets=_buckets((ttft_slo,)),
+                              registry=r)
+        self.tbt = Histogram("ascendra_tbt_mean_seconds", "Per-request mean time between tokens",
+                             buckets=_buckets((tbt_slo,)), registry=r)
+        self.slo = Counter("ascendra_slo_requests", "Finished requests by SLO outcome: met, or "
+                           "missed by reason (ttft, tbt, dropped, error)", ["outcome"],
+                           registry=r)
+        self.offloads = Counter("ascendra_offloads", "Queued LP requests moved to an HP instance",
+                                registry=r)
+        self.migrations = Counter("ascendra_migrations", "Requests moved by token replay, by "
+                                  "reason (tbt, recovery, drain)", ["reason"], registry=r)
+        self.inflight = Gauge("ascendra_inflight_requests", "Streams in flight on each "
+                              "instance, by role", ["instance", "role"], registry=r)
+        self.queue = Gauge("ascendra_instance_waiting_requests", "Requests waiting in each "
+                           "engine's queue (engine-reported)", ["instance", "role"], registry=r)
+
+    def observe(self, outcome: RequestOutcome) -> None:
+        if outcome.ttft is not None:
+            self.ttft.observe(outcome.ttft)
+        if outcome.tbt_mean is not None:
+            self.tbt.observe(outcome.tbt_mean)
+        self.slo.labels(outcome.miss_reason or "met").inc()

@@ -1,0 +1,146 @@
+"""Request bodies and headers of the OpenAI-compatible API, validated into typed objects.
+
+Everything a client can get wrong is refused here with an OpenAI-style 4xx error
+(:class:`ApiError`), before any engine sees the request.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ascendra.core.request import Slo
+
+
+class ApiError(Exception):
+    """An error for the client: HTTP status plus the OpenAI error body."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None,
+                 code: str | None = None, type_: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type_
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Sampling(BaseModel):
+    """Sampling fields passed through to vLLM unchanged."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = None
+    min_p: float | None = Field(None, ge=0, le=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    min_tokens: int = Field(0, ge=0)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(None, gt=0)
+    n: int = 1
+    logprobs: Any = None
+    return_token_ids: bool = False
+
+    def sampling_params(self) -> dict[str, Any]:
+        keys = ("temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids",
+                "ignore_eos", "presence_penalty", "frequency_penalty", "repetition_penalty")
+        return {k: v for k in keys if (v := getattr(self, k)) is not None}
+
+    def check_supported(self) -> None:
+        if self.n != 1:
+            raise ApiError(400, "n > 1 is not supported by the Ascendra router", param="n")
+        if self.logprobs not in (None, False, 0):
+            raise ApiError(400, "logprobs are not supported by the Ascendra router",
+                           param="logprobs")
+
+
+class CompletionBody(_Sampling):
+    prompt: str | list[int] | list[str] | list[list[int]]
+    max_tokens: int | None = 16
+    echo: bool = False
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.echo:
+            raise ApiError(400, "echo is not supported by the Ascendra router", param="echo")
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatBody(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None \
+            else self.max_tokens
+
+
+def parse_body(raw: bytes, kind: type[_Sampling]) -> Any:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"request body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    try:
+        body = kind.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or None
+        raise ApiError(400, f"{where}: {err['msg']}" if where else err["msg"],
+                       param=where) from None
+    body.check_supported()
+    return body
+
+
+TTFT_HEADER = "x-ascendra-ttft-slo"
+TBT_HEADER = "x-ascendra-tbt-slo"
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s)?\s*$")
+
+
+def _duration(value: str, header: str) -> float:
+    m = _DURATION.match(value)
+    if not m:
+        raise ApiError(400, f"header {header} must be a duration like '0.5', '0.5s' or "
+                            f"'500ms', got {value!r}", param=header)
+    seconds = float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
+    if not 0 < seconds <= 3600:
+        raise ApiError(400, f"header {header} must be within (0, 3600] seconds, got {value!r}",
+                       param=header)
+    return seconds
+
+
+def slo_from_headers(headers: Any, default: Slo) -> Slo:
+    """Per-request SLO overrides: ``X-Ascendra-TTFT-SLO`` and ``X-Ascendra-TBT-SLO``."""
+    ttft, tbt = headers.get(TTFT_HEADER), headers.get(TBT_HEADER)
+    return Slo(
+        ttft=_duration(ttft, TTFT_HEADER) if ttft is not None else default.ttft,
+        tbt=_duration(tbt, TBT_HEADER) if tbt is not None else default.tbt,
+    )

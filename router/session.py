@@ -1,0 +1,153 @@
+"""One client request's life in the router: its upstream stream, and moving it by token replay.
+
+A :class:`Session` owns the prompt's token ids and every token generated so far. Its upstream
+reader appends tokens as they arrive and queues them for the client. ``move()`` cancels the
+reader (closing the connection aborts the request on the engine) and starts a new one on another
+instance with prompt + generated tokens and the remaining budget. Because the old reader is gone
+before the new one starts and every token is recorded where it is queued, the client's stream has
+no gap and no duplicate, and its usage counts each token once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from ascendra.core.request import Request
+from ascendra.router.instances import Instance
+from ascendra.router.upstream import UpstreamError, stream_tokens
+
+
+@dataclass(slots=True)
+class TokenEvent:
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None
+
+
+@dataclass(slots=True)
+class FailureEvent:
+    attempt: int
+    instance: Instance
+    error: str
+
+
+@dataclass(eq=False)
+class Session:
+    id: str
+    request: Request  # the policy core's view (arrival, SLO, predicted prefill, ...)
+    prompt_ids: list[int]
+    max_tokens: int
+    sampling: dict[str, Any]
+    min_tokens: int = 0
+    model: str = ""
+    generated: list[int] = field(default_factory=list)
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    max_gap: float = 0.0
+    finish_reason: str | None = None
+    instance: Instance | None = None
+    sent_at: float = 0.0
+    moves: int = 0
+    offloaded: bool = False
+    _attempt: int = 0
+    _reader: asyncio.Task[None] | None = None
+    _events: asyncio.Queue[TokenEvent | FailureEvent] = field(default_factory=asyncio.Queue)
+
+    @property
+    def remaining(self) -> int:
+        return self.max_tokens - len(self.generated)
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def _body(self, priority: int | None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model, "prompt": self.prompt_ids + self.generated,
+            "max_tokens": self.remaining, **self.sampling,
+        }
+        if self.min_tokens > len(self.generated):
+            body["min_tokens"] = self.min_tokens - len(self.generated)
+        if priority is not None:
+            body["priority"] = priority
+        return body
+
+    def start(self, http: aiohttp.ClientSession, instance: Instance,
+              priority: int | None) -> None:
+        self._attempt += 1
+        self.instance = instance
+        self.sent_at = time.time()
+        instance.sessions[self.id] = self
+        self._reader = asyncio.create_task(
+            self._read(http, instance, self._body(priority), self._attempt))
+
+    async def _read(self, http: aiohttp.ClientSession, instance: Instance,
+                    body: dict[str, Any], attempt: int) -> None:
+        try:
+            async for delta in stream_tokens(http, instance.url, body):
+                now = time.time()
+                if delta.token_ids:
+                    if self.last_token_at is not None:
+                        self.max_gap = max(self.max_gap, now - self.last_token_at)
+                    if self.first_token_at is None:
+                        self.first_token_at = now
+                    self.last_token_at = now
+                    self.generated.extend(delta.token_ids)
+                if delta.finish_reason is not None:
+                    self.finish_reason = delta.finish_reason
+                    instance.sessions.pop(self.id, None)
+                self._events.put_nowait(
+                    TokenEvent(delta.token_ids, delta.text, delta.finish_reason))
+                if self.done:
+                    return
+            raise UpstreamError("engine stream ended without a finish reason")
+        except UpstreamError as e:
+            self._events.put_nowait(FailureEvent(attempt, instance, str(e)))
+
+    async def stop(self) -> None:
+        """Cancel the upstream stream (the engine aborts the request)."""
+        reader, self._reader = self._reader, None
+        if reader is not None and not reader.done():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        if self.instance is not None:
+            self.instance.sessions.pop(self.id, None)
+
+    async def move(self, http: aiohttp.ClientSession, target: Instance,
+                   priority: int | None) -> bool:
+        """Token replay onto ``target``. False if there is nothing left to move."""
+        await self.stop()
+        if self.done:
+            return False
+        if self.remaining <= 0:
+            self.finish_reason = "length"
+            self._events.put_nowait(TokenEvent([], "", "length"))
+            return False
+        self.moves += 1
+        self.start(http, target, priority)
+        return True
+
+    def is_current(self, failure: FailureEvent) -> bool:
+        return failure.attempt == self._attempt
+
+    async def events(self, stall_timeout: float) -> AsyncIterator[TokenEvent | FailureEvent]:
+        """Events for the client; a silent upstream past ``stall_timeout`` counts as failed."""
+        while True:
+            try:
+                ev = await asyncio.wait_for(self._events.get(), stall_timeout)
+            except TimeoutError:
+                if self.instance is None:
+                    raise
+                ev = FailureEvent(self._attempt, self.instance,
+                                  f"no token for {stall_timeout:g} s")
+            yield ev
+            if isinstance(ev, TokenEvent) and ev.finish_reason is not None:
+                return

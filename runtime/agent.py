@@ -1,0 +1,162 @@
+"""``ascendra runtime``: run one vLLM engine in its role, and report role and queue state.
+
+The agent starts vLLM as a child process, scrapes its ``/metrics`` a few times a second, and
+serves ``GET /ascendra/state`` (role, readiness, running/waiting, KV use, measured step time and
+prefill rate) for routers. The role is live: read from a file on every scrape when
+``--role-file`` is given (Kubernetes projects the pod's labels there through the downward API, so
+a label flip by the operator reaches the agent without a restart), or set with
+``PUT /ascendra/role`` otherwise. vLLM never restarts for a role change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from ascendra.runtime.engine_args import EngineLaunch
+from ascendra.runtime.engine_state import EngineState, RateTracker, parse_metrics
+
+ROLES = ("lp", "hp", "mixed")
+ROLE_LABEL = "ascendra.io/role"
+_LABEL_LINE = re.compile(r'^\s*' + re.escape(ROLE_LABEL) + r'\s*=\s*"?([a-z]+)"?\s*$', re.M)
+
+
+def read_role_file(path: Path) -> str | None:
+    """The role from a downward-API labels file (``key="value"`` lines) or a file holding just
+    the role. ``None`` when the file is missing or holds no valid role."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    m = _LABEL_LINE.search(text)
+    role = (m.group(1) if m else text.strip()).lower()
+    return role if role in ROLES else None
+
+
+@dataclass
+class AgentConfig:
+    launch: EngineLaunch
+    agent_port: int
+    role: str = "lp"
+    role_file: Path | None = None
+    scrape_interval: float = 0.1
+    python: str = sys.executable
+    env: dict[str, str] | None = None
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.role = cfg.role
+        self.engine_url = f"http://{cfg.launch.host}:{cfg.launch.port}"
+        self.ready = False
+        self.rates = RateTracker()
+        self.sample = parse_metrics("")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._http: aiohttp.ClientSession | None = None
+
+    def current_role(self) -> str:
+        if self.cfg.role_file is not None:
+            role = read_role_file(self.cfg.role_file)
+            if role is not None:
+                self.role = role
+        return self.role
+
+    def state(self) -> EngineState:
+        s = self.sample
+        return EngineState(
+            role=self.current_role(), ready=self.ready, running=s.running, waiting=s.waiting,
+            kv_usage=s.kv_usage, kv_capacity_tokens=s.kv_capacity_tokens,
+            step_time=self.rates.step_time, prefill_s_per_token=self.rates.prefill_s_per_token,
+        )
+
+    def start_engine(self) -> None:
+        env = {**os.environ, **(self.cfg.env or {})}
+        # A new session, so that a Ctrl-C at the terminal reaches the agent, which then stops
+        # the engine in order, rather than both racing.
+        self.proc = subprocess.Popen(self.cfg.launch.argv(self.cfg.python), env=env,
+                                     start_new_session=True)
+
+    def stop_engine(self, timeout: float = 20.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    async def scrape_forever(self) -> None:
+        assert self._http is not None
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                self.ready = False
+                print(f"ascendra runtime: vLLM exited with status {self.proc.returncode}",
+                      file=sys.stderr, flush=True)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            try:
+                async with self._http.get(self.engine_url + "/metrics") as resp:
+                    if resp.status == 200:
+                        self.sample = parse_metrics(await resp.text())
+                        self.rates.observe(self.sample)
+                        self.ready = True
+            except (TimeoutError, aiohttp.ClientError):
+                self.ready = False
+            self.current_role()
+            await asyncio.sleep(self.cfg.scrape_interval)
+
+    def app(self) -> FastAPI:
+        @contextlib.asynccontextmanager
+        async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+            if self.proc is None and self.cfg.launch.model:
+                self.start_engine()
+            task = asyncio.create_task(self.scrape_forever())
+            try:
+                yield
+            finally:
+                task.cancel()
+                await self._http.close()
+                self.stop_engine()
+
+        app = FastAPI(title="ascendra runtime agent", lifespan=lifespan)
+
+        @app.get("/ascendra/state")
+        async def state() -> dict[str, object]:
+            return self.state().as_dict()
+
+        @app.put("/ascendra/role")
+        async def set_role(request: Request) -> JSONResponse:
+            try:
+                role = (await request.json()).get("role")
+            except (ValueError, AttributeError):
+                role = None
+            if role not in ROLES:
+                return JSONResponse({"error": f"role must be one of {', '.join(ROLES)}"}, 400)
+            if self.cfg.role_file is not None:
+                return JSONResponse({"error": "role is managed by the role file "
+                                              f"{self.cfg.role_file}"}, 409)
+            self.role = role
+            return JSONResponse({"role": role})
+
+        @app.get("/health")
+        async def health() -> JSONResponse:
+            return JSONResponse({"ready": self.ready}, 200 if self.ready else 503)
+
+        return app

@@ -1,0 +1,193 @@
+"""``ascendra up``: the embedded local stack on 127.0.0.1.
+
+Builds (once, cached) the tiny model unless a model path is given, starts one ``ascendra
+runtime`` per instance (each running vLLM in its role) and the router, waits until the router
+sees every instance ready, prints the endpoint and a ready line, and on Ctrl-C or SIGTERM stops
+every child. If any child dies, the stack stops with an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ascendra.errors import AscendraError
+from ascendra.runtime.tiny_model import build_tiny_model
+
+
+@dataclass
+class StackConfig:
+    model: Path | None = None  # None: the project's tiny random-weight Llama
+    lp: int = 1
+    hp: int = 1
+    system: str = "ascendra"  # ascendra (LP/HP) | vllm | sarathi (round-robin baselines)
+    port: int = 8000
+    base_port: int = 8100
+    max_model_len: int = 2048
+    kv_cache_gib: float = 1.0
+    ttft: float = 1.0
+    tbt: float = 0.15
+    margin: float | None = None
+    startup_timeout: float = 600.0
+    engine_args: list[str] = field(default_factory=list)
+    router_args: list[str] = field(default_factory=list)
+    log_dir: Path | None = None
+
+    @property
+    def roles(self) -> list[str]:
+        if self.system == "ascendra":
+            return ["lp"] * self.lp + ["hp"] * self.hp
+        return ["mixed"] * (self.lp + self.hp)
+
+
+def _model_name(model: Path) -> str:
+    marker = model / "ascendra-tiny-model.json"
+    return "tiny-llama" if marker.is_file() else model.name
+
+
+def _max_len(model: Path, requested: int) -> int:
+    try:
+        cfg = json.loads((model / "config.json").read_text())
+    except (OSError, ValueError):
+        raise AscendraError(f"{model} has no readable config.json") from None
+    return min(requested, int(cfg.get("max_position_embeddings", requested)))
+
+
+class LocalStack:
+    """The processes of a local stack; a context manager that always stops them."""
+
+    def __init__(self, cfg: StackConfig) -> None:
+        if cfg.lp < 0 or cfg.hp < 0 or cfg.lp + cfg.hp == 0:
+            raise AscendraError("the stack needs at least one instance")
+        if cfg.system == "ascendra" and cfg.lp == 0:
+            raise AscendraError("an Ascendra stack needs at least one LP instance")
+        self.cfg = cfg
+        self.model = cfg.model or build_tiny_model()
+        if not (self.model / "config.json").is_file():
+            raise AscendraError(f"model directory {self.model} has no config.json")
+        self.name = _model_name(self.model)
+        self.max_model_len = _max_len(self.model, cfg.max_model_len)
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.url = f"http://127.0.0.1:{cfg.port}"
+        self.engine_urls: list[str] = []
+        self.cancelled: Callable[[], bool] = lambda: False
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        out = None
+        if self.cfg.log_dir is not None:
+            self.cfg.log_dir.mkdir(parents=True, exist_ok=True)
+            out = (self.cfg.log_dir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=out,
+                                stderr=subprocess.STDOUT if out else None,
+                                start_new_session=True)
+        self.procs.append((name, proc))
+
+    def start(self) -> None:
+        cfg, py = self.cfg, sys.executable
+        cores = os.cpu_count() or 1
+        instances = []
+        for i, role in enumerate(cfg.roles):
+            port, agent = cfg.base_port + 2 * i, cfg.base_port + 2 * i + 1
+            env = {"VLLM_CPU_KVCACHE_SPACE": f"{cfg.kv_cache_gib:g}",
+                   "VLLM_CPU_OMP_THREADS_BIND": str(i % cores)}
+            self._spawn(f"runtime-{i}-{role}", [
+                py, "-m", "ascendra.cli", "runtime", "--model", str(self.model),
+                "--served-model-name", self.name, "--port", str(port), "--agent-port", str(agent),
+                "--role", role, "--system", "ascendra" if cfg.system == "ascendra" else cfg.system,
+                "--max-model-len", str(self.max_model_len), "--", *cfg.engine_args], env)
+            self.engine_urls.append(f"http://127.0.0.1:{port}")
+            instances += ["--instance", f"http://127.0.0.1:{port},agent=http://127.0.0.1:{agent}"]
+        policy = [] if cfg.system == "ascendra" else ["--baseline"]
+        margin = [] if cfg.margin is None else ["--margin", str(cfg.margin)]
+        self._spawn("router", [
+            py, "-m", "ascendra.cli", "router", "--model-name", self.name, "--tokenizer",
+            str(self.model), "--max-model-len", str(self.max_model_len), "--port",
+            str(cfg.port), "--ttft", str(cfg.ttft), "--tbt", str(cfg.tbt), *policy, *margin,
+            *instances, *cfg.router_args])
+
+    def dead(self) -> str | None:
+        for name, p in self.procs:
+            if p.poll() is not None:
+                return f"{name} exited with status {p.returncode}"
+        return None
+
+    def wait_ready(self, cancelled: Callable[[], bool] = lambda: False) -> None:
+        want = len(self.cfg.roles)
+        deadline = time.monotonic() + self.cfg.startup_timeout
+        while time.monotonic() < deadline:
+            if cancelled():
+                raise AscendraError("interrupted while starting")
+            if (why := self.dead()) is not None:
+                raise AscendraError(f"the stack failed to start: {why}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    if json.loads(r.read())["healthy_instances"] >= want:
+                        return
+            except (urllib.error.URLError, OSError, ValueError, KeyError):
+                pass
+            time.sleep(1.0)
+        raise AscendraError(f"the stack was not ready after {self.cfg.startup_timeout:g} s")
+
+    def stop(self) -> None:
+        # The router first (no new work), then the runtimes, which stop their engines.
+        for _, p in reversed(self.procs):
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for _, p in reversed(self.procs):
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self.procs.clear()
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self.start()
+            self.wait_ready(self.cancelled)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run(cfg: StackConfig) -> int:
+    """Foreground: start, announce, then wait for Ctrl-C/SIGTERM or a child's death."""
+    stop = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stack = LocalStack(cfg)
+    stack.cancelled = lambda: stop
+    print(f"ascendra: starting {len(cfg.roles)} vLLM instance(s) "
+          f"({', '.join(cfg.roles)}) and the router; model {stack.model}", flush=True)
+    with stack:
+        print(f"ascendra: endpoint {stack.url}/v1  model {stack.name!r}", flush=True)
+        print("ascendra: ready (Ctrl-C to stop)", flush=True)
+        while not stop:
+            if (why := stack.dead()) is not None:
+                print(f"ascendra: error: {why}; stopping", file=sys.stderr, flush=True)
+                return 1
+            time.sleep(0.5)
+    print("ascendra: stopped", flush=True)
+    return 0
