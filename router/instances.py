@@ -82,7 +82,7 @@ class Instance:
             waiting_tokens=sum(len(s.prompt_ids) for s in waiting_own),
             decode_context=sum(len(s.prompt_ids) + len(s.generated)
                                for s in self.sessions.values() if s.generated),
-            kv_free_fraction=1.0 - st.kv_usage, max_seqs=default_seats,
+            kv_free_fraction=1.0 - st.kv_usage, max_seqs=st.max_seqs or default_seats,
             pending=len(self.unseen()),
         )
 

@@ -28,6 +28,8 @@ class PromptEncoder:
                                     "send one request per prompt", param="prompt")
             prompt = prompt[0]
         if isinstance(prompt, str):
+            if not prompt:
+                raise ApiError(400, "prompt is empty", param="prompt")
             ids: list[int] = self.tokenizer(prompt)["input_ids"]
         else:
             ids = list(prompt)  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 
 from ascendra.runtime.engine_args import EngineLaunch
 from ascendra.runtime.engine_state import EngineState, RateTracker, parse_metrics
+from ascendra.runtime.procs import die_with_parent
 
 ROLES = ("lp", "hp", "mixed")
 ROLE_LABEL = "ascendra.io/role"
@@ -78,27 +79,25 @@ class Agent:
         return EngineState(
             role=self.current_role(), ready=self.ready, running=s.running, waiting=s.waiting,
             kv_usage=s.kv_usage, kv_capacity_tokens=s.kv_capacity_tokens,
-            step_time=self.rates.step_time, prefill_s_per_token=self.rates.prefill_s_per_token,
+            max_seqs=self.cfg.launch.max_seqs, step_time=self.rates.step_time,
+            prefill_s_per_token=self.rates.prefill_s_per_token,
         )
 
     def start_engine(self) -> None:
         env = {**os.environ, **(self.cfg.env or {})}
-        # A new session, so that a Ctrl-C at the terminal reaches the agent, which then stops
-        # the engine in order, rather than both racing.
+        # Same process group as the agent: whoever stops the runtime's group stops its engine.
         self.proc = subprocess.Popen(self.cfg.launch.argv(self.cfg.python), env=env,
-                                     start_new_session=True)
+                                     preexec_fn=die_with_parent)
 
     def stop_engine(self, timeout: float = 20.0) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+        proc.terminate()
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
             proc.wait()
 
     async def scrape_forever(self) -> None:

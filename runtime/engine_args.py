@@ -34,6 +34,13 @@ class EngineLaunch:
     dtype: str | None = None
     extra: tuple[str, ...] = field(default_factory=tuple)
 
+    @property
+    def max_seqs(self) -> int | None:
+        """The seat limit these arguments give vLLM (the last ``--max-num-seqs`` wins)."""
+        args = list(SYSTEM_ARGS.get(self.system, ())) + list(self.extra)
+        values = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--max-num-seqs"]
+        return int(values[-1]) if values and values[-1].isdigit() else None
+
     def argv(self, python: str) -> list[str]:
         if self.system not in SYSTEM_ARGS:
             raise AscendraError(

@@ -79,6 +79,7 @@ class EngineState:
     waiting: int = 0
     kv_usage: float = 0.0
     kv_capacity_tokens: int = 0
+    max_seqs: int | None = None  # the engine's seat limit, when known
     step_time: float | None = None  # recent mean gap between an engine's tokens, s
     prefill_s_per_token: float | None = None  # recent prefill time per prompt token, s
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ascendra.errors import AscendraError
+from ascendra.runtime.procs import die_with_parent
 from ascendra.runtime.tiny_model import build_tiny_model
 
 
@@ -89,7 +90,7 @@ class LocalStack:
             out = (self.cfg.log_dir / f"{name}.log").open("ab")
         proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=out,
                                 stderr=subprocess.STDOUT if out else None,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=die_with_parent)
         self.procs.append((name, proc))
 
     def start(self) -> None:
@@ -181,6 +182,8 @@ def run(cfg: StackConfig) -> int:
     stack.cancelled = lambda: stop
     print(f"ascendra: starting {len(cfg.roles)} vLLM instance(s) "
           f"({', '.join(cfg.roles)}) and the router; model {stack.model}", flush=True)
+    if cfg.log_dir is not None:
+        print(f"ascendra: logs in {cfg.log_dir}/", flush=True)
     with stack:
         print(f"ascendra: endpoint {stack.url}/v1  model {stack.name!r}", flush=True)
         print("ascendra: ready (Ctrl-C to stop)", flush=True)

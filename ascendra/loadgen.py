@@ -1,0 +1,202 @@
+"""``ascendra bench``: open-loop load against any OpenAI-compatible completions endpoint.
+
+Requests follow a workload (lengths and Poisson/Gamma arrivals, or a trace) at each rate; every
+one streams with ``ignore_eos`` so outputs have the workload's lengths. Per request it records
+TTFT (send → first token), the mean gap between tokens, the largest gap and every gap, and
+judges it with the shared definitions (``ascendra.metrics``): attainment per rate and goodput
+over rates. Requests still unanswered ``drain_timeout`` after the last send count as missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from ascendra.core.request import Slo
+from ascendra.errors import AscendraError
+from ascendra.metrics import LatencySummary, RequestOutcome, goodput, summarize
+from ascendra.workloads.spec import RequestSpec, Workload
+
+
+@dataclass
+class BenchConfig:
+    url: str  # base URL, e.g. http://127.0.0.1:8000/v1
+    model: str
+    workload: Workload
+    rates: Sequence[float]
+    requests: int
+    slo: Slo
+    prompt: str = "tokens"  # tokens: random token ids; text: words of about that many tokens
+    vocab: int = 1000  # token ids are drawn from [16, vocab)
+    seed: int = 1
+    drain_timeout: float = 60.0
+    slo_headers: bool = True  # tell an Ascendra router the SLOs (others ignore the headers)
+
+
+@dataclass
+class RateResult:
+    rate: float
+    summary: LatencySummary
+    outcomes: list[RequestOutcome] = field(repr=False)
+    wall_s: float = 0.0
+
+
+def _prompt(spec: RequestSpec, cfg: BenchConfig, rng: np.random.Generator) -> list[int] | str:
+    if cfg.prompt == "tokens":
+        return rng.integers(16, cfg.vocab, spec.prompt_len).tolist()
+    return " ".join(["hello"] * max(1, spec.prompt_len - 1))
+
+
+async def _one(http: aiohttp.ClientSession, cfg: BenchConfig, spec: RequestSpec,
+               prompt: list[int] | str, gaps: list[float]) -> RequestOutcome:
+    body = {"model": cfg.model, "prompt": prompt, "max_tokens": spec.output_len,
+            "stream": True, "ignore_eos": True, "return_token_ids": True}
+    headers = {"X-Ascendra-TTFT-SLO": f"{cfg.slo.ttft:g}",
+               "X-Ascendra-TBT-SLO": f"{cfg.slo.tbt:g}"} if cfg.slo_headers else {}
+    sent = time.perf_counter()
+    first = last = None
+    tokens, max_gap, error, finished = 0, 0.0, None, False
+    try:
+        async with http.post(cfg.url + "/completions", json=body, headers=headers) as r:
+            if r.status != 200:
+                error = f"HTTP {r.status}: {(await r.text())[:200]}"
+            else:
+                async for line in r.content:
+                    if not line.startswith(b"data: "):
+                        continue
+                    data = line[6:].strip()
+                    if data == b"[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        error = str(chunk["error"].get("message", chunk["error"]))
+                        break
+                    for ch in chunk.get("choices") or ():
+                        n = len(ch.get("token_ids") or ()) or (1 if ch.get("text") else 0)
+                        if n:
+                            now = time.perf_counter()
+                            if first is None:
+                                first = now
+                            else:
+                                gap = now - last  # type: ignore[operator]
+                                gaps.append(gap)
+                                gaps.extend([0.0] * (n - 1))
+                                max_gap = max(max_gap, gap)
+                            last = now
+                            tokens += n
+                        if ch.get("finish_reason"):
+                            finished = True
+    except (TimeoutError, aiohttp.ClientError, ValueError) as e:
+        error = f"{e.__class__.__name__}: {e}"
+    return RequestOutcome(
+        id=spec.id, arrival=spec.arrival, prompt_len=spec.prompt_len,
+        output_len=spec.output_len, slo=cfg.slo,
+        ttft=None if first is None else first - sent,
+        tbt_mean=(last - first) / (tokens - 1) if first is not None and last is not None
+        and tokens > 1 else None,
+        max_gap=max_gap if tokens > 1 else None, tokens=tokens,
+        finished=finished and error is None, error=error)
+
+
+async def run_rate(cfg: BenchConfig, rate: float,
+                   on_done: Callable[[], None] = lambda: None) -> RateResult:
+    specs = cfg.workload.requests(rate, cfg.requests, cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    prompts = [_prompt(s, cfg, rng) for s in specs]
+    gaps: list[float] = []
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+    start = time.perf_counter()
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        tasks: list[asyncio.Task[RequestOutcome]] = []
+        for spec, prompt in zip(specs, prompts, strict=True):
+            delay = start + spec.arrival - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            t = asyncio.create_task(_one(http, cfg, spec, prompt, gaps))
+            t.add_done_callback(lambda _: on_done())
+            tasks.append(t)
+        done, pending = await asyncio.wait(tasks, timeout=cfg.drain_timeout
+                                           + max(0.0, start + specs[-1].arrival
+                                                 - time.perf_counter()))
+        for t in pending:
+            t.cancel()
+        outcomes = [t.result() if t in done else RequestOutcome(
+            id=s.id, arrival=s.arrival, prompt_len=s.prompt_len, output_len=s.output_len,
+            slo=cfg.slo) for t, s in zip(tasks, specs, strict=True)]
+    return RateResult(rate, summarize(outcomes, gaps), outcomes, time.perf_counter() - start)
+
+
+def run_bench(cfg: BenchConfig, progress: Callable[[int, str], Any] | None = None
+              ) -> list[RateResult]:
+    if not cfg.rates or any(r <= 0 for r in cfg.rates):
+        raise AscendraError("rates must be positive")
+    results = []
+    for rate in cfg.rates:
+        bar = progress(cfg.requests, f"{rate:g} req/s") if progress else None
+        res = asyncio.run(run_rate(cfg, rate, bar.update if bar else lambda: None))
+        if bar:
+            bar.close()
+        results.append(res)
+    return results
+
+
+def report(cfg: BenchConfig, results: list[RateResult]) -> dict[str, Any]:
+    curve = [(r.rate, r.summary.attainment) for r in results]
+    return {
+        "endpoint": cfg.url, "model": cfg.model, "workload": cfg.workload.name,
+        "requests_per_rate": cfg.requests, "prompt": cfg.prompt,
+        "slo": {"ttft_s": cfg.slo.ttft, "tbt_mean_s": cfg.slo.tbt},
+        "goodput_qps": round(goodput(curve), 4),
+        "curve": [[q, round(a, 4)] for q, a in curve],
+        "rates": {f"{r.rate:g}": {**r.summary.as_dict(), "wall_s": round(r.wall_s, 2)}
+                  for r in results},
+    }
+
+
+def table(rep: dict[str, Any]) -> str:
+    lines = [f"{rep['endpoint']}  model {rep['model']}  workload {rep['workload']}  "
+             f"SLO TTFT {rep['slo']['ttft_s']:g} s / mean TBT {rep['slo']['tbt_mean_s']:g} s",
+             f"{'rate':>7} {'attain':>7} {'TTFT p50':>9} {'TTFT p99':>9} {'TBT p50':>8} "
+             f"{'TBT p99':>8} {'maxgap p99':>10} {'misses':>8}"]
+
+    def ms(x: float | None) -> str:
+        return "-" if x is None else f"{x * 1e3:.0f}ms"
+
+    for rate, s in rep["rates"].items():
+        lines.append(f"{rate:>7} {s['attainment']:>7.1%} {ms(s['ttft_p50']):>9} "
+                     f"{ms(s['ttft_p99']):>9} {ms(s['tbt_mean_p50']):>8} "
+                     f"{ms(s['tbt_mean_p99']):>8} {ms(s['max_gap_p99']):>10} "
+                     f"{sum(s['misses'].values()):>8}")
+    lines.append(f"goodput (90% attainment): {rep['goodput_qps']:.2f} req/s")
+    return "\n".join(lines)
+
+
+def plot(reports: dict[str, dict[str, Any]], path: str | Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for name, rep in reports.items():
+        q, a = zip(*rep["curve"], strict=True)
+        ax.plot(q, [x * 100 for x in a], marker="o", ms=3,
+                label=f"{name} ({rep['goodput_qps']:.2f} req/s)")
+    ax.axhline(90, ls="--", c="grey", lw=0.8)
+    ax.set_xlabel("request rate (req/s)")
+    ax.set_ylabel("SLO attainment (%)")
+    ax.set_ylim(0, 102)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

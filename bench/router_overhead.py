@@ -1,0 +1,104 @@
+"""What the router adds to time-to-first-token, measured against a stand-in backend.
+
+Starts the STAND-IN backend (bench/standin_backend.py: no model, tokens on a fixed clock) and one
+router process in Ascendra mode in front of it, then runs the same open-loop Poisson load
+(text prompts the router must tokenize, 64 tokens in, 8 out) straight at the backend and through
+the router, at each rate. Added TTFT = router TTFT − direct TTFT, per percentile. The load
+generator shares this machine's cores with both servers, so the direct run at the same rate is the
+baseline that cancels its cost.
+
+    python bench/router_overhead.py [--rates 200,400,600,800] [--requests 2000]
+        [--json docs/results/router-overhead.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from ascendra.core.request import Slo
+from ascendra.loadgen import BenchConfig, run_rate
+from ascendra.runtime.tiny_model import build_tiny_model
+from ascendra.workloads.lengths import ShareGptLike
+from ascendra.workloads.spec import SyntheticWorkload
+
+BACKEND, ROUTER = 18900, 18910
+HERE = Path(__file__).resolve().parent
+
+
+def _wait(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise SystemExit(f"{url} did not come up")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rates", default="200,400,600,800")
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    model = build_tiny_model()
+    procs = [
+        subprocess.Popen([sys.executable, str(HERE / "standin_backend.py"), "--port",
+                          str(BACKEND)], start_new_session=True),
+        subprocess.Popen([sys.executable, "-m", "ascendra.cli", "router", "--model-name",
+                          "standin", "--tokenizer", str(model), "--max-model-len", "2048",
+                          "--port", str(ROUTER), "--instance",
+                          f"http://127.0.0.1:{BACKEND},role=lp"], start_new_session=True),
+    ]
+    try:
+        _wait(f"http://127.0.0.1:{BACKEND}/health")
+        _wait(f"http://127.0.0.1:{ROUTER}/health")
+        work = SyntheticWorkload(ShareGptLike(prompt_median=64, prompt_sigma=0,
+                                              output_median=8, output_sigma=0))
+        rows = []
+        for rate in rates:
+            row: dict[str, object] = {"rate": rate}
+            for name, port in (("direct", BACKEND), ("router", ROUTER)):
+                cfg = BenchConfig(url=f"http://127.0.0.1:{port}/v1", model="standin",
+                                  workload=work, rates=[rate], requests=args.requests,
+                                  slo=Slo(1.0, 0.15), prompt="text")
+                res = asyncio.run(run_rate(cfg, rate))
+                ttft = sorted(o.ttft for o in res.outcomes if o.ttft is not None)
+                errors = sum(o.error is not None or not o.finished for o in res.outcomes)
+                row[name] = {
+                    "ttft_p50_ms": round(ttft[len(ttft) // 2] * 1e3, 3) if ttft else None,
+                    "ttft_p99_ms": round(ttft[int(len(ttft) * 0.99)] * 1e3, 3) if ttft else None,
+                    "failed": errors, "achieved_rate": round(len(ttft) / res.wall_s, 1)}
+            d, r = row["direct"], row["router"]
+            if d["ttft_p50_ms"] is not None and r["ttft_p50_ms"] is not None:  # type: ignore[index]
+                row["added_p50_ms"] = round(r["ttft_p50_ms"] - d["ttft_p50_ms"], 3)  # type: ignore[index]
+                row["added_p99_ms"] = round(r["ttft_p99_ms"] - d["ttft_p99_ms"], 3)  # type: ignore[index]
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        out = {"requests_per_rate": args.requests, "prompt_tokens": 64, "output_tokens": 8,
+               "cpu_count": os.cpu_count(), "machine": platform.machine(),
+               "backend": "stand-in (bench/standin_backend.py), first token after 2 ms",
+               "rows": rows}
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    finally:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait()
+
+
+if __name__ == "__main__":
+    main()

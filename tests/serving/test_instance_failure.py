@@ -1,0 +1,71 @@
+"""Killing an engine mid-stream: its requests finish elsewhere, or end with a clear error when
+nothing else can take them; nothing hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import aiohttp
+from conftest import SEATS, Stack, spawn, spawn_router, wait_healthy
+
+MODEL = "tiny-llama"
+
+
+async def _collect(http: aiohttp.ClientSession, url: str, body: dict) -> dict:
+    out: dict = {"ids": [], "finish": None, "error": None}
+    async with http.post(url + "/v1/completions", json=body) as r:
+        async for line in r.content:
+            if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                out["error"] = chunk["error"]
+                continue
+            for ch in chunk["choices"]:
+                out["ids"] += ch["token_ids"]
+                out["finish"] = ch["finish_reason"] or out["finish"]
+    return out
+
+
+def test_killing_an_instance_mid_stream(stack: Stack):
+    model = str(stack.model_dir)
+    victim = spawn("runtime", "--model", model, "--served-model-name", MODEL, "--port", "18200",
+                    "--agent-port", "18201", "--role", "lp", "--max-model-len", "2048", "--",
+                    "--max-num-seqs", str(SEATS))
+    victim_spec = "http://127.0.0.1:18200,agent=http://127.0.0.1:18201"
+    # R1 can fall back to the stack's LP engine; R2 has only the victim.
+    r1 = spawn_router(stack, 18010, [victim_spec, f"{stack.lp_engine},agent={stack.lp_agent}"])
+    r2 = spawn_router(stack, 18011, [victim_spec])
+    try:
+        wait_healthy("http://127.0.0.1:18010", 2, 600)
+        wait_healthy("http://127.0.0.1:18011", 1, 60)
+        body = {"model": MODEL, "prompt": "survive the failure", "max_tokens": 500,
+                "ignore_eos": True, "temperature": 0, "stream": True, "return_token_ids": True}
+
+        async def run() -> tuple[dict, dict, dict, float]:
+            async with aiohttp.ClientSession() as http:
+                reference = await _collect(http, stack.url, body)
+                # Round-robin places R1's first request on the victim (instance 0).
+                a = asyncio.create_task(_collect(http, "http://127.0.0.1:18010", body))
+                b = asyncio.create_task(_collect(http, "http://127.0.0.1:18011", body))
+                await asyncio.sleep(0.5)
+                os.killpg(victim.pid, signal.SIGKILL)
+                t = time.monotonic()
+                done = await asyncio.wait_for(asyncio.gather(a, b), timeout=60)
+                return reference, done[0], done[1], time.monotonic() - t
+
+        reference, survived, stranded, took = asyncio.run(run())
+        assert survived["error"] is None and survived["finish"] == "length"
+        assert survived["ids"] == reference["ids"]  # resumed by replay, nothing lost or doubled
+        assert stranded["error"] is not None and "no other instance" in stranded["error"]["message"]
+        assert len(stranded["ids"]) < 500
+        assert took < 30
+    finally:
+        for p in (r1, r2, victim):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()

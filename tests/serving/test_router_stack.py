@@ -1,0 +1,261 @@
+"""The router over real vLLM CPU engines (1 LP + 1 HP), driven with the official openai client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import time
+import urllib.request
+
+import aiohttp
+import openai
+import pytest
+from conftest import SEATS, Stack, engine_metric, spawn_router, wait_healthy
+from transformers import AutoTokenizer
+
+MODEL = "tiny-llama"
+
+
+def test_models_and_health(stack: Stack):
+    models = stack.client().models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    health = stack.get("/health")
+    assert health == {"healthy_instances": 2}
+    roles = sorted(i["role"] for i in stack.get("/ascendra/instances"))
+    assert roles == ["hp", "lp"]
+
+
+def test_streaming_completion_through_the_router(stack: Stack):
+    stream = stack.client().completions.create(
+        model=MODEL, prompt="The deadline of the request", max_tokens=24, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True,
+                                                             "return_token_ids": True})
+    chunks = list(stream)
+    content = [c for c in chunks if c.choices]
+    usage = [c.usage for c in chunks if c.usage is not None]
+    ids = [t for c in content for t in c.choices[0].token_ids]
+    assert len(ids) == 24 and content[-1].choices[0].finish_reason == "length"
+    assert len(usage) == 1 and usage[0].completion_tokens == 24
+    assert usage[0].prompt_tokens == len(AutoTokenizer.from_pretrained(
+        str(stack.model_dir))("The deadline of the request")["input_ids"])
+
+
+def test_chat_streaming_and_whole_responses(stack: Stack):
+    c = stack.client()
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+    chunks = list(c.chat.completions.create(model=MODEL, messages=msgs, max_tokens=10,
+                                            stream=True, extra_body={"ignore_eos": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason == "length"
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks)
+    whole = c.chat.completions.create(model=MODEL, messages=msgs, max_tokens=10,
+                                      extra_body={"ignore_eos": True})
+    assert whole.object == "chat.completion" and whole.usage.completion_tokens == 10
+    assert isinstance(whole.choices[0].message.content, str) and text
+    comp = c.completions.create(model=MODEL, prompt=[1, 5, 9, 30], max_tokens=5,
+                                extra_body={"ignore_eos": True})
+    assert comp.usage.prompt_tokens == 4 and comp.usage.completion_tokens == 5
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "needle"),
+    [
+        (b"{not json", {}, 400, "not valid JSON"),
+        (b"[1, 2]", {}, 400, "JSON object"),
+        (json.dumps({"model": "gpt-4", "prompt": "x"}).encode(), {}, 404, "does not exist"),
+        (json.dumps({"model": MODEL, "prompt": "x", "max_tokens": 0}).encode(), {}, 400,
+         "max_tokens must be at least 1"),
+        (json.dumps({"model": MODEL, "prompt": "x", "max_tokens": -3}).encode(), {}, 400,
+         "max_tokens"),
+        (json.dumps({"model": MODEL, "prompt": "word " * 3000}).encode(), {}, 400,
+         "context"),
+        (json.dumps({"model": MODEL, "prompt": "x", "max_tokens": 5000}).encode(), {}, 400,
+         "exceeds"),
+        (json.dumps({"model": MODEL, "prompt": [1, 99999]}).encode(), {}, 400, "vocabulary"),
+        (json.dumps({"model": MODEL, "prompt": ""}).encode(), {}, 400, "empty"),
+        (json.dumps({"model": MODEL, "prompt": "x", "n": 2}).encode(), {}, 400, "n > 1"),
+        (json.dumps({"model": MODEL}).encode(), {}, 400, "prompt"),
+        (json.dumps({"model": MODEL, "prompt": "x"}).encode(), {"X-Ascendra-TTFT-SLO": "soon"},
+         400, "x-ascendra-ttft-slo"),
+        (json.dumps({"model": MODEL, "prompt": "x"}).encode(), {"X-Ascendra-TBT-SLO": "-1"},
+         400, "x-ascendra-tbt-slo"),
+        (json.dumps({"model": MODEL, "prompt": "x"}).encode(), {"X-Ascendra-TBT-SLO": "0ms"},
+         400, "within"),
+    ],
+)
+def test_bad_requests_get_openai_errors(stack: Stack, body, headers, status, needle):
+    req = urllib.request.Request(stack.url + "/v1/completions", data=body, method="POST",
+                                 headers={"content-type": "application/json", **headers})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    assert e.value.code == status
+    err = json.loads(e.value.read())["error"]
+    assert needle.lower() in err["message"].lower()
+    assert set(err) == {"message", "type", "param", "code"}
+
+
+def test_bad_chat_and_unknown_route(stack: Stack):
+    c = stack.client()
+    with pytest.raises(openai.BadRequestError, match="messages"):
+        c.chat.completions.create(model=MODEL, messages=[], max_tokens=3)
+    with pytest.raises(openai.BadRequestError, match="role"):
+        c.chat.completions.create(model=MODEL, messages=[{"role": "wizard", "content": "x"}])
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(stack.url + "/v1/embeddings", timeout=10)
+    assert e.value.code in (404, 405) and "error" in json.loads(e.value.read())
+
+
+def test_slo_headers_set_the_deadline_and_priority(stack: Stack):
+    # A tight TTFT SLO header is accepted in seconds and milliseconds.
+    for value in ("0.5", "500ms", "2s"):
+        r = stack.client(default_headers={"X-Ascendra-TTFT-SLO": value}).completions.create(
+            model=MODEL, prompt="x", max_tokens=2)
+        assert r.usage.completion_tokens >= 1
+
+
+def test_client_disconnect_aborts_the_engine_request(stack: Stack):
+    engines = (stack.lp_engine, stack.hp_engine)
+
+    def generated() -> float:
+        return sum(engine_metric(u, "vllm:generation_tokens_total") for u in engines)
+
+    before = generated()
+    body = json.dumps({"model": MODEL, "prompt": "abort me", "max_tokens": 1500,
+                       "stream": True, "ignore_eos": True}).encode()
+    sock = socket.create_connection(("127.0.0.1", int(stack.url.rsplit(":", 1)[1])))
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                 b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    seen = b""
+    while b"data:" not in seen:  # streaming has begun
+        seen += sock.recv(4096)
+    sock.close()
+    deadline = time.monotonic() + 20
+    while sum(engine_metric(u, "vllm:num_requests_running") for u in engines) and \
+            time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sum(engine_metric(u, "vllm:num_requests_running") for u in engines) == 0
+    settled = generated()
+    time.sleep(1.0)
+    assert generated() == settled  # nothing is still generating for the gone client
+    assert settled - before < 1500  # the engine stopped early: it was aborted
+
+
+async def _stream(http: aiohttp.ClientSession, url: str, body: dict, headers: dict | None = None
+                  ) -> dict:
+    """Stream one completion; record token ids, text, and when the first token came."""
+    t0 = time.monotonic()
+    out = {"ids": [], "text": "", "first": None, "first_at": None, "finish": None}
+    async with http.post(url + "/v1/completions", json={**body, "stream": True,
+                                                        "return_token_ids": True},
+                         headers=headers or {}) as r:
+        assert r.status == 200, await r.text()
+        async for line in r.content:
+            if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            assert "error" not in chunk, chunk
+            for ch in chunk["choices"]:
+                if ch["token_ids"] and out["first"] is None:
+                    out["first_at"] = time.monotonic()
+                    out["first"] = out["first_at"] - t0
+                out["ids"] += ch["token_ids"]
+                out["text"] += ch["text"]
+                out["finish"] = ch["finish_reason"] or out["finish"]
+    return out
+
+
+def test_overload_offloads_and_every_stream_is_intact(stack: Stack):
+    tok = AutoTokenizer.from_pretrained(str(stack.model_dir))
+    before = _offloads(stack)
+
+    async def burst() -> list[dict]:
+        async with aiohttp.ClientSession() as http:
+            bodies = [{"model": MODEL, "prompt": f"request {i} " * 20, "max_tokens": 60,
+                       "ignore_eos": True, "temperature": 0} for i in range(40)]
+            return await asyncio.gather(*(
+                _stream(http, stack.url, b, {"X-Ascendra-TTFT-SLO": "1.2"}) for b in bodies))
+
+    results = asyncio.run(burst())
+    assert _offloads(stack) > before, "a burst 10x the LP's seats offloaded nothing"
+    for r in results:
+        assert len(r["ids"]) == 60 and r["finish"] == "length"
+        # No token lost, doubled or reordered (the engine holds back a trailing partial
+        # UTF-8 character that decoding all ids shows as U+FFFD).
+        assert r["text"].rstrip("\ufffd") == tok.decode(r["ids"]).rstrip("\ufffd")
+
+
+def _offloads(stack: Stack) -> float:
+    with urllib.request.urlopen(stack.url + "/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("ascendra_offloads_total"):
+                return float(line.split()[-1])
+    return 0.0
+
+
+def test_migration_by_replay_keeps_exact_tokens(stack: Stack):
+    """Drain the instance under a greedy stream mid-way: it moves by token replay, and the
+    client gets exactly max_tokens tokens, the same ones an unmoved stream gets."""
+    body = {"model": MODEL, "prompt": "migrate this stream please", "max_tokens": 400,
+            "ignore_eos": True, "temperature": 0}
+
+    async def run() -> tuple[dict, dict, dict]:
+        async with aiohttp.ClientSession() as http:
+            reference = await _stream(http, stack.url, body)
+            task = asyncio.create_task(_stream(http, stack.url, body))
+            instance = None
+            while instance is None:
+                await asyncio.sleep(0.02)
+                streams = [i for i in stack.get("/ascendra/instances") if i["own_streams"]]
+                instance = streams[0]["url"] if streams else None
+            await asyncio.sleep(0.3)
+            async with http.post(stack.url + "/ascendra/drain",
+                                 json={"instance": instance}) as r:
+                drained = await r.json()
+            return reference, await task, drained
+
+    reference, moved, drained = asyncio.run(run())
+    assert drained == {"moved": 1}
+    assert len(moved["ids"]) == 400 and moved["finish"] == "length"
+    assert moved["ids"] == reference["ids"]
+
+
+def test_priority_orders_waiting_requests_on_the_engine(stack: Stack):
+    """Fill the LP engine's seats with requests that finish one after another, queue four more
+    through a router that sees only that engine (so no ticket or offload interferes), with
+    different TTFT targets, and watch them start in deadline order: vLLM's priority queue
+    running the core's least-slack key."""
+    router = spawn_router(stack, 18012, [f"{stack.lp_engine},agent={stack.lp_agent}"])
+    try:
+        wait_healthy("http://127.0.0.1:18012", 1, 120)
+
+        async def run() -> list[float]:
+            async with aiohttp.ClientSession() as http:
+                async def block(n: int) -> None:  # non-streaming: cheap for the client
+                    async with http.post(stack.lp_engine + "/v1/completions", json={
+                            "model": MODEL, "prompt": [1, 2, 3], "max_tokens": n,
+                            "ignore_eos": True, "priority": -(10**15)}) as r:
+                        await r.read()
+
+                blockers = [asyncio.create_task(block(n)) for n in (200, 400, 600, 800)]
+                while engine_metric(stack.lp_engine, "vllm:num_requests_running") < SEATS:
+                    await asyncio.sleep(0.05)
+                queued = []
+                for slo in ("20", "8", "14", "11"):  # none is at risk: no offload either way
+                    queued.append(asyncio.create_task(_stream(
+                        http, "http://127.0.0.1:18012",
+                        {"model": MODEL, "prompt": "wait for a seat", "max_tokens": 3,
+                         "ignore_eos": True}, {"X-Ascendra-TTFT-SLO": slo})))
+                    await asyncio.sleep(0.05)
+                res = await asyncio.gather(*queued)
+                await asyncio.gather(*blockers)
+                return [r["first_at"] for r in res]
+
+        firsts = asyncio.run(run())
+    finally:
+        os.killpg(router.pid, signal.SIGTERM)
+        router.wait()
+    order = sorted(range(4), key=lambda i: firsts[i])
+    assert order == [1, 3, 2, 0], firsts
