@@ -10,15 +10,15 @@ over rates. Requests still unanswered ``drain_timeout`` after the last send coun
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
+import orjson
 
 from ascendra.core.request import Slo
 from ascendra.errors import AscendraError
@@ -55,6 +55,20 @@ def _prompt(spec: RequestSpec, cfg: BenchConfig, rng: np.random.Generator) -> li
     return " ".join(["hello"] * max(1, spec.prompt_len - 1))
 
 
+async def _events(content: aiohttp.StreamReader) -> AsyncIterator[dict[str, Any]]:
+    """The JSON events of an SSE body (one network read at a time, not one line)."""
+    pending = b""
+    async for data in content.iter_any():
+        lines = (pending + data).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            if line.startswith(b"data:"):
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    return
+                yield orjson.loads(payload)
+
+
 async def _one(http: aiohttp.ClientSession, cfg: BenchConfig, spec: RequestSpec,
                prompt: list[int] | str, gaps: list[float]) -> RequestOutcome:
     body = {"model": cfg.model, "prompt": prompt, "max_tokens": spec.output_len,
@@ -69,13 +83,7 @@ async def _one(http: aiohttp.ClientSession, cfg: BenchConfig, spec: RequestSpec,
             if r.status != 200:
                 error = f"HTTP {r.status}: {(await r.text())[:200]}"
             else:
-                async for line in r.content:
-                    if not line.startswith(b"data: "):
-                        continue
-                    data = line[6:].strip()
-                    if data == b"[DONE]":
-                        break
-                    chunk = json.loads(data)
+                async for chunk in _events(r.content):
                     if "error" in chunk:
                         error = str(chunk["error"].get("message", chunk["error"]))
                         break

@@ -2,7 +2,7 @@
 
 Starts the STAND-IN backend (bench/standin_backend.py: no model, tokens on a fixed clock) and one
 router process in Ascendra mode in front of it, then runs the same open-loop Poisson load
-(text prompts the router must tokenize, 64 tokens in, 8 out) straight at the backend and through
+(text prompts the router must tokenize, 64 tokens in, 16 out) straight at the backend and through
 the router, at each rate. Added TTFT = router TTFT − direct TTFT, per percentile. The load
 generator shares this machine's cores with both servers, so the direct run at the same rate is the
 baseline that cancels its cost.
@@ -51,13 +51,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rates", default="200,400,600,800")
     ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--gap", type=float, default=0.001, help="stand-in inter-token gap, s")
     ap.add_argument("--json")
     args = ap.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     model = build_tiny_model()
     procs = [
         subprocess.Popen([sys.executable, str(HERE / "standin_backend.py"), "--port",
-                          str(BACKEND)], start_new_session=True),
+                          str(BACKEND), "--gap", str(args.gap)], start_new_session=True),
         subprocess.Popen([sys.executable, "-m", "ascendra.cli", "router", "--model-name",
                           "standin", "--tokenizer", str(model), "--max-model-len", "2048",
                           "--port", str(ROUTER), "--instance",
@@ -67,7 +68,7 @@ def main() -> None:
         _wait(f"http://127.0.0.1:{BACKEND}/health")
         _wait(f"http://127.0.0.1:{ROUTER}/health")
         work = SyntheticWorkload(ShareGptLike(prompt_median=64, prompt_sigma=0,
-                                              output_median=8, output_sigma=0))
+                                              output_median=16, output_sigma=0))
         rows = []
         for rate in rates:
             row: dict[str, object] = {"rate": rate}
@@ -88,9 +89,10 @@ def main() -> None:
                 row["added_p99_ms"] = round(r["ttft_p99_ms"] - d["ttft_p99_ms"], 3)  # type: ignore[index]
             print(json.dumps(row), flush=True)
             rows.append(row)
-        out = {"requests_per_rate": args.requests, "prompt_tokens": 64, "output_tokens": 8,
+        out = {"requests_per_rate": args.requests, "prompt_tokens": 64, "output_tokens": 16,
                "cpu_count": os.cpu_count(), "machine": platform.machine(),
-               "backend": "stand-in (bench/standin_backend.py), first token after 2 ms",
+               "backend": "stand-in (bench/standin_backend.py), first token after 2 ms, "
+                          f"then one every {args.gap * 1e3:g} ms",
                "rows": rows}
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1) + "\n")

@@ -69,6 +69,7 @@ class ControlConfig:
     interval: float = 0.05  # control loop period, seconds
     migrate: bool = True
     max_moves: int = 3  # offloads + migrations + recoveries per request
+    stall_timeout: float = 30.0  # an upstream silent this long counts as failed
 
 
 class Controller:
@@ -154,6 +155,9 @@ class Controller:
     async def tick(self, http: aiohttp.ClientSession) -> None:
         self.model.observe(self.pool.routable())
         now = time.time()
+        for inst in self.pool.instances:
+            for s in list(inst.sessions.values()):
+                s.check_stall(now, self.cfg.stall_timeout)
         if self.cfg.partitioned:
             for s in self.offload_candidates(now):
                 target = self.routing.route_offload(self.pool.loads())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +55,9 @@ class Session:
     sent_at: float = 0.0
     moves: int = 0
     offloaded: bool = False
+    last_event_at: float = 0.0
     _attempt: int = 0
+    _stalled: int = 0
     _reader: asyncio.Task[None] | None = None
     _events: asyncio.Queue[TokenEvent | FailureEvent] = field(default_factory=asyncio.Queue)
 
@@ -83,7 +84,7 @@ class Session:
               priority: int | None) -> None:
         self._attempt += 1
         self.instance = instance
-        self.sent_at = time.time()
+        self.sent_at = self.last_event_at = time.time()
         instance.sessions[self.id] = self
         self._reader = asyncio.create_task(
             self._read(http, instance, self._body(priority), self._attempt))
@@ -92,7 +93,7 @@ class Session:
                     body: dict[str, Any], attempt: int) -> None:
         try:
             async for delta in stream_tokens(http, instance.url, body):
-                now = time.time()
+                now = self.last_event_at = time.time()
                 if delta.token_ids:
                     if self.last_token_at is not None:
                         self.max_gap = max(self.max_gap, now - self.last_token_at)
@@ -138,16 +139,21 @@ class Session:
     def is_current(self, failure: FailureEvent) -> bool:
         return failure.attempt == self._attempt
 
-    async def events(self, stall_timeout: float) -> AsyncIterator[TokenEvent | FailureEvent]:
-        """Events for the client; a silent upstream past ``stall_timeout`` counts as failed."""
-        while True:
-            try:
-                ev = await asyncio.wait_for(self._events.get(), stall_timeout)
-            except TimeoutError:
-                if self.instance is None:
-                    raise
-                ev = FailureEvent(self._attempt, self.instance,
-                                  f"no token for {stall_timeout:g} s")
-            yield ev
-            if isinstance(ev, TokenEvent) and ev.finish_reason is not None:
-                return
+    def check_stall(self, now: float, timeout: float) -> bool:
+        """Report the current upstream as failed when it has been silent past ``timeout``
+        (once per attempt). The control loop calls this, so the hot path carries no timer."""
+        if self.done or self.instance is None or self._stalled == self._attempt \
+                or now - self.last_event_at <= timeout:
+            return False
+        self._stalled = self._attempt
+        self._events.put_nowait(FailureEvent(self._attempt, self.instance,
+                                             f"no token for {timeout:g} s"))
+        return True
+
+    async def next_events(self) -> list[TokenEvent | FailureEvent]:
+        """Every event queued for the client, waiting for at least one (a busy router sends
+        what piled up in one write)."""
+        events = [await self._events.get()]
+        while not self._events.empty():
+            events.append(self._events.get_nowait())
+        return events
