@@ -123,7 +123,8 @@ def _cmd_router(args: argparse.Namespace) -> int:
         raise AscendraError(str(e)) from None
     control = ControlConfig(partitioned=not args.baseline, priorities=not args.baseline,
                             dispatch=args.dispatch, margin=args.margin,
-                            migrate=not args.no_migration)
+                            migrate=not args.no_migration,
+                            ticket_step_fraction=args.ticket_step_fraction or None)
     settings = RouterSettings(model_name=args.model_name, tokenizer=args.tokenizer,
                               max_model_len=args.max_model_len, instances=specs,
                               slo=Slo(args.ttft, args.tbt), control=control)
@@ -199,7 +200,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     cfg = loadgen.BenchConfig(
         url=args.url.rstrip("/"), model=args.model, workload=_bench_workload(args),
         rates=_rates(args.qps), requests=args.requests, slo=Slo(args.ttft, args.tbt),
-        prompt=args.prompt, vocab=args.vocab, seed=args.seed)
+        prompt=args.prompt, vocab=args.vocab, seed=args.seed, warmup=args.warmup)
 
     def bar(total: int, desc: str) -> tqdm:
         return tqdm(total=total, desc=desc, unit="req", disable=args.quiet, file=sys.stderr,
@@ -270,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--baseline", action="store_true",
                     help="no LP/HP policy: round-robin over alike instances (vllm, sarathi)")
     ro.add_argument("--no-migration", action="store_true")
+    ro.add_argument("--ticket-step-fraction", type=float, default=0.5,
+                    help="HP tickets need its step time ≤ this × the request's TBT target "
+                         "(0: the paper's rule)")
     ro.set_defaults(func=_cmd_router)
 
     up = sub.add_parser("up", help="start the local stack: vLLM LP/HP instances and the router")
@@ -305,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompt", default="tokens", help="tokens (random ids) or text")
     b.add_argument("--vocab", type=int, default=1000, help="token-id prompts draw from [16, N)")
     b.add_argument("--seed", type=int, default=1)
+    b.add_argument("--warmup", type=int, default=0, help="unmeasured requests sent first")
     b.add_argument("--json", help="write the report here")
     b.add_argument("--plot", help="write attainment vs rate here (PNG)")
     b.add_argument("--label", help="name of this system in the plot")

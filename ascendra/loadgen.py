@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ class BenchConfig:
     vocab: int = 1000  # token ids are drawn from [16, vocab)
     seed: int = 1
     drain_timeout: float = 60.0
+    warmup: int = 0  # requests sent (at the first rate) and not measured before the sweep
     slo_headers: bool = True  # tell an Ascendra router the SLOs (others ignore the headers)
 
 
@@ -147,6 +148,13 @@ def run_bench(cfg: BenchConfig, progress: Callable[[int, str], Any] | None = Non
               ) -> list[RateResult]:
     if not cfg.rates or any(r <= 0 for r in cfg.rates):
         raise AscendraError("rates must be positive")
+    if cfg.warmup:
+        # Engines compile kernels for new batch shapes lazily; do that before measuring.
+        warm = replace(cfg, requests=cfg.warmup, seed=cfg.seed + 1000)
+        bar = progress(cfg.warmup, "warm-up") if progress else None
+        asyncio.run(run_rate(warm, cfg.rates[0], bar.update if bar else lambda: None))
+        if bar:
+            bar.close()
     results = []
     for rate in cfg.rates:
         bar = progress(cfg.requests, f"{rate:g} req/s") if progress else None

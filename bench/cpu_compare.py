@@ -5,7 +5,7 @@ tiny model, one per core, and the router: 1 LP + 1 HP for Ascendra, round-robin 
 instances for the baselines), runs ``ascendra bench`` at each rate, and stops it. SLOs are scaled
 to the tiny model's speed on this machine. Writes one JSON with every report and one PNG.
 
-    python bench/cpu_compare.py --rates 4,8,12,16 --requests 150 \\
+    python bench/cpu_compare.py --rates 4,8,12,16 --requests 200 \\
         --json docs/results/cpu-compare.json --plot docs/results/cpu-compare.png
 
 Caveat, always: two engines, the router and the load generator share two CPU cores, so every
@@ -32,9 +32,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--systems", default="ascendra,vllm,sarathi")
     ap.add_argument("--rates", default="4,8,12,16")
-    ap.add_argument("--requests", type=int, default=150)
-    ap.add_argument("--ttft", type=float, default=0.5)
-    ap.add_argument("--tbt", type=float, default=0.05)
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--ttft", type=float, default=2.0)
+    ap.add_argument("--tbt", type=float, default=0.1)
     ap.add_argument("--length-scale", type=float, default=0.25)
     ap.add_argument("--json")
     ap.add_argument("--plot")
@@ -53,7 +54,7 @@ def main() -> None:
             time.sleep(2)
             bench = BenchConfig(url=stack.url + "/v1", model=stack.name, workload=work,
                                 rates=[float(r) for r in args.rates.split(",")],
-                                requests=args.requests, slo=slo)
+                                requests=args.requests, slo=slo, warmup=args.warmup)
             rep = report(bench, run_bench(bench))
         reports[system] = rep
         print(f"== {system}\n{table(rep)}", flush=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from ascendra.core.dispatch import AscendraRouting, BaselineRouting, Role, make_dispatcher
+from ascendra.core.hp import TicketRule
 from ascendra.core.latency import BatchShape
 from ascendra.core.migration import StreamProgress, migration_helps, tbt_at_risk
 from ascendra.core.offload import at_risk
@@ -69,7 +70,11 @@ class ControlConfig:
     interval: float = 0.05  # control loop period, seconds
     migrate: bool = True
     max_moves: int = 3  # offloads + migrations + recoveries per request
+    max_tbt_moves: int = 1  # TBT-driven migrations per request (each costs a re-prefill)
     stall_timeout: float = 30.0  # an upstream silent this long counts as failed
+    # HP tickets also need the HP's step time ≤ this fraction of the request's TBT target
+    # (None: the paper's seat-and-queue rule alone).
+    ticket_step_fraction: float | None = 0.5
 
 
 class Controller:
@@ -78,7 +83,8 @@ class Controller:
         self.pool = pool
         self.model = model
         dispatcher = make_dispatcher(cfg.dispatch, model)
-        self.routing = AscendraRouting(dispatcher) if cfg.partitioned \
+        tickets = TicketRule(max_step_fraction=cfg.ticket_step_fraction)
+        self.routing = AscendraRouting(dispatcher, tickets) if cfg.partitioned \
             else BaselineRouting(dispatcher)
         self.offloads = 0
         self.migrations = 0
@@ -112,19 +118,18 @@ class Controller:
 
     # -- the control loop ------------------------------------------------------------------
     def offload_candidates(self, now: float) -> list[Session]:
-        """Own requests queued (not started) on LP instances that the core's rule says will
-        miss their TTFT. vLLM does not say which requests wait, so the waiting ones are taken
-        to be this router's lowest-priority requests without a token, as many as the engine
-        reports waiting."""
+        """Own requests not started on LP instances that the core's rule says will miss their
+        TTFT. "Not started" is "no token yet": vLLM gives a request a seat long before it can
+        serve it when compute rather than seats runs out, so its own waiting count says little,
+        and the first token is the start a router can see. (A request moved mid-prefill loses
+        that prefill, which the margin is there to absorb.)"""
         out: list[Session] = []
         for inst in self.pool.routable():
-            if inst.role is not Role.LP or inst.state is None:
+            if inst.role is not Role.LP:
                 continue
-            pending = sorted((s for s in inst.sessions.values() if not s.generated),
-                             key=lambda s: (s.request.priority, s.sent_at))
-            queued = pending[len(pending) - min(len(pending), inst.state.waiting):]
             batch = instance_step_time(inst, self.model.step_time)
-            out += [s for s in queued if s.moves < self.cfg.max_moves
+            out += [s for s in inst.sessions.values()
+                    if not s.generated and s.moves < self.cfg.max_moves
                     and at_risk(s.request, now, batch, self.cfg.margin)]
         return out
 
@@ -135,6 +140,7 @@ class Controller:
             source_step = instance_step_time(inst, self.model.step_time)
             for s in list(inst.sessions.values()):
                 if not s.generated or s.done or s.moves >= self.cfg.max_moves \
+                        or s.tbt_moves >= self.cfg.max_tbt_moves \
                         or s.first_token_at is None or s.last_token_at is None:
                     continue
                 p = StreamProgress(s.first_token_at, s.last_token_at, len(s.generated),
@@ -168,6 +174,7 @@ class Controller:
         if self.cfg.migrate:
             for s, target in self.migration_candidates(now):
                 if await self.move(http, s, target, "tbt"):
+                    s.tbt_moves += 1
                     self.migrations += 1
 
     # -- failures --------------------------------------------------------------------------

@@ -70,10 +70,6 @@ class Instance:
                 return self.spec.role
         return self.spec.role
 
-    def unseen(self) -> list[Session]:
-        """Own streams started after the engine's last report (it cannot have counted them)."""
-        return [s for s in self.sessions.values() if s.sent_at > self.state_at]
-
     def load(self, default_seats: int) -> InstanceLoad:
         st = self.state or EngineState(role=self.role.value, ready=False)
         waiting_own = [s for s in self.sessions.values() if not s.generated]
@@ -83,7 +79,9 @@ class Instance:
             decode_context=sum(len(s.prompt_ids) + len(s.generated)
                                for s in self.sessions.values() if s.generated),
             kv_free_fraction=1.0 - st.kv_usage, max_seqs=st.max_seqs or default_seats,
-            pending=len(self.unseen()),
+            # Own requests still without a first token: sent, but not yet through prefill (a
+            # vLLM engine counts them as running as soon as they have a seat).
+            pending=len(waiting_own), step_time=st.step_time,
         )
 
 

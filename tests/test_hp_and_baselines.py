@@ -57,6 +57,12 @@ def test_ticket_rule():
     assert not rule.grants(**{**ok, "pending": 1})
     assert not rule.grants(**{**ok, "running": 64})
     assert not rule.grants(**{**ok, "kv_free_fraction": 0.10})
+    # The paper's rule ignores speed; with a step-time cap, a slow HP takes no tickets.
+    assert rule.grants(**ok, step_time=0.2, tbt_slo=0.15)
+    capped = TicketRule(max_step_fraction=0.5)
+    assert capped.grants(**ok, step_time=0.07, tbt_slo=0.15)
+    assert not capped.grants(**ok, step_time=0.08, tbt_slo=0.15)
+    assert capped.grants(**ok)  # no measurement yet: seats and queue decide
 
 
 def test_vllm_v0_fcfs_head_of_line_whole_prompts_prefill_only(big_kv):

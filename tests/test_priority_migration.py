@@ -8,6 +8,7 @@ from conftest import req
 from ascendra.core.migration import (
     StreamProgress,
     migration_helps,
+    observed_mean_tbt,
     projected_mean_tbt,
     tbt_at_risk,
 )
@@ -35,10 +36,15 @@ def test_hp_priority_bands():
 def test_projected_mean_tbt():
     p = StreamProgress(first_token_at=10.0, last_token_at=11.0, tokens=11, remaining=10)
     # 10 gaps so far over 1 s; 10 more at 0.05 s: (1.0 + 0.5) / 20 = 0.075.
+    assert observed_mean_tbt(p) == pytest.approx(0.1)
     assert projected_mean_tbt(p, now=11.0, step_time=0.05) == pytest.approx(0.075)
     assert projected_mean_tbt(p, now=11.0, step_time=0.05, extra_delay=0.3) == pytest.approx(0.09)
-    assert not tbt_at_risk(p, 11.0, 0.05, slo_tbt=0.08)
-    assert tbt_at_risk(p, 11.0, 0.2, slo_tbt=0.08)  # (1 + 2) / 20 = 0.15
+    # Observed so far: 1 s / 10 gaps = 0.1 s.
+    assert not tbt_at_risk(p, 11.0, 0.05, slo_tbt=0.08)  # projected 0.075: recovers in place
+    assert tbt_at_risk(p, 11.0, 0.2, slo_tbt=0.08)  # projected (1 + 2) / 20 = 0.15
+    assert not tbt_at_risk(p, 11.0, 0.2, slo_tbt=0.12)  # not over the target yet
+    early = StreamProgress(first_token_at=10.0, last_token_at=10.5, tokens=3, remaining=10)
+    assert not tbt_at_risk(early, 10.5, 0.5, slo_tbt=0.1)  # too few tokens to judge
 
 
 def test_migration_helps_only_when_it_meets_the_target_and_beats_staying():

@@ -34,6 +34,7 @@ class InstanceLoad:
     kv_free_fraction: float = 1.0
     max_seqs: int = 128
     pending: int = 0  # sent to it but not yet in its queues (offloads in transit)
+    step_time: float | None = None  # its current step time, s (measured or predicted)
 
 
 class Dispatcher(Protocol):
@@ -112,6 +113,7 @@ class AscendraRouting:
             if not lps or self.tickets.grants(
                 waiting=hp.num_waiting, pending=hp.pending, running=hp.num_running,
                 max_seqs=hp.max_seqs, kv_free_fraction=hp.kv_free_fraction,
+                step_time=hp.step_time, tbt_slo=req.slo.tbt,
             ):
                 self._hp_next += 1
                 return Route(hp.index, via_ticket=True)

@@ -47,16 +47,26 @@ class TicketRule:
     Only when it has nothing queued or in transit, runs fewer than ``seat_fraction`` of its seats
     (the paper's ratio·max_seqs with ratio = 1 − running/max_seqs reduces to one half), and has more
     than ``min_free_kv`` of its KV free, so that direct admissions never crowd out offloads.
+
+    Beyond the paper, ``max_step_fraction`` also asks that the HP's current step time be at most
+    that fraction of the request's TBT target: seats say nothing about speed when an engine runs
+    out of compute long before it runs out of seats, and an HP that is already slow is no place
+    for more work. ``None`` keeps the paper's rule.
     """
 
     seat_fraction: float = 0.5
     min_free_kv: float = 0.10
+    max_step_fraction: float | None = None
 
     def grants(self, *, waiting: int, pending: int, running: int, max_seqs: int,
-               kv_free_fraction: float) -> bool:
+               kv_free_fraction: float, step_time: float | None = None,
+               tbt_slo: float | None = None) -> bool:
+        fast_enough = (self.max_step_fraction is None or step_time is None or tbt_slo is None
+                       or step_time <= self.max_step_fraction * tbt_slo)
         return (
             waiting == 0
             and pending == 0
             and running < self.seat_fraction * max_seqs
             and kv_free_fraction > self.min_free_kv
+            and fast_enough
         )

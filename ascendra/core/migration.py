@@ -31,8 +31,17 @@ def projected_mean_tbt(p: StreamProgress, now: float, step_time: float,
     return (end - p.first_token_at) / (total - 1)
 
 
-def tbt_at_risk(p: StreamProgress, now: float, step_time: float, slo_tbt: float) -> bool:
-    return p.remaining > 0 and projected_mean_tbt(p, now, step_time) > slo_tbt
+def observed_mean_tbt(p: StreamProgress) -> float:
+    return (p.last_token_at - p.first_token_at) / (p.tokens - 1) if p.tokens > 1 else 0.0
+
+
+def tbt_at_risk(p: StreamProgress, now: float, step_time: float, slo_tbt: float,
+                min_tokens: int = 8) -> bool:
+    """A request is at risk when it is already over its target after enough tokens to tell
+    (a few slow gaps early on are noise) and staying would keep it over."""
+    return (p.remaining > 0 and p.tokens >= min_tokens
+            and observed_mean_tbt(p) > slo_tbt
+            and projected_mean_tbt(p, now, step_time) > slo_tbt)
 
 
 def migration_helps(p: StreamProgress, now: float, *, source_step: float, target_step: float,
