@@ -98,12 +98,12 @@ def _cmd_runtime(args: argparse.Namespace) -> int:
         raise AscendraError(f"--system must be one of {', '.join(SYSTEM_ARGS)}")
     if not Path(args.model).exists():
         raise AscendraError(f"model path not found: {args.model}")
-    launch = EngineLaunch(model=args.model, port=args.port, system=args.system,
+    launch = EngineLaunch(model=args.model, port=args.port, system=args.system, host=args.host,
                           served_model_name=args.served_model_name,
                           max_model_len=args.max_model_len, extra=tuple(args.engine_args))
     agent = Agent(AgentConfig(launch=launch, agent_port=args.agent_port, role=args.role,
                               role_file=Path(args.role_file) if args.role_file else None))
-    uvicorn.run(agent.app(), host="127.0.0.1", port=args.agent_port, log_level="warning")
+    uvicorn.run(agent.app(), host=args.agent_host, port=args.agent_port, log_level="warning")
     return 0
 
 
@@ -149,6 +149,19 @@ def _cmd_up(args: argparse.Namespace) -> int:
                       ttft=args.ttft, tbt=args.tbt, engine_args=engine_args,
                       max_model_len=args.max_model_len, log_dir=Path(args.log_dir))
     return run(cfg)
+
+
+def _cmd_operator(args: argparse.Namespace) -> int:
+    import logging
+
+    import kopf
+
+    import ascendra.operator.handlers  # noqa: F401  (registers the handlers with kopf)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    kopf.run(standalone=True, clusterwide=not args.namespace, namespaces=args.namespace or (),
+             liveness_endpoint=args.liveness)
+    return 0
 
 
 def _bench_workload(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -246,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     rt = sub.add_parser("runtime", help="run one vLLM engine in its LP/HP role with its agent")
     rt.add_argument("--model", required=True, help="model directory")
     rt.add_argument("--served-model-name")
+    rt.add_argument("--host", default="127.0.0.1", help="vLLM's address")
     rt.add_argument("--port", type=int, default=8101, help="vLLM's port")
+    rt.add_argument("--agent-host", default="127.0.0.1", help="the agent's address")
     rt.add_argument("--agent-port", type=int, default=8100, help="the agent's port")
     rt.add_argument("--role", default="lp", help="lp, hp or mixed (baseline)")
     rt.add_argument("--role-file", help="read the role from this file (downward API labels)")
@@ -290,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--max-num-seqs", type=int, help="seat limit of every engine")
     up.add_argument("--log-dir", default=".ascendra/logs", help="where the children's logs go")
     up.set_defaults(func=_cmd_up)
+
+    op = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
+    op.add_argument("--namespace", action="append",
+                    help="watch only this namespace (repeat); default: all")
+    op.add_argument("--liveness", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    op.set_defaults(func=_cmd_operator)
 
     b = sub.add_parser("bench", help="load an OpenAI-compatible endpoint and measure SLO "
                        "attainment and goodput")

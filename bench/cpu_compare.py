@@ -18,6 +18,8 @@ import argparse
 import json
 import os
 import platform
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -29,8 +31,12 @@ from ascendra.workloads.spec import SyntheticWorkload
 
 
 def main() -> None:
+    # A SIGTERM unwinds like an exception, so every stack started here is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser()
-    ap.add_argument("--systems", default="ascendra,vllm,sarathi")
+    ap.add_argument("--systems", default="ascendra,vllm,sarathi",
+                    help="comma-separated; NAME=SYSTEM:ROUTER-ARGS adds a variant, e.g. "
+                         "'ascendra-nomig=ascendra:--no-migration'")
     ap.add_argument("--rates", default="4,8,12,16")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=100)
@@ -46,18 +52,21 @@ def main() -> None:
                                           max_total=int(2048 * s)))
     slo = Slo(args.ttft, args.tbt)
     reports = {}
-    for system in args.systems.split(","):
+    for item in args.systems.split(","):
+        label, _, variant = item.partition("=")
+        system, _, router_args = (variant or label).partition(":")
         cfg = StackConfig(lp=1, hp=1, system=system, port=args.port,
                           base_port=args.port + 100, ttft=slo.ttft, tbt=slo.tbt,
-                          log_dir=Path(".ascendra/logs/cpu-compare") / system)
+                          router_args=router_args.split(),
+                          log_dir=Path(".ascendra/logs/cpu-compare") / label)
         with LocalStack(cfg) as stack:
             time.sleep(2)
             bench = BenchConfig(url=stack.url + "/v1", model=stack.name, workload=work,
                                 rates=[float(r) for r in args.rates.split(",")],
                                 requests=args.requests, slo=slo, warmup=args.warmup)
             rep = report(bench, run_bench(bench))
-        reports[system] = rep
-        print(f"== {system}\n{table(rep)}", flush=True)
+        reports[label] = rep
+        print(f"== {label}\n{table(rep)}", flush=True)
     base = {k: v["goodput_qps"] for k, v in reports.items()}
     print("goodput:", json.dumps(base))
     if args.json:

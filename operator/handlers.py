@@ -1,0 +1,100 @@
+"""Kopf wiring: every trigger runs the same level-based reconcile.
+
+Creation, spec changes, operator (re)start and a short timer all call :func:`reconcile`, which
+reads what exists, asks the pure planners what should change, does it, and writes status. So a
+child deleted or edited by hand comes back within one timer period, and an operator killed
+mid-pass simply converges on the next one. Deletion needs no handler: every child carries an
+owner reference, and Kubernetes' garbage collector removes them with the AscendraService.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from ascendra.operator.builders import ROLE_LABEL, router_objects, runtime_selector
+from ascendra.operator.kube import Kube, api_message, load_config
+from ascendra.operator.plan import plan_pods, status
+from ascendra.operator.spec import GROUP, PLURAL, VERSION, SpecError, parse
+
+RECONCILE_INTERVAL = 5.0
+_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    load_config()
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="ascendra.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="ascendra.io", key="last-handled-configuration")
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 60
+
+
+def reconcile(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger | Any) -> None:
+    with _locks[body["metadata"]["uid"]]:
+        _reconcile(body, patch, logger)
+
+
+def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
+    generation = body["metadata"].get("generation", 0)
+    previous = list((body.get("status") or {}).get("conditions") or [])
+    try:
+        spec = parse(dict(body))
+    except SpecError as e:
+        kopf.warn(body, reason="InvalidSpec", message=str(e))
+        patch.status["observedGeneration"] = generation
+        patch.status["conditions"] = [{
+            "type": "Degraded", "status": "True", "reason": "InvalidSpec", "message": str(e),
+            "observedGeneration": generation}]
+        return
+    kube = Kube()
+    hp = spec.clamp_hp(((body.get("status") or {}).get("split") or {}).get("hp"))
+    error = None
+    pods: list[dict[str, Any]] = []
+    try:
+        for obj in router_objects(spec):
+            result = kube.apply(obj)
+            if result != "unchanged":
+                kopf.info(body, reason=f"{obj['kind']}{result.capitalize()}",
+                          message=f"{obj['kind']} {obj['metadata']['name']} {result}")
+        pods = kube.list_pods(spec.namespace, runtime_selector(spec))
+        plan = plan_pods(spec, hp, pods)
+        for pod in plan.create:
+            if kube.create_pod(pod):
+                meta = pod["metadata"]
+                kopf.info(body, reason="PodCreated", message=f"runtime pod {meta['name']} "
+                          f"({meta['labels'][ROLE_LABEL]})")
+        for name, role in plan.relabel.items():
+            kube.set_role(name, spec.namespace, role)
+            kopf.info(body, reason="RoleChanged", message=f"{name} is now {role.upper()} "
+                      "(label flip, no restart)")
+        for name in plan.delete:
+            kube.delete_pod(name, spec.namespace)
+            kopf.info(body, reason="PodDeleted", message=f"runtime pod {name} replaced or removed")
+        if not plan.empty:
+            pods = kube.list_pods(spec.namespace, runtime_selector(spec))
+        router = kube.get_deployment(f"{spec.name}-router", spec.namespace)
+    except ApiException as e:
+        error = f"{e.status} {e.reason}: {api_message(e)}"
+        router = None
+        kopf.warn(body, reason="ReconcileError", message=error)
+        logger.warning("reconcile of %s/%s failed: %s", spec.namespace, spec.name, error)
+    patch.status.update(status(spec, hp, pods, router, generation, previous, error))
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+def on_change(body: kopf.Body, patch: kopf.Patch, logger: Any, **_: Any) -> None:
+    reconcile(body, patch, logger)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL, initial_delay=1.0)
+def on_timer(body: kopf.Body, patch: kopf.Patch, logger: Any, **_: Any) -> None:
+    reconcile(body, patch, logger)

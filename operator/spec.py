@@ -1,0 +1,138 @@
+"""The AscendraService spec as typed objects, with the checks the CRD schema cannot make.
+
+The API server already applied the schema's defaults and CEL rules; what reaches the operator is
+checked again here only for what CEL cannot express (resource quantities, label values). A
+violation is a :class:`SpecError`, which the operator reports as a Degraded condition and an
+Event rather than acting on it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+GROUP, VERSION, PLURAL, KIND = "ascendra.io", "v1alpha1", "ascendraservices", "AscendraService"
+_QUANTITY = re.compile(r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numkMGTPE]i?|Ki)?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+class SpecError(ValueError):
+    """An AscendraService that passed the schema but cannot be realised."""
+
+
+@dataclass(frozen=True)
+class Slo:
+    ttft: float = 1.0
+    tbt: float = 0.15
+    attainment: float = 0.9
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    enabled: bool = False
+    prometheus_url: str | None = None
+    interval: int = 30
+    cooldown: int = 300
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    namespace: str
+    uid: str
+    model_name: str
+    model_path: str
+    max_model_len: int
+    image: str
+    image_pull_policy: str = "IfNotPresent"
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    resources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gpus: int = 1
+    tensor_parallel: int = 1
+    model_volume: dict[str, Any] | None = None
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ()
+    affinity: dict[str, Any] | None = None
+    slo: Slo = field(default_factory=Slo)
+    instances: int = 3
+    hp_min: int = 1
+    hp_max: int = 1
+    hp_initial: int = 1
+    margin: float = 0.7
+    dispatch: str = "round-robin"
+    ticket_step_fraction: float = 0.5
+    migration: bool = True
+    autoscaling: Autoscaling = field(default_factory=Autoscaling)
+    router_image: str = "ghcr.io/ascendra/router:0.1.0"
+    router_replicas: int = 1
+    router_port: int = 8000
+    router_service_type: str = "ClusterIP"
+    router_resources: dict[str, Any] = field(default_factory=dict)
+
+    def clamp_hp(self, hp: int | None) -> int:
+        """An HP count within the bounds (the initial one when there is none yet)."""
+        value = self.hp_initial if hp is None else hp
+        return max(self.hp_min, min(self.hp_max, value))
+
+
+def _get(d: dict[str, Any], *path: str, default: Any = None) -> Any:
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return default
+        d = d[key]
+    return d
+
+
+def parse(body: dict[str, Any]) -> ServiceSpec:
+    meta, spec = body.get("metadata", {}), body.get("spec") or {}
+    hp = _get(spec, "pool", "hp", default={}) or {}
+    hp_min, hp_max = int(hp.get("min", 1)), int(hp.get("max", 1))
+    resources = _get(spec, "runtime", "resources", default={}) or {}
+    for kind in ("requests", "limits"):
+        for res, qty in (resources.get(kind) or {}).items():
+            if not _QUANTITY.match(str(qty)):
+                raise SpecError(f"runtime.resources.{kind}.{res}: {qty!r} is not a quantity")
+    name = meta.get("name", "")
+    if len(name) > 40:
+        raise SpecError(f"name {name!r} is longer than 40 characters; child names would not fit")
+    node_selector = dict(_get(spec, "placement", "nodeSelector", default={}) or {})
+    for key, value in node_selector.items():
+        if not _LABEL_VALUE.match(str(value)):
+            raise SpecError(f"placement.nodeSelector.{key}: {value!r} is not a label value")
+    auto = spec.get("autoscaling") or {}
+    return ServiceSpec(
+        name=name, namespace=meta.get("namespace", "default"), uid=meta.get("uid", ""),
+        model_name=_get(spec, "model", "name"), model_path=_get(spec, "model", "path"),
+        max_model_len=int(_get(spec, "model", "maxModelLen", default=8192)),
+        model_volume=_get(spec, "model", "volume"),
+        image=_get(spec, "runtime", "image"),
+        image_pull_policy=_get(spec, "runtime", "imagePullPolicy", default="IfNotPresent"),
+        args=tuple(_get(spec, "runtime", "args", default=[]) or ()),
+        env=tuple((e["name"], str(e.get("value", "")))
+                  for e in (_get(spec, "runtime", "env", default=[]) or ())),
+        resources={k: dict(v) for k, v in resources.items() if v},
+        gpus=int(_get(spec, "runtime", "gpusPerInstance", default=1)),
+        tensor_parallel=int(_get(spec, "runtime", "tensorParallel", default=1)),
+        node_selector=node_selector,
+        tolerations=tuple(_get(spec, "placement", "tolerations", default=[]) or ()),
+        affinity=_get(spec, "placement", "affinity"),
+        slo=Slo(float(_get(spec, "slo", "ttftSeconds", default=1.0)),
+                float(_get(spec, "slo", "tbtSeconds", default=0.15)),
+                float(_get(spec, "slo", "attainmentTarget", default=0.9))),
+        instances=int(_get(spec, "pool", "instances", default=3)),
+        hp_min=hp_min, hp_max=hp_max, hp_initial=int(hp.get("initial", hp_min)),
+        margin=float(_get(spec, "policy", "offloadMarginSeconds", default=0.7)),
+        dispatch=_get(spec, "policy", "dispatch", default="round-robin"),
+        ticket_step_fraction=float(_get(spec, "policy", "ticketStepFraction", default=0.5)),
+        migration=bool(_get(spec, "policy", "migration", default=True)),
+        autoscaling=Autoscaling(bool(auto.get("enabled", False)), auto.get("prometheusUrl"),
+                                int(auto.get("intervalSeconds", 30)),
+                                int(auto.get("cooldownSeconds", 300))),
+        router_image=_get(spec, "router", "image", default="ghcr.io/ascendra/router:0.1.0"),
+        router_replicas=int(_get(spec, "router", "replicas", default=1)),
+        router_port=int(_get(spec, "router", "port", default=8000)),
+        router_service_type=_get(spec, "router", "serviceType", default="ClusterIP"),
+        router_resources=dict(_get(spec, "router", "resources", default={}) or {}),
+    )

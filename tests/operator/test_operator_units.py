@@ -1,0 +1,178 @@
+"""The operator's pure parts: spec parsing, builders, pod plans and status, as data."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ascendra.operator.builders import (
+    HASH_ANNOTATION,
+    ROLE_LABEL,
+    drifted,
+    roles,
+    router_config,
+    router_objects,
+    runtime_pod,
+)
+from ascendra.operator.plan import plan_pods, status
+from ascendra.operator.spec import SpecError, parse
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "crds" / "example-ascendraservice.yaml"
+
+
+def body(**spec_overrides) -> dict:
+    b = yaml.safe_load(EXAMPLE.read_text())
+    b["metadata"] |= {"uid": "uid-1", "generation": 3}
+    for path, value in spec_overrides.items():
+        node = b["spec"]
+        *parents, leaf = path.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return b
+
+
+def ready(pod: dict) -> dict:
+    pod = copy.deepcopy(pod)
+    pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    return pod
+
+
+def test_parse_example():
+    s = parse(body())
+    assert (s.name, s.namespace, s.model_name, s.instances) == ("llama-8b", "default",
+                                                                  "llama-3.1-8b", 3)
+    assert (s.hp_min, s.hp_max, s.hp_initial, s.gpus) == (1, 2, 1, 1)
+    assert s.clamp_hp(None) == 1 and s.clamp_hp(5) == 2 and s.clamp_hp(0) == 1
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"runtime__resources": {"requests": {"cpu": "lots"}}}, "not a quantity"),
+    ({"placement__nodeSelector": {"pool": "bad value!"}}, "not a label value"),
+])
+def test_spec_errors(override, message):
+    with pytest.raises(SpecError, match=message):
+        parse(body(**override))
+
+
+def test_long_names_are_refused():
+    b = body()
+    b["metadata"]["name"] = "x" * 41
+    with pytest.raises(SpecError, match="longer than 40"):
+        parse(b)
+
+
+def test_runtime_pod_places_on_gpus_and_reads_its_role_live():
+    s = parse(body(runtime__gpusPerInstance=2, runtime__tensorParallel=2))
+    pod = runtime_pod(s, 2, "hp")
+    meta, spec = pod["metadata"], pod["spec"]
+    assert meta["name"] == "llama-8b-runtime-2" and meta["labels"][ROLE_LABEL] == "hp"
+    assert meta["ownerReferences"][0] | {} == {
+        "apiVersion": "ascendra.io/v1alpha1", "kind": "AscendraService", "name": "llama-8b",
+        "uid": "uid-1", "controller": True, "blockOwnerDeletion": True}
+    c = spec["containers"][0]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == 2
+    assert spec["nodeSelector"] == {"ascendra.io/gpu-pool": "h100"}
+    assert spec["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert "--role-file" in c["args"] and "--tensor-parallel-size" in c["args"]
+    assert c["args"][c["args"].index("--tensor-parallel-size") + 1] == "2"
+    assert spec["volumes"][0]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"] == \
+        "metadata.labels"
+
+
+def test_role_is_not_part_of_the_template_hash():
+    s = parse(body())
+    lp, hp = runtime_pod(s, 0, "lp"), runtime_pod(s, 0, "hp")
+    assert lp["metadata"]["annotations"][HASH_ANNOTATION] == \
+        hp["metadata"]["annotations"][HASH_ANNOTATION]
+    other = runtime_pod(parse(body(runtime__image="other:1")), 0, "lp")
+    assert other["metadata"]["annotations"][HASH_ANNOTATION] != \
+        lp["metadata"]["annotations"][HASH_ANNOTATION]
+
+
+def test_router_objects_and_least_privilege_rbac():
+    s = parse(body())
+    objs = {(o["kind"], o["metadata"]["name"]): o for o in router_objects(s)}
+    assert set(objs) == {("ServiceAccount", "llama-8b-router"), ("Role", "llama-8b-router"),
+                         ("RoleBinding", "llama-8b-router"), ("ConfigMap", "llama-8b-router"),
+                         ("Deployment", "llama-8b-router"), ("Service", "llama-8b-router"),
+                         ("Service", "llama-8b-runtime")}
+    assert objs[("Role", "llama-8b-router")]["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    cfg = json.loads(objs[("ConfigMap", "llama-8b-router")]["data"]["router.json"])
+    assert cfg == router_config(s) and cfg["slo"] == {"ttft": 1.0, "tbt": 0.15}
+    assert objs[("Service", "llama-8b-runtime")]["spec"]["clusterIP"] == "None"
+    assert all(o["metadata"]["ownerReferences"][0]["uid"] == "uid-1" for o in objs.values())
+
+
+def test_roles_put_hp_last():
+    s = parse(body())
+    assert roles(s, 1) == ["lp", "lp", "hp"] and roles(s, 2) == ["lp", "hp", "hp"]
+
+
+def test_plan_from_nothing_creates_every_pod():
+    s = parse(body())
+    plan = plan_pods(s, 1, [])
+    assert [p["metadata"]["labels"][ROLE_LABEL] for p in plan.create] == ["lp", "lp", "hp"]
+    assert not plan.delete and not plan.relabel
+
+
+def test_split_change_is_a_label_flip():
+    s = parse(body())
+    pods = [ready(runtime_pod(s, i, r)) for i, r in enumerate(roles(s, 1))]
+    plan = plan_pods(s, 2, pods)
+    assert plan.relabel == {"llama-8b-runtime-1": "hp"} and not plan.create and not plan.delete
+
+
+def test_scaling_down_deletes_the_extra_index_and_restores_missing_ones():
+    s = parse(body(pool__instances=2))
+    full = parse(body())
+    pods = [ready(runtime_pod(full, i, r)) for i, r in enumerate(roles(full, 1))]
+    plan = plan_pods(s, 1, pods)
+    assert plan.delete == ["llama-8b-runtime-2"] and plan.relabel == {"llama-8b-runtime-1": "hp"}
+    plan = plan_pods(full, 1, pods[1:])  # someone deleted pod 0
+    assert [p["metadata"]["name"] for p in plan.create] == ["llama-8b-runtime-0"]
+
+
+def test_template_change_replaces_one_pod_at_a_time():
+    old = parse(body())
+    new = parse(body(runtime__image="runtime:2"))
+    pods = [ready(runtime_pod(old, i, r)) for i, r in enumerate(roles(old, 1))]
+    plan = plan_pods(new, 1, pods)
+    assert plan.delete == ["llama-8b-runtime-0"]
+    pods[1]["status"]["conditions"][0]["status"] = "False"  # another pod is not ready
+    assert plan_pods(new, 1, pods).delete == []
+
+
+def test_status_conditions():
+    s = parse(body())
+    pods = [ready(runtime_pod(s, i, r)) for i, r in enumerate(roles(s, 1))]
+    router = {"status": {"availableReplicas": 1}}
+    st = status(s, 1, pods, router, 3, [])
+    cond = {c["type"]: c for c in st["conditions"]}
+    assert (st["readyLP"], st["readyHP"], st["split"]) == (2, 1, {"lp": 2, "hp": 1})
+    assert cond["Ready"]["status"] == "True" and cond["Degraded"]["status"] == "False"
+    assert cond["Progressing"]["status"] == "False" and st["observedGeneration"] == 3
+    pending = [*copy.deepcopy(pods[:2]), runtime_pod(s, 2, "hp")]
+    pending[2]["status"] = {"phase": "Pending", "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/9 nodes are available: 9 Insufficient nvidia.com/gpu."}]}
+    cond = {c["type"]: c for c in status(s, 1, pending, router, 3, st["conditions"])["conditions"]}
+    assert cond["Ready"]["status"] == "False" and cond["Degraded"]["reason"] == "Unschedulable"
+    assert "Insufficient nvidia.com/gpu" in cond["Degraded"]["message"]
+
+
+def test_drift_ignores_server_defaults_but_not_edits():
+    s = parse(body())
+    dep = next(o for o in router_objects(s) if o["kind"] == "Deployment")
+    served = copy.deepcopy(dep)
+    served["spec"]["progressDeadlineSeconds"] = 600
+    served["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] = "/dev/x"
+    assert not drifted(dep, served)
+    served["spec"]["replicas"] = 5
+    assert drifted(dep, served)
