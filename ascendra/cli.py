@@ -115,19 +115,25 @@ def _cmd_router(args: argparse.Namespace) -> int:
     from ascendra.router.control import ControlConfig
     from ascendra.router.instances import InstanceSpec
 
-    if not args.instance:
-        raise AscendraError("router: at least one --instance is required")
-    try:
-        specs = [InstanceSpec.parse(x) for x in args.instance]
-    except ValueError as e:
-        raise AscendraError(str(e)) from None
-    control = ControlConfig(partitioned=not args.baseline, priorities=not args.baseline,
-                            dispatch=args.dispatch, margin=args.margin,
-                            migrate=not args.no_migration,
-                            ticket_step_fraction=args.ticket_step_fraction or None)
-    settings = RouterSettings(model_name=args.model_name, tokenizer=args.tokenizer,
-                              max_model_len=args.max_model_len, instances=specs,
-                              slo=Slo(args.ttft, args.tbt), control=control)
+    if args.config:
+        from ascendra.router.config import load_settings
+
+        settings = load_settings(args.config)
+    else:
+        if not (args.instance and args.model_name and args.tokenizer and args.max_model_len):
+            raise AscendraError("router: give --config, or --model-name, --tokenizer, "
+                                "--max-model-len and at least one --instance")
+        try:
+            specs = [InstanceSpec.parse(x) for x in args.instance]
+        except ValueError as e:
+            raise AscendraError(str(e)) from None
+        control = ControlConfig(partitioned=not args.baseline, priorities=not args.baseline,
+                                dispatch=args.dispatch, margin=args.margin,
+                                migrate=not args.no_migration,
+                                ticket_step_fraction=args.ticket_step_fraction or None)
+        settings = RouterSettings(model_name=args.model_name, tokenizer=args.tokenizer,
+                                  max_model_len=args.max_model_len, instances=specs,
+                                  slo=Slo(args.ttft, args.tbt), control=control)
     try:
         router = Router(settings)
     except OSError as e:
@@ -272,9 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     rt.set_defaults(func=_cmd_runtime)
 
     ro = sub.add_parser("router", help="the OpenAI-compatible router")
-    ro.add_argument("--model-name", required=True, help="the model name clients use")
-    ro.add_argument("--tokenizer", required=True, help="tokenizer (model) directory")
-    ro.add_argument("--max-model-len", type=int, required=True)
+    ro.add_argument("--config", help="a settings file (JSON; the operator writes one) instead "
+                    "of the flags below")
+    ro.add_argument("--model-name", help="the model name clients use")
+    ro.add_argument("--tokenizer", help="tokenizer (model) directory")
+    ro.add_argument("--max-model-len", type=int)
     ro.add_argument("--instance", action="append",
                     help="ENGINE_URL[,agent=AGENT_URL][,role=lp|hp|mixed]; repeat per instance")
     ro.add_argument("--host", default="127.0.0.1")

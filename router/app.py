@@ -25,6 +25,7 @@ from ascendra.core.request import Slo
 from ascendra.core.values import least_slack
 from ascendra.metrics import RequestOutcome
 from ascendra.router.control import ControlConfig, Controller, EngineRateModel
+from ascendra.router.discovery import KubernetesDiscovery
 from ascendra.router.formats import SSE_DONE, ResponseShape, sse
 from ascendra.router.instances import InstancePool, InstanceSpec
 from ascendra.router.metrics import RouterMetrics
@@ -50,6 +51,7 @@ class RouterSettings:
     slo: Slo = field(default_factory=lambda: Slo(1.0, 0.15))
     control: ControlConfig = field(default_factory=ControlConfig)
     poll_interval: float = 0.1
+    discovery: KubernetesDiscovery | None = None
     default_step_time: float = 0.02
     default_prefill_s_per_token: float = 2e-4
 
@@ -218,6 +220,8 @@ class Router:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
             tasks = [asyncio.create_task(self.pool.poll_forever(self.http)),
                      asyncio.create_task(self._control_forever())]
+            if self.settings.discovery is not None:
+                tasks.append(asyncio.create_task(self.settings.discovery.poll_forever(self.pool)))
             # Everything loaded so far lives as long as the process: keep it out of the
             # collector's generations, so that collections on the request path stay short.
             gc.collect()

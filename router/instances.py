@@ -54,6 +54,7 @@ class Instance:
     state: EngineState | None = None
     state_at: float = 0.0
     healthy: bool = False
+    removed: bool = False  # gone from discovery; kept so that indexes stay stable
     sessions: dict[str, Session] = field(default_factory=dict)
     _rates: RateTracker = field(default_factory=RateTracker)
 
@@ -93,7 +94,20 @@ class InstancePool:
         self.default_seats = default_seats
 
     def routable(self) -> list[Instance]:
-        return [i for i in self.instances if i.healthy]
+        return [i for i in self.instances if i.healthy and not i.removed]
+
+    def sync(self, specs: list[InstanceSpec]) -> None:
+        """Adopt a discovered instance list: add new instances, retire vanished ones (their
+        streams then fail over like any lost instance)."""
+        wanted = {s.engine_url: s for s in specs}
+        for inst in self.instances:
+            inst.removed = inst.url not in wanted
+            if inst.removed:
+                inst.healthy = False
+        known = {i.url for i in self.instances}
+        for url, spec in wanted.items():
+            if url not in known:
+                self.instances.append(Instance(len(self.instances), spec))
 
     def loads(self, among: list[Instance] | None = None) -> list[InstanceLoad]:
         return [i.load(self.default_seats) for i in (among or self.routable())]
@@ -123,5 +137,6 @@ class InstancePool:
 
     async def poll_forever(self, http: aiohttp.ClientSession) -> None:
         while True:
-            await asyncio.gather(*(self.refresh(http, i) for i in self.instances))
+            await asyncio.gather(*(self.refresh(http, i) for i in self.instances
+                                   if not i.removed))
             await asyncio.sleep(self.poll_interval)

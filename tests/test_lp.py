@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import decoding, req
+from policy_helpers import decoding, req
 
 from ascendra.core.kv import KvCache
 from ascendra.core.lp import LowPriorityScheduler

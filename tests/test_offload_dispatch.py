@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import req
+from policy_helpers import req
 
 from ascendra.core.dispatch import (
     AscendraRouting,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import req
+from policy_helpers import req
 
 from ascendra.core.migration import (
     StreamProgress,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from conftest import req
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from policy_helpers import req
 
 from ascendra.core.kv import KvCache
 from ascendra.core.request import Status

@@ -176,3 +176,35 @@ def test_drift_ignores_server_defaults_but_not_edits():
     assert not drifted(dep, served)
     served["spec"]["replicas"] = 5
     assert drifted(dep, served)
+
+
+def test_router_reads_the_operators_config():
+    from ascendra.router.config import settings_from_dict
+
+    s = parse(body(policy={"dispatch": "least-delay", "offloadMarginSeconds": 0.4}))
+    settings = settings_from_dict(router_config(s))
+    assert settings.model_name == "llama-3.1-8b" and settings.max_model_len == 8192
+    assert settings.control.dispatch == "least-delay" and settings.control.margin == 0.4
+    d = settings.discovery
+    assert d is not None and d.namespace == "default"
+    assert d.selector == "ascendra.io/service=llama-8b,app.kubernetes.io/component=runtime"
+
+
+def test_discovery_turns_running_pods_into_instances_and_the_pool_follows():
+    from ascendra.router.discovery import instances_from_pods
+    from ascendra.router.instances import InstancePool
+
+    s = parse(body())
+    pods = [ready(runtime_pod(s, i, r)) for i, r in enumerate(roles(s, 1))]
+    for i, p in enumerate(pods):
+        p["status"] |= {"podIP": f"10.0.0.{i + 1}"}
+    pods[2]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    specs = instances_from_pods(pods, 8000, 8001)
+    assert [x.engine_url for x in specs] == ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]
+    pool = InstancePool(specs)
+    pool.instances[0].healthy = pool.instances[1].healthy = True
+    pool.sync(specs[1:] + instances_from_pods([{**pods[2], "metadata": {
+        **pods[2]["metadata"], "deletionTimestamp": None}}], 8000, 8001))
+    assert [i.url for i in pool.routable()] == ["http://10.0.0.2:8000"]
+    assert [i.url for i in pool.instances if not i.removed] == [
+        "http://10.0.0.2:8000", "http://10.0.0.3:8000"]

@@ -3,113 +3,15 @@ all started by the project's own ``ascendra up``; no stand-ins for the engine.""
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-import openai
 import pytest
-
-ROUTER_PORT = 18000
-BASE_PORT = 18100
-SEATS = 4  # small seat limits make queueing (and so offload and priority) easy to provoke
-
-
-@dataclass
-class Stack:
-    url: str
-    lp_engine: str
-    lp_agent: str
-    hp_engine: str
-    hp_agent: str
-    proc: subprocess.Popen[str]
-    model_dir: Path
-
-    def client(self, **kw) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0, **kw)
-
-    def get(self, path: str) -> object:
-        with urllib.request.urlopen(self.url + path, timeout=10) as r:
-            return json.loads(r.read())
-
-
-def read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> list[str]:
-    """Lines of ``proc``'s stdout up to the one holding ``marker`` (a reader thread, so that
-    buffered lines are never missed)."""
-    lines: queue.Queue[str | None] = queue.Queue()
-    assert proc.stdout is not None
-    stdout = proc.stdout
-
-    def pump() -> None:
-        for line in stdout:
-            lines.put(line.rstrip())
-            if marker in line:
-                break
-        else:
-            lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1.0)
-        except queue.Empty:
-            continue
-        if line is None:
-            raise AssertionError(f"ascendra up exited ({proc.wait()}): {seen}")
-        seen.append(line)
-        if marker in line:
-            return seen
-    raise AssertionError(f"no {marker!r} within {timeout} s: {seen}")
-
-
-def spawn(*args: str) -> subprocess.Popen[bytes]:
-    """An ``ascendra`` subcommand in its own process group (kill the group to kill it all)."""
-    return subprocess.Popen([sys.executable, "-m", "ascendra.cli", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True,
-                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1",
-                                 "VLLM_CPU_OMP_THREADS_BIND": "0"})
-
-
-def spawn_router(stack: Stack, port: int, instances: list[str]) -> subprocess.Popen[bytes]:
-    args = ["router", "--model-name", "tiny-llama", "--tokenizer", str(stack.model_dir),
-            "--max-model-len", "2048", "--port", str(port)]
-    for spec in instances:
-        args += ["--instance", spec]
-    return spawn(*args)
-
-
-def wait_healthy(url: str, want: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if json.loads(r.read()).get("healthy_instances", 0) >= want:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url} not healthy with {want} instances after {timeout} s")
-
-
-def engine_metric(engine_url: str, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(engine_url + "/metrics", timeout=10) as r:
-        text = r.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+from serving_support import BASE_PORT, ROUTER_PORT, SEATS, Stack, read_until
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import signal
 import time
 
 import aiohttp
-from conftest import SEATS, Stack, spawn, spawn_router, wait_healthy
+from serving_support import SEATS, Stack, spawn, spawn_router, wait_healthy
 
 MODEL = "tiny-llama"
 

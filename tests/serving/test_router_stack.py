@@ -13,7 +13,7 @@ import urllib.request
 import aiohttp
 import openai
 import pytest
-from conftest import SEATS, Stack, engine_metric, spawn_router, wait_healthy
+from serving_support import SEATS, Stack, engine_metric, spawn_router, wait_healthy
 from transformers import AutoTokenizer
 
 MODEL = "tiny-llama"
