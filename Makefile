@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test lint
+.PHONY: up test lint e2e-binaries
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ up: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 
+# The e2e suite's Kubernetes binaries (built from Go modules once, then cached by version).
+e2e-binaries: $(VENV)/.installed
+	$(BIN)/python e2e/cluster.py build
+
 # Every test, after the linter.
-test: lint
+test: lint e2e-binaries
 	$(BIN)/python -m pytest -q

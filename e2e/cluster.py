@@ -18,14 +18,18 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ascendra.runtime.procs import die_with_parent
 
 K8S_VERSION, ETCD_VERSION, KWOK_VERSION, HELM_VERSION = "v1.34.4", "v3.6.4", "v0.8.0", "v3.22.0"
 HERE = Path(__file__).resolve().parent
@@ -129,9 +133,7 @@ def _node(name: str, pool: str | None, gpus: int, product: str | None) -> dict[s
                          "annotations": {"kwok.x-k8s.io/node": "fake",
                                          "node.alpha.kubernetes.io/ttl": "0"}},
             "spec": spec,
-            "status": {"capacity": capacity, "allocatable": capacity,
-                       "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux",
-                                    "kubeletVersion": "fake", "kubeProxyVersion": "fake"}}}
+            "status": {"capacity": capacity, "allocatable": capacity}}
 
 
 NODE_POOLS = [("h100", "NVIDIA-H100-80GB-HBM3"), ("h200", "NVIDIA-H200")]
@@ -143,9 +145,30 @@ def nodes() -> list[dict[str, object]]:
     return out + [_node(f"cpu-{i}", None, 0, None) for i in range(2)]
 
 
+def free_ports(count: int = 6) -> int:
+    """A base port with ``count`` consecutive free ports after it (so clusters and leftovers of
+    earlier runs never collide)."""
+    rng = random.Random()
+    for _ in range(100):
+        base = rng.randrange(20000, 40000)
+        socks = []
+        try:
+            for p in range(base, base + count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range for the cluster")
+
+
 @dataclass
 class LocalCluster:
-    base_port: int = 16443
+    base_port: int = field(default_factory=free_ports)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ascendra-k8s-")))
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -160,7 +183,8 @@ class LocalCluster:
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = (self.workdir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+                                            start_new_session=True,
+                                            preexec_fn=die_with_parent)
 
     def _write_kubeconfig(self) -> None:
         d = self.workdir
@@ -214,7 +238,7 @@ class LocalCluster:
             "--service-account-key-file", str(d / "sa.pub"),
             "--service-account-signing-key-file", str(d / "sa.key"),
             "--service-cluster-ip-range", "10.96.0.0/16", "--authorization-mode", "Node,RBAC",
-            "--allow-privileged", "true", "--profiling=false", "--v", "1"])
+            "--allow-privileged=true", "--profiling=false", "--v=1"])
         self._wait_ready()
         cm_port, sched_port = p + 3, p + 4
         self._spawn("kube-controller-manager", [
@@ -232,11 +256,15 @@ class LocalCluster:
             str(b / "kwok"), "--kubeconfig", str(self.kubeconfig),
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            "--config", str(HERE / "kwok-stages.yaml"),
             "--node-ip=127.0.0.1", "--cidr=10.244.0.0/16",
             "--server-address", f"127.0.0.1:{p + 5}"])
         self.kubectl("apply", "-f", "-", input=json.dumps(
             {"apiVersion": "v1", "kind": "List", "items": nodes()}))
         self._wait_nodes_ready()
+        # The API server taints new nodes not-ready; lifting it is the node-lifecycle
+        # controller's job, which stays off here because kwok nodes send no heartbeats.
+        self.kubectl("taint", "nodes", "--all", "node.kubernetes.io/not-ready:NoSchedule-")
         return self
 
     def _wait_nodes_ready(self, timeout: float = 120) -> None:
@@ -279,11 +307,12 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["build"]:
         print(ensure_binaries())
     elif sys.argv[1:2] == ["up"]:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         c = LocalCluster().start()
         print(f"KUBECONFIG={c.kubeconfig}  (Ctrl-C stops the cluster)", flush=True)
         try:
             signal.pause()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):
             pass
         finally:
             c.stop()

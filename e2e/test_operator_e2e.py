@@ -37,6 +37,12 @@ def runtime_pods(kubectl: Kubectl, ns: str) -> list[dict[str, Any]]:
                         "app.kubernetes.io/component=runtime")["items"]
 
 
+def reasons(kubectl: Kubectl, ns: str) -> set[str]:
+    """Reasons of the Events posted on AscendraServices in ``ns``."""
+    items = kubectl.json("get", "events", "-n", ns)["items"]
+    return {e["reason"] for e in items if e["involvedObject"]["kind"] == "AscendraService"}
+
+
 def ready_with(kubectl: Kubectl, ns: str, lp: int, hp: int) -> dict[str, Any] | None:
     s = service(kubectl, ns)
     st = s.get("status") or {}
@@ -76,9 +82,8 @@ def test_apply_example_creates_every_child_on_gpu_nodes(kubectl: Kubectl, operat
                               "verbs": ["get", "list", "watch"]}]
     table = kubectl("get", "ascendraservices", "-n", namespace).stdout
     assert "LP" in table.splitlines()[0] and "llama-3.1-8b" in table
-    events = kubectl("get", "events", "-n", namespace, "--field-selector",
-                     "involvedObject.kind=AscendraService").stdout
-    assert "PodCreated" in events
+    assert "PodCreated" in eventually(lambda: reasons(kubectl, namespace), timeout=30,
+                                      what="Events on the AscendraService")
 
 
 def test_resizing_and_split_changes_converge_without_restarts(kubectl: Kubectl,
@@ -93,8 +98,9 @@ def test_resizing_and_split_changes_converge_without_restarts(kubectl: Kubectl,
     eventually(lambda: ready_with(kubectl, namespace, 1, 2), timeout=60, what="1 LP + 2 HP")
     after = {p["metadata"]["name"]: p["metadata"]["uid"] for p in runtime_pods(kubectl, namespace)}
     assert after == uids, "a role change replaced a pod"
-    events = kubectl("get", "events", "-n", namespace).stdout
-    assert "RoleChanged" in events
+    assert "RoleChanged" in eventually(lambda: "RoleChanged" in reasons(kubectl, namespace)
+                                       and reasons(kubectl, namespace), timeout=30,
+                                       what="a RoleChanged Event")
     # Growing the pool adds pods; shrinking removes the highest indexes.
     kubectl("patch", "ascendraservice", "llama-8b", "-n", namespace, "--type=merge", "-p",
             json.dumps({"spec": {"pool": {"instances": 5}}}))

@@ -60,9 +60,11 @@ def _model_volume(spec: ServiceSpec) -> tuple[list[dict[str, Any]], list[dict[st
 
 
 def _runtime_pod_spec(spec: ServiceSpec) -> dict[str, Any]:
-    resources: dict[str, dict[str, Any]] = {k: dict(v) for k, v in spec.resources.items()}
+    # Quantities as strings: that is how the API returns them, and what clients validate.
+    resources: dict[str, dict[str, Any]] = {
+        k: {r: str(q) for r, q in v.items()} for k, v in spec.resources.items()}
     for kind in ("requests", "limits"):
-        resources.setdefault(kind, {})["nvidia.com/gpu"] = spec.gpus
+        resources.setdefault(kind, {})["nvidia.com/gpu"] = str(spec.gpus)
     volumes, mounts = _model_volume(spec)
     args = ["runtime", "--model", spec.model_path, "--served-model-name", spec.model_name,
             "--host", "0.0.0.0", "--port", str(ENGINE_PORT), "--agent-host", "0.0.0.0",

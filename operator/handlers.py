@@ -32,8 +32,14 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="ascendra.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="ascendra.io", key="last-handled-configuration")
-    settings.posting.level = logging.INFO
+    # Our own Events are explicit (kopf.event/warn); log records become Events only if warnings.
+    settings.posting.level = logging.WARNING
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 60
+
+
+def _note(body: kopf.Body, reason: str, message: str) -> None:
+    kopf.event(body, type="Normal", reason=reason, message=message)
 
 
 def reconcile(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger | Any) -> None:
@@ -61,27 +67,27 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
         for obj in router_objects(spec):
             result = kube.apply(obj)
             if result != "unchanged":
-                kopf.info(body, reason=f"{obj['kind']}{result.capitalize()}",
-                          message=f"{obj['kind']} {obj['metadata']['name']} {result}")
+                _note(body, f"{obj['kind']}{result.capitalize()}",
+                      f"{obj['kind']} {obj['metadata']['name']} {result}")
         pods = kube.list_pods(spec.namespace, runtime_selector(spec))
         plan = plan_pods(spec, hp, pods)
         for pod in plan.create:
             if kube.create_pod(pod):
                 meta = pod["metadata"]
-                kopf.info(body, reason="PodCreated", message=f"runtime pod {meta['name']} "
-                          f"({meta['labels'][ROLE_LABEL]})")
+                _note(body, "PodCreated",
+                      f"runtime pod {meta['name']} ({meta['labels'][ROLE_LABEL]})")
         for name, role in plan.relabel.items():
             kube.set_role(name, spec.namespace, role)
-            kopf.info(body, reason="RoleChanged", message=f"{name} is now {role.upper()} "
-                      "(label flip, no restart)")
+            _note(body, "RoleChanged", f"{name} is now {role.upper()} (label flip, no restart)")
         for name in plan.delete:
             kube.delete_pod(name, spec.namespace)
-            kopf.info(body, reason="PodDeleted", message=f"runtime pod {name} replaced or removed")
+            _note(body, "PodDeleted", f"runtime pod {name} replaced or removed")
         if not plan.empty:
             pods = kube.list_pods(spec.namespace, runtime_selector(spec))
         router = kube.get_deployment(f"{spec.name}-router", spec.namespace)
-    except ApiException as e:
-        error = f"{e.status} {e.reason}: {api_message(e)}"
+    except Exception as e:  # reported in status and Events, never a crash loop
+        error = (f"{e.status} {e.reason}: {api_message(e)}" if isinstance(e, ApiException)
+                 else f"{e.__class__.__name__}: {e}")
         router = None
         kopf.warn(body, reason="ReconcileError", message=error)
         logger.warning("reconcile of %s/%s failed: %s", spec.namespace, spec.name, error)

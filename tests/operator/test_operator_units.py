@@ -75,8 +75,8 @@ def test_runtime_pod_places_on_gpus_and_reads_its_role_live():
         "apiVersion": "ascendra.io/v1alpha1", "kind": "AscendraService", "name": "llama-8b",
         "uid": "uid-1", "controller": True, "blockOwnerDeletion": True}
     c = spec["containers"][0]
-    assert c["resources"]["limits"]["nvidia.com/gpu"] == 2
-    assert c["resources"]["requests"]["nvidia.com/gpu"] == 2
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == "2"
     assert spec["nodeSelector"] == {"ascendra.io/gpu-pool": "h100"}
     assert spec["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert "--role-file" in c["args"] and "--tensor-parallel-size" in c["args"]
