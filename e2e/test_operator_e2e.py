@@ -230,7 +230,7 @@ def test_helm_chart_lints_templates_and_installs(kubectl: Kubectl, kubeconfig: P
     chart = str(ROOT / "charts" / "ascendra")
     env = {"KUBECONFIG": str(kubeconfig), "HELM_CACHE_HOME": str(tmp_path / "c"),
            "HELM_CONFIG_HOME": str(tmp_path / "cfg"), "HELM_DATA_HOME": str(tmp_path / "d"),
-           "PATH": "/usr/bin:/bin"}
+           "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
     lint = subprocess.run([helm, "lint", "--strict", chart], capture_output=True, text=True,
                           env=env)
     assert lint.returncode == 0, lint.stdout + lint.stderr
