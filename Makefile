@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test lint e2e-binaries
+.PHONY: up test lint e2e-binaries system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +30,17 @@ up: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 
+# Prometheus, promtool and Alertmanager for the observability tests (Debian packages).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null || \
+	  ($(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
+	     prometheus prometheus-alertmanager)
+
 # The e2e suite's Kubernetes binaries (built from Go modules once, then cached by version).
 e2e-binaries: $(VENV)/.installed
 	$(BIN)/python e2e/cluster.py build
 
 # Every test, after the linter.
-test: lint e2e-binaries
+test: lint system-deps e2e-binaries
 	$(BIN)/python -m pytest -q

@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
 
+from ascendra.core.split import SplitPolicy, decide_split
+from ascendra.operator.autoscale import SignalError, fetch
 from ascendra.operator.builders import ROLE_LABEL, router_objects, runtime_selector
 from ascendra.operator.kube import Kube, api_message, load_config
-from ascendra.operator.plan import plan_pods, status
-from ascendra.operator.spec import GROUP, PLURAL, VERSION, SpecError, parse
+from ascendra.operator.plan import condition, plan_pods, status
+from ascendra.operator.spec import GROUP, PLURAL, VERSION, ServiceSpec, SpecError, parse
 
 RECONCILE_INTERVAL = 5.0
 _locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+_last_check: dict[str, float] = {}  # uid → when its split was last checked
 
 
 @kopf.on.startup()
@@ -36,6 +41,41 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 60
+
+
+def _autoscale(body: kopf.Body, spec: ServiceSpec, hp: int, current: dict[str, Any],
+               generation: int, previous: list[dict[str, Any]]
+               ) -> tuple[int, dict[str, Any] | None, dict[str, Any]]:
+    """(HP count, SloSignal condition, other status fields) after a resize check, when one is
+    due. Stale or unreadable signals hold the split and say so; they never move it."""
+    if not spec.autoscaling.enabled:
+        return hp, None, {}
+    now = time.time()
+    kept = next((c for c in previous if c.get("type") == "SloSignal"), None)
+    if now - _last_check.get(spec.uid, 0.0) < spec.autoscaling.interval:
+        return hp, kept, {}
+    _last_check[spec.uid] = now
+    try:
+        signals, attainment = fetch(spec)
+    except SignalError as e:
+        kopf.warn(body, reason="SloSignalStale", message=f"holding the split: {e}")
+        return hp, condition("SloSignal", False, e.reason, f"stale; split held: {e}",
+                             generation, previous), {}
+    last = (current.get("lastResize") or {}).get("time")
+    last_at = datetime.fromisoformat(last).timestamp() if last else None
+    decision = decide_split(signals, hp, spec.hp_min, spec.hp_max, now, last_at,
+                            SplitPolicy(cooldown=spec.autoscaling.cooldown))
+    updates: dict[str, Any] = {}
+    if attainment is not None:
+        updates["observedAttainment"] = round(attainment, 4)
+    if decision.moved(hp):
+        updates["lastResize"] = {"time": datetime.now(UTC).isoformat(timespec="seconds"),
+                                 "from": hp, "to": decision.hp, "reason": decision.reason}
+        _note(body, "SplitResized", f"HP {hp} -> {decision.hp}: {decision.reason}")
+        hp = decision.hp
+    fresh = condition("SloSignal", True, "Fresh", f"last check: {decision.reason}", generation,
+                      previous)
+    return hp, fresh, updates
 
 
 def _note(body: kopf.Body, reason: str, message: str) -> None:
@@ -60,7 +100,9 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
             "observedGeneration": generation}]
         return
     kube = Kube()
-    hp = spec.clamp_hp(((body.get("status") or {}).get("split") or {}).get("hp"))
+    status_now = body.get("status") or {}
+    hp = spec.clamp_hp((status_now.get("split") or {}).get("hp"))
+    hp, signal, updates = _autoscale(body, spec, hp, status_now, generation, previous)
     error = None
     pods: list[dict[str, Any]] = []
     try:
@@ -91,7 +133,9 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
         router = None
         kopf.warn(body, reason="ReconcileError", message=error)
         logger.warning("reconcile of %s/%s failed: %s", spec.namespace, spec.name, error)
-    patch.status.update(status(spec, hp, pods, router, generation, previous, error))
+    patch.status.update(status(spec, hp, pods, router, generation, previous, error,
+                               [signal] if signal else []))
+    patch.status.update(updates)
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)

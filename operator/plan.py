@@ -81,7 +81,7 @@ def plan_pods(spec: ServiceSpec, hp: int, pods: list[dict[str, Any]]) -> PodPlan
     return plan
 
 
-def _condition(kind: str, ok: bool, reason: str, message: str, generation: int,
+def condition(kind: str, ok: bool, reason: str, message: str, generation: int,
                previous: list[dict[str, Any]]) -> dict[str, Any]:
     status = "True" if ok else "False"
     old = next((c for c in previous if c.get("type") == kind), None)
@@ -102,7 +102,8 @@ def _pending_reason(pods: list[dict[str, Any]]) -> str | None:
 
 def status(spec: ServiceSpec, hp: int, pods: list[dict[str, Any]],
            router: dict[str, Any] | None, generation: int,
-           previous: list[dict[str, Any]], error: str | None = None) -> dict[str, Any]:
+           previous: list[dict[str, Any]], error: str | None = None,
+           extra: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The status block: counts, split and Ready/Progressing/Degraded conditions."""
     live = [p for p in pods if not _terminating(p)]
     ready = [p for p in live if _ready(p)]
@@ -121,11 +122,12 @@ def status(spec: ServiceSpec, hp: int, pods: list[dict[str, Any]],
     progress_msg = (f"{len(ready)}/{spec.instances} runtime pods ready, router "
                     f"{'ready' if router_ready else 'not ready'}")
     conditions = [
-        _condition("Ready", all_ready and not degraded[0],
+        condition("Ready", all_ready and not degraded[0],
                    "AllReady" if all_ready else "Waiting", progress_msg, generation, previous),
-        _condition("Progressing", not all_ready, "Converging" if not all_ready else "Stable",
+        condition("Progressing", not all_ready, "Converging" if not all_ready else "Stable",
                    progress_msg, generation, previous),
-        _condition("Degraded", degraded[0], degraded[1], degraded[2], generation, previous),
+        condition("Degraded", degraded[0], degraded[1], degraded[2], generation, previous),
+        *(extra or []),
     ]
     return {"observedGeneration": generation, "readyLP": by_role["lp"],
             "readyHP": by_role["hp"], "split": {"lp": spec.instances - hp, "hp": hp},

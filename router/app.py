@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ascendra.core.dispatch import Role
 from ascendra.core.request import Request as CoreRequest
 from ascendra.core.request import Slo
 from ascendra.core.values import least_slack
@@ -209,7 +210,7 @@ class Router:
             if n > 1 and s.first_token_at is not None and s.last_token_at is not None else None,
             max_gap=s.max_gap if n > 1 else None,
         )
-        self.metrics.observe(outcome)
+        self.metrics.observe(outcome, s.predicted_ttft)
 
     # -- the app ---------------------------------------------------------------------------
     def app(self) -> FastAPI:
@@ -307,6 +308,17 @@ class Router:
             await asyncio.sleep(self.settings.control.interval)
 
     def _export_gauges(self) -> None:
+        now = time.time()
+        slack = [s.request.slack(now) for i in self.pool.instances if i.role is Role.LP
+                 for s in i.sessions.values() if not s.generated]
+        self.metrics.lp_slack.set(min(slack) if slack else float("inf"))
+        for m in (self.metrics.inflight, self.metrics.queue, self.metrics.step):
+            m.clear()  # roles change: drop the series of the old role
         for i in self.pool.instances:
-            self.metrics.inflight.labels(i.url, i.role.value).set(len(i.sessions))
-            self.metrics.queue.labels(i.url, i.role.value).set(i.state.waiting if i.state else 0)
+            if i.removed:
+                continue
+            role = i.role.value
+            self.metrics.inflight.labels(i.url, role).set(len(i.sessions))
+            self.metrics.queue.labels(i.url, role).set(i.state.waiting if i.state else 0)
+            if i.state and i.state.step_time is not None:
+                self.metrics.step.labels(i.url, role).set(i.state.step_time)

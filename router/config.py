@@ -21,9 +21,10 @@ def settings_from_dict(cfg: dict[str, Any]) -> RouterSettings:
             margin=float(policy.get("margin", 0.7)),
             migrate=bool(policy.get("migration", True)),
             ticket_step_fraction=float(policy.get("ticket_step_fraction", 0.5)) or None)
-        discovery = KubernetesDiscovery(disc["namespace"], disc["selector"],
-                                        int(disc["engine_port"]), int(disc["agent_port"])) \
-            if disc else None
+        discovery = KubernetesDiscovery(
+            disc["namespace"], disc["selector"], int(disc["engine_port"]),
+            int(disc["agent_port"]), float(disc.get("interval", 5.0)),
+            disc.get("kubeconfig")) if disc else None
         return RouterSettings(
             model_name=str(cfg["model_name"]), tokenizer=str(cfg["tokenizer"]),
             max_model_len=int(cfg["max_model_len"]), instances=[],

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from ascendra.core.dispatch import AscendraRouting, BaselineRouting, Role, make_dispatcher
+from ascendra.core.dispatch import (
+    AscendraRouting,
+    BaselineRouting,
+    Role,
+    make_dispatcher,
+    predicted_delay,
+)
 from ascendra.core.hp import TicketRule
 from ascendra.core.latency import BatchShape
 from ascendra.core.migration import StreamProgress, migration_helps, tbt_at_risk
@@ -95,7 +101,10 @@ class Controller:
         live = self.pool.routable()
         if not live:
             raise LookupError("no healthy instance")
-        route = self.routing.route_new(self.pool.loads(live), session.request)
+        loads = self.pool.loads(live)
+        route = self.routing.route_new(loads, session.request)
+        load = next(ld for ld in loads if ld.index == route.index)
+        session.predicted_ttft = predicted_delay(self.model, load, len(session.prompt_ids))
         return self.pool.instances[route.index]
 
     def priority(self, session: Session, target: Instance, now: float) -> int | None:

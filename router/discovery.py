@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 
 from ascendra.core.dispatch import Role
 from ascendra.router.instances import InstancePool, InstanceSpec
@@ -36,18 +37,39 @@ def instances_from_pods(pods: list[dict[str, Any]], engine_port: int,
     return sorted(out, key=lambda s: s.engine_url)
 
 
+def _credentials(kubeconfig: str | None) -> tuple[str, ssl.SSLContext, dict[str, str]]:
+    """(API server URL, TLS context, headers): the pod's service account, or a kubeconfig's
+    current context (client certificate or token) when the router runs outside the cluster."""
+    if kubeconfig is None:
+        token = (SA / "token").read_text().strip()
+        return ("https://kubernetes.default.svc",
+                ssl.create_default_context(cafile=str(SA / "ca.crt")),
+                {"Authorization": f"Bearer {token}"})
+    cfg = yaml.safe_load(Path(kubeconfig).read_text())
+    ctx_name = cfg["current-context"]
+    context = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)
+    cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == context["cluster"])
+    user = next(u["user"] for u in cfg["users"] if u["name"] == context["user"])
+    ctx = ssl.create_default_context(cafile=cluster.get("certificate-authority"))
+    headers = {}
+    if "client-certificate" in user:
+        ctx.load_cert_chain(user["client-certificate"], user["client-key"])
+    if "token" in user:
+        headers["Authorization"] = f"Bearer {user['token']}"
+    return cluster["server"], ctx, headers
+
+
 class KubernetesDiscovery:
     def __init__(self, namespace: str, selector: str, engine_port: int, agent_port: int,
-                 interval: float = 5.0, api: str = "https://kubernetes.default.svc") -> None:
+                 interval: float = 5.0, kubeconfig: str | None = None) -> None:
         self.namespace, self.selector = namespace, selector
         self.engine_port, self.agent_port = engine_port, agent_port
-        self.interval, self.api = interval, api
+        self.interval, self.kubeconfig = interval, kubeconfig
 
     async def poll_forever(self, pool: InstancePool) -> None:
-        token = (SA / "token").read_text().strip()
-        ctx = ssl.create_default_context(cafile=str(SA / "ca.crt"))
-        url = f"{self.api}/api/v1/namespaces/{self.namespace}/pods"
-        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+        api, ctx, headers = _credentials(self.kubeconfig)
+        url = f"{api}/api/v1/namespaces/{self.namespace}/pods"
+        async with aiohttp.ClientSession(headers=headers) as http:
             while True:
                 try:
                     async with http.get(url, params={"labelSelector": self.selector},

@@ -104,6 +104,8 @@ class InstancePool:
             inst.removed = inst.url not in wanted
             if inst.removed:
                 inst.healthy = False
+            else:
+                inst.spec = wanted[inst.url]  # its labels (the role) may have changed
         known = {i.url for i in self.instances}
         for url, spec in wanted.items():
             if url not in known:

@@ -29,6 +29,21 @@ class RouterMetrics:
         self.slo = Counter("ascendra_slo_requests", "Finished requests by SLO outcome: met, or "
                            "missed by reason (ttft, tbt, dropped, error)", ["outcome"],
                            registry=r)
+        # One SLI per target, for burn-rate alerts: each request counts against its own target
+        # (headers may override the service's), and a failed request misses both.
+        self.slo_ttft = Counter("ascendra_slo_ttft_requests", "Requests by whether their TTFT "
+                                "met its target", ["result"], registry=r)
+        self.slo_tbt = Counter("ascendra_slo_tbt_requests", "Requests by whether their mean TBT "
+                               "met its target", ["result"], registry=r)
+        self.predictor_error = Histogram(
+            "ascendra_predictor_ttft_error_seconds", "Observed minus predicted TTFT at placement",
+            buckets=(-5, -2, -1, -0.5, -0.25, -0.1, -0.05, 0, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+            registry=r)
+        self.step = Gauge("ascendra_instance_step_seconds", "Each engine's measured step time",
+                          ["instance", "role"], registry=r)
+        self.lp_slack = Gauge("ascendra_lp_queue_min_slack_seconds", "Least slack among this "
+                              "router's requests waiting on LP instances (TTFT target left "
+                              "after the predicted prefill); +Inf when none wait", registry=r)
         self.offloads = Counter("ascendra_offloads", "Queued LP requests moved to an HP instance",
                                 registry=r)
         self.migrations = Counter("ascendra_migrations", "Requests moved by token replay, by "
@@ -38,9 +53,14 @@ class RouterMetrics:
         self.queue = Gauge("ascendra_instance_waiting_requests", "Requests waiting in each "
                            "engine's queue (engine-reported)", ["instance", "role"], registry=r)
 
-    def observe(self, outcome: RequestOutcome) -> None:
+    def observe(self, outcome: RequestOutcome, predicted_ttft: float | None = None) -> None:
         if outcome.ttft is not None:
             self.ttft.observe(outcome.ttft)
+            if predicted_ttft is not None:
+                self.predictor_error.observe(outcome.ttft - predicted_ttft)
         if outcome.tbt_mean is not None:
             self.tbt.observe(outcome.tbt_mean)
         self.slo.labels(outcome.miss_reason or "met").inc()
+        ok = outcome.finished and outcome.error is None
+        self.slo_ttft.labels("met" if ok and outcome.met_ttft else "missed").inc()
+        self.slo_tbt.labels("met" if ok and outcome.met_tbt else "missed").inc()

@@ -54,6 +54,7 @@ class Session:
     instance: Instance | None = None
     sent_at: float = 0.0
     moves: int = 0
+    predicted_ttft: float | None = None  # at placement, for the predictor-error metric
     tbt_moves: int = 0
     offloaded: bool = False
     last_event_at: float = 0.0

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import aiohttp
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from ascendra.runtime.engine_args import EngineLaunch
 from ascendra.runtime.engine_state import EngineState, RateTracker, parse_metrics
@@ -153,6 +153,17 @@ class Agent:
                                               f"{self.cfg.role_file}"}, 409)
             self.role = role
             return JSONResponse({"role": role})
+
+        @app.get("/metrics")
+        async def metrics() -> Response:
+            role = self.current_role()
+            lines = ["# HELP ascendra_runtime_role The role this runtime serves (1 for the "
+                     "current one)", "# TYPE ascendra_runtime_role gauge"]
+            lines += [f'ascendra_runtime_role{{role="{r}"}} {int(r == role)}' for r in ROLES]
+            lines += ["# HELP ascendra_runtime_ready Whether its engine answers",
+                      "# TYPE ascendra_runtime_ready gauge",
+                      f"ascendra_runtime_ready {int(self.ready)}", ""]
+            return Response("\n".join(lines), media_type="text/plain; version=0.0.4")
 
         @app.get("/health")
         async def health() -> JSONResponse:

@@ -24,16 +24,17 @@ from ascendra.core.dispatch import (
     make_dispatcher,
 )
 from ascendra.core.kv import KvCache
-from ascendra.core.latency import LatencyModel
+from ascendra.core.latency import BatchShape, LatencyModel
 from ascendra.core.offload import DeadlinePredictor, select_offloads
 from ascendra.core.request import Request, Slo
 from ascendra.core.scheduler import Scheduler, SchedulerOutput
+from ascendra.core.split import SplitPolicy, SplitSignals, decide_split
 from ascendra.core.systems import SystemSpec
 from ascendra.errors import AscendraError
 from ascendra.metrics import RequestOutcome
 from ascendra.workloads.spec import RequestSpec
 
-_ARRIVAL, _STEP_DONE, _OFFLOAD = 0, 1, 2
+_ARRIVAL, _STEP_DONE, _OFFLOAD, _RESIZE = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class ClusterConfig:
     offload_delay: float = 0.01  # LP abort → HP enqueue, seconds
     jitter_cv: float = 0.0  # multiplicative noise on step times
     drain_timeout: float = 120.0  # stop this long after the last arrival; unfinished = missed
+    # Live LP:HP resizing by the core's split policy (partitioned systems): bounds and period.
+    resize: SplitConfig | None = None
 
     def roles(self) -> list[Role]:
         if not self.system.partitioned:
@@ -52,6 +55,14 @@ class ClusterConfig:
         if not 0 <= self.hp_instances <= self.instances:
             raise AscendraError(f"HP instances must be within 0..{self.instances}")
         return [Role.LP] * (self.instances - self.hp_instances) + [Role.HP] * self.hp_instances
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    hp_min: int
+    hp_max: int
+    interval: float = 10.0
+    policy: SplitPolicy = field(default_factory=SplitPolicy)
 
 
 @dataclass(slots=True)
@@ -73,6 +84,7 @@ class _Instance:
     pending: int = 0
     steps: int = 0
     busy_time: float = 0.0
+    next_role: Role | None = None  # a role change waiting for the running step to end
 
     def load(self) -> InstanceLoad:
         s = self.scheduler
@@ -92,6 +104,7 @@ class SimResult:
     steps: list[int] = field(default_factory=list)
     utilization: list[float] = field(default_factory=list)
     offloads: int = 0
+    resizes: list[tuple[float, int, str]] = field(default_factory=list)  # (time, HP count, why)
 
 
 class Simulation:
@@ -117,6 +130,48 @@ class Simulation:
         self._tracks: dict[int, _Track] = {}
         self._gaps: list[float] = []
         self._offloaded: set[int] = set()
+        self._window = [0, 0]  # arrivals and offloads since the last resize check
+        self._last_resize: float | None = None
+        self._resizes: list[tuple[float, int, str]] = []
+
+    def _swap_role(self, inst: _Instance, role: Role) -> None:
+        """Hand an instance's requests (and their KV) to the other role's scheduler: the
+        engine keeps running them, only the policy changes, as on a real label flip."""
+        spec = self.config.system
+        engine = spec.hp_engine if role is Role.HP and spec.hp_engine else spec.engine
+        old, new = inst.scheduler, engine.build(inst.scheduler.kv)
+        new.running.extend(old.running)
+        for req in old.waiting:
+            new.add(req)
+        inst.scheduler, inst.role, inst.next_role = new, role, None
+
+    def _resize(self, now: float) -> None:
+        cfg = self.config.resize
+        assert cfg is not None
+        hps = [i for i in self.instances if i.role is Role.HP]
+        lps = [i for i in self.instances if i.role is Role.LP]
+        arrivals, offloads = self._window
+        self._window = [0, 0]
+        steps = [self.predictor.batch_time(BatchShape(
+            num_decodes=len(i.scheduler.running),
+            decode_context=sum(r.num_tokens for r in i.scheduler.running)))
+            for i in hps if i.scheduler.running]
+        slack = [r.slack(now) for i in lps for r in i.scheduler.waiting]
+        signals = SplitSignals(
+            requests=arrivals, offload_fraction=offloads / arrivals if arrivals else None,
+            hp_queue=sum(len(i.scheduler.waiting) for i in hps) / len(hps) if hps else None,
+            hp_step_time=sum(steps) / len(steps) if steps else None,
+            lp_min_slack=min(slack) if slack else None, tbt_slo=self.slo.tbt)
+        decision = decide_split(signals, len(hps), cfg.hp_min, cfg.hp_max, now,
+                                self._last_resize, cfg.policy)
+        if decision.moved(len(hps)):
+            self._last_resize = now
+            self._resizes.append((now, decision.hp, decision.reason))
+            target, role = (lps[-1], Role.HP) if decision.hp > len(hps) else (hps[-1], Role.LP)
+            if target.busy:
+                target.next_role = role
+            else:
+                self._swap_role(target, role)
 
     def _push(self, t: float, kind: int, payload: object) -> None:
         heapq.heappush(self._events, (t, next(self._seq), kind, payload))
@@ -163,6 +218,7 @@ class Simulation:
             inst.scheduler.remove(req)
             req.offloaded = True
             self._offloaded.add(req.id)
+            self._window[1] += 1
             self.instances[target].pending += 1
             self._push(now + self.config.offload_delay, _OFFLOAD, (target, req))
 
@@ -176,6 +232,8 @@ class Simulation:
     def run(self, requests: Sequence[RequestSpec]) -> SimResult:
         for spec in requests:
             self._push(spec.arrival, _ARRIVAL, spec)
+        if self.config.resize is not None and self.config.system.partitioned:
+            self._push(self.config.resize.interval, _RESIZE, None)
         horizon = (max((r.arrival for r in requests), default=0.0)
                    + self.config.drain_timeout)
         tracks, gaps = self._tracks, self._gaps
@@ -202,8 +260,15 @@ class Simulation:
                 for req in result.finished:
                     tracks[req.id].finished = True
                 inst.busy, inst.current = False, None
+                if inst.next_role is not None:
+                    self._swap_role(inst, inst.next_role)
                 self._kick(inst, now)
+            elif kind == _RESIZE:
+                self._resize(now)
+                if self._events:
+                    self._push(now + self.config.resize.interval, _RESIZE, None)  # type: ignore[union-attr]
             elif kind == _ARRIVAL:
+                self._window[0] += 1
                 req = self._fresh(payload)  # type: ignore[arg-type]
                 tracks[req.id] = _Track()
                 route = self.routing.route_new(self._loads(), req)
@@ -224,6 +289,7 @@ class Simulation:
             steps=[i.steps for i in self.instances],
             utilization=[i.busy_time / now if now > 0 else 0.0 for i in self.instances],
             offloads=len(self._offloaded),
+            resizes=self._resizes,
         )
 
     def _outcome(self, spec: RequestSpec) -> RequestOutcome:

@@ -144,3 +144,23 @@ class TraceWorkload:
             return list(reqs)
         scale = self.native_rate(n) / rate
         return [RequestSpec(r.id, r.arrival * scale, r.prompt_len, r.output_len) for r in reqs]
+
+
+@dataclass(frozen=True)
+class PhasedWorkload:
+    """Workloads one after another, each for a share of the requests (a mix that shifts)."""
+
+    phases: tuple[Workload, ...]
+    name: str = "phased"
+
+    def requests(self, rate: float, n: int, seed: int) -> list[RequestSpec]:
+        out: list[RequestSpec] = []
+        start = 0.0
+        per = -(-n // len(self.phases))
+        for k, phase in enumerate(self.phases):
+            count = min(per, n - len(out))
+            reqs = phase.requests(rate, count, seed + k)
+            out += [RequestSpec(len(out) + i, start + r.arrival, r.prompt_len, r.output_len)
+                    for i, r in enumerate(reqs)]
+            start = out[-1].arrival if out else start
+        return out

@@ -1,0 +1,98 @@
+"""SLO signals from Prometheus's HTTP API, for the live LP:HP split.
+
+The queries read the routers' own metrics for one AscendraService; the decision is the policy
+core's (``ascendra.core.split``, the same function the simulator runs). Any trouble with
+Prometheus (unreachable, slow, an error, a body that is not what the API returns) raises
+:class:`SignalError`; the caller then holds the split and says so in a condition.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from ascendra.core.split import SplitSignals
+from ascendra.operator.spec import ServiceSpec
+
+
+class SignalError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def queries(spec: ServiceSpec) -> dict[str, str]:
+    """PromQL for each signal over one resize interval (at least a minute, for rate())."""
+    sel = f'namespace="{spec.namespace}",ascendra_io_service="{spec.name}"'
+    w = f"{max(60, spec.autoscaling.interval)}s"
+    total = f"sum(increase(ascendra_slo_requests_total{{{sel}}}[{w}]))"
+    return {
+        "requests": total,
+        "attainment": f'sum(increase(ascendra_slo_requests_total{{{sel},outcome="met"}}[{w}]))'
+                      f" / {total}",
+        "offload_fraction": f"sum(increase(ascendra_offloads_total{{{sel}}}[{w}])) / {total}",
+        "hp_queue": f'avg(avg_over_time(ascendra_instance_waiting_requests{{{sel},role="hp"}}'
+                    f"[{w}]))",
+        "hp_step_time": f'avg(avg_over_time(ascendra_instance_step_seconds{{{sel},role="hp"}}'
+                        f"[{w}]))",
+        "lp_min_slack": f"min(min_over_time(ascendra_lp_queue_min_slack_seconds{{{sel}}}[{w}]))",
+    }
+
+
+def scalar(body: Any) -> float | None:
+    """The value of an instant-vector answer: None when empty or NaN (no data)."""
+    if not isinstance(body, dict) or body.get("status") != "success":
+        raise SignalError("BadResponse", f"Prometheus answered {str(body)[:200]!r}")
+    data = body.get("data")
+    if not isinstance(data, dict) or data.get("resultType") not in ("vector", "scalar"):
+        raise SignalError("BadResponse", "Prometheus answer has no vector result")
+    result = data.get("result")
+    if data["resultType"] == "scalar":
+        result = [{"value": result}]
+    if not isinstance(result, list):
+        raise SignalError("BadResponse", "Prometheus result is not a list")
+    if not result:
+        return None
+    try:
+        value = float(result[0]["value"][1])
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise SignalError("BadResponse", f"unreadable sample {str(result[0])[:100]!r}") from None
+    return None if math.isnan(value) else value
+
+
+def query(url: str, promql: str, timeout: float) -> float | None:
+    target = f"{url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+    try:
+        with urllib.request.urlopen(target, timeout=timeout) as r:
+            body = json.loads(r.read())
+    except TimeoutError:
+        raise SignalError("Timeout", f"Prometheus at {url} did not answer in {timeout:g} s") \
+            from None
+    except urllib.error.HTTPError as e:
+        raise SignalError("BadResponse", f"Prometheus at {url} answered HTTP {e.code}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError):
+            raise SignalError("Timeout", f"Prometheus at {url} did not answer in "
+                                         f"{timeout:g} s") from None
+        raise SignalError("Unreachable", f"Prometheus at {url}: {reason}") from None
+    except ValueError:
+        raise SignalError("BadResponse", f"Prometheus at {url} sent something not JSON") \
+            from None
+    return scalar(body)
+
+
+def fetch(spec: ServiceSpec, timeout: float = 5.0) -> tuple[SplitSignals, float | None]:
+    """(signals for the split decision, observed attainment)."""
+    url = spec.autoscaling.prometheus_url
+    if not url:
+        raise SignalError("NoPrometheus", "autoscaling.prometheusUrl is not set")
+    v = {name: query(url, q, timeout) for name, q in queries(spec).items()}
+    signals = SplitSignals(requests=v["requests"] or 0.0, offload_fraction=v["offload_fraction"],
+                           hp_queue=v["hp_queue"], hp_step_time=v["hp_step_time"],
+                           lp_min_slack=v["lp_min_slack"], tbt_slo=spec.slo.tbt)
+    return signals, v["attainment"]

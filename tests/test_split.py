@@ -1,0 +1,43 @@
+"""The live split decision, hand-computed."""
+
+from __future__ import annotations
+
+from ascendra.core.split import SplitPolicy, SplitSignals, decide_split
+
+POLICY = SplitPolicy(cooldown=60)
+
+
+def sig(**kw) -> SplitSignals:
+    base = dict(requests=100, offload_fraction=0.0, hp_queue=0.0, hp_step_time=0.01,
+                lp_min_slack=1.0, tbt_slo=0.15)
+    return SplitSignals(**{**base, **kw})
+
+
+def test_hp_pressure_adds_one_hp_within_bounds():
+    d = decide_split(sig(offload_fraction=0.3), hp=1, hp_min=1, hp_max=2, now=1000,
+                     last_move_at=None, policy=POLICY)
+    assert d.hp == 2 and "30% of requests offloaded" in d.reason
+    assert decide_split(sig(hp_queue=5), 2, 1, 2, 1000, None, POLICY).hp == 2  # at max
+    assert decide_split(sig(hp_step_time=0.1), 1, 1, 3, 1000, None, POLICY).hp == 2
+
+
+def test_idle_hp_and_late_lp_gives_one_back():
+    d = decide_split(sig(lp_min_slack=-0.2), hp=2, hp_min=1, hp_max=2, now=1000,
+                     last_move_at=None, policy=POLICY)
+    assert d.hp == 1 and "late" in d.reason
+    assert decide_split(sig(lp_min_slack=-0.2), 1, 1, 2, 1000, None, POLICY).hp == 1  # at min
+    assert decide_split(sig(lp_min_slack=0.5), 2, 1, 2, 1000, None, POLICY).hp == 2  # LP fine
+
+
+def test_hysteresis_band_holds():
+    # Between the low and high thresholds nothing moves, whichever way the last move went.
+    band = sig(offload_fraction=0.05, lp_min_slack=-1.0)
+    assert decide_split(band, 2, 1, 3, 1000, None, POLICY).reason == "steady"
+
+
+def test_cooldown_and_little_traffic_hold():
+    busy = sig(offload_fraction=0.5)
+    assert decide_split(busy, 1, 1, 2, 1000, 950, POLICY).reason == "cooldown"
+    assert decide_split(busy, 1, 1, 2, 1000, 930, POLICY).hp == 2
+    assert decide_split(sig(requests=3, offload_fraction=0.5), 1, 1, 2, 1000, None,
+                        POLICY).reason == "too little traffic to judge"
