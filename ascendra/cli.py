@@ -166,7 +166,8 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     kopf.run(standalone=True, clusterwide=not args.namespace, namespaces=args.namespace or (),
-             liveness_endpoint=args.liveness)
+             liveness_endpoint=args.liveness,
+             memo=kopf.Memo(monitoring_objects=args.monitoring_objects))
     return 0
 
 
@@ -318,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--namespace", action="append",
                     help="watch only this namespace (repeat); default: all")
     op.add_argument("--liveness", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    op.add_argument("--no-monitoring-objects", dest="monitoring_objects", action="store_false",
+                    help="do not create a ServiceMonitor, PodMonitor and PrometheusRule per "
+                         "service even where the prometheus-operator CRDs exist (the chart's "
+                         "cluster-wide monitoring objects are used instead)")
     op.set_defaults(func=_cmd_operator)
 
     b = sub.add_parser("bench", help="load an OpenAI-compatible endpoint and measure SLO "

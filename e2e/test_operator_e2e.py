@@ -243,6 +243,16 @@ def test_helm_chart_lints_templates_and_installs(kubectl: Kubectl, kubeconfig: P
     args = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"][
         "containers"][0]["args"]
     assert "--namespace=a" in args and "--namespace=b" in args
+    assert "--no-monitoring-objects" not in args
+    with_monitoring = [d for d in yaml.safe_load_all(subprocess.run(
+        [helm, "template", "ascendra", chart, "--set", "monitoring.enabled=true"],
+        capture_output=True, text=True, env=env, check=True).stdout) if d]
+    assert {"PrometheusRule", "ServiceMonitor", "PodMonitor"} <= {d["kind"] for d in
+                                                                  with_monitoring}
+    # The chart's rules replace the operator's per-service ones: never both.
+    assert "--no-monitoring-objects" in next(
+        d for d in with_monitoring if d["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "containers"][0]["args"]
     install = subprocess.run([helm, "install", "ascendra", chart, "-n", "ascendra-system",
                               "--create-namespace", "--wait", "--timeout", "120s"],
                              capture_output=True, text=True, env=env)
@@ -256,3 +266,39 @@ def test_helm_chart_lints_templates_and_installs(kubectl: Kubectl, kubeconfig: P
 def test_chart_ships_the_same_crd():
     assert (ROOT / "charts" / "ascendra" / "crds" / "ascendraservices.yaml").read_text() == \
         (ROOT / "crds" / "ascendraservices.yaml").read_text()
+
+
+def _monitoring_crd(kind: str, plural: str) -> dict[str, Any]:
+    """A minimal stand-in for a prometheus-operator CRD: the API group and kind are what make
+    the operator create its monitoring objects; their schemas do not matter here."""
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+            "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+                     "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                     "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
+                         "openAPIV3Schema": {"type": "object",
+                                             "x-kubernetes-preserve-unknown-fields": True}}}]}}
+
+
+def test_monitoring_objects_appear_when_prometheus_operator_crds_exist(
+        kubectl: Kubectl, operator: Operator, namespace: str):
+    kinds = {"ServiceMonitor": "servicemonitors", "PodMonitor": "podmonitors",
+             "PrometheusRule": "prometheusrules"}
+    for kind, plural in kinds.items():
+        kubectl.apply(_monitoring_crd(kind, plural))
+    try:
+        kubectl.apply(manifest(namespace))
+        for plural, name in (("servicemonitors", "llama-8b-router"),
+                             ("podmonitors", "llama-8b-runtime"),
+                             ("prometheusrules", "llama-8b-slo")):
+            obj = eventually(lambda p=plural, n=name: kubectl(
+                "get", p, n, "-n", namespace, "-o", "json", check=False).returncode == 0
+                and kubectl.json("get", p, n, "-n", namespace), timeout=120,
+                what=f"{plural}/{name}")
+            assert obj["metadata"]["ownerReferences"][0]["kind"] == "AscendraService"
+        rule = kubectl.json("get", "prometheusrules", "llama-8b-slo", "-n", namespace)
+        exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+        assert all(f'namespace="{namespace}",ascendra_io_service="llama-8b"' in e for e in exprs)
+    finally:
+        for plural in kinds.values():
+            kubectl("delete", "crd", f"{plural}.monitoring.coreos.com", check=False)

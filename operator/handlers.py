@@ -23,12 +23,16 @@ from ascendra.core.split import SplitPolicy, decide_split
 from ascendra.operator.autoscale import SignalError, fetch
 from ascendra.operator.builders import ROLE_LABEL, router_objects, runtime_selector
 from ascendra.operator.kube import Kube, api_message, load_config
+from ascendra.operator.monitoring import monitoring_objects
 from ascendra.operator.plan import condition, plan_pods, status
 from ascendra.operator.spec import GROUP, PLURAL, VERSION, ServiceSpec, SpecError, parse
 
 RECONCILE_INTERVAL = 5.0
+MONITORING_PLURALS = {"ServiceMonitor": "servicemonitors", "PodMonitor": "podmonitors",
+                      "PrometheusRule": "prometheusrules"}
 _locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 _last_check: dict[str, float] = {}  # uid → when its split was last checked
+_monitoring_served: list[float | bool] = [-1e9, False]  # (checked at, served)
 
 
 @kopf.on.startup()
@@ -78,16 +82,28 @@ def _autoscale(body: kopf.Body, spec: ServiceSpec, hp: int, current: dict[str, A
     return hp, fresh, updates
 
 
+def _serves_monitoring(kube: Kube, ttl: float = 60.0) -> bool:
+    """Whether the prometheus-operator CRDs exist (asked at most once a minute)."""
+    checked_at, served = _monitoring_served
+    if time.monotonic() - checked_at > ttl:
+        served = kube.has_group("monitoring.coreos.com")
+        _monitoring_served[:] = [time.monotonic(), served]
+    return bool(served)
+
+
 def _note(body: kopf.Body, reason: str, message: str) -> None:
     kopf.event(body, type="Normal", reason=reason, message=message)
 
 
-def reconcile(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger | Any) -> None:
+def reconcile(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger | Any,
+              memo: kopf.Memo) -> None:
     with _locks[body["metadata"]["uid"]]:
-        _reconcile(body, patch, logger)
+        # ``memo`` carries the CLI's options (kopf.run(memo=...)); absent means the defaults.
+        _reconcile(body, patch, logger, memo.get("monitoring_objects", True))
 
 
-def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
+def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any,
+               monitoring: bool) -> None:
     generation = body["metadata"].get("generation", 0)
     previous = list((body.get("status") or {}).get("conditions") or [])
     try:
@@ -111,6 +127,12 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
             if result != "unchanged":
                 _note(body, f"{obj['kind']}{result.capitalize()}",
                       f"{obj['kind']} {obj['metadata']['name']} {result}")
+        if monitoring and _serves_monitoring(kube):
+            for obj in monitoring_objects(spec):
+                result = kube.apply_custom(obj, MONITORING_PLURALS[obj["kind"]])
+                if result != "unchanged":
+                    _note(body, f"{obj['kind']}{result.capitalize()}",
+                          f"{obj['kind']} {obj['metadata']['name']} {result}")
         pods = kube.list_pods(spec.namespace, runtime_selector(spec))
         plan = plan_pods(spec, hp, pods)
         for pod in plan.create:
@@ -141,10 +163,12 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
 @kopf.on.resume(GROUP, VERSION, PLURAL)
-def on_change(body: kopf.Body, patch: kopf.Patch, logger: Any, **_: Any) -> None:
-    reconcile(body, patch, logger)
+def on_change(body: kopf.Body, patch: kopf.Patch, logger: Any, memo: kopf.Memo,
+              **_: Any) -> None:
+    reconcile(body, patch, logger, memo)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL, initial_delay=1.0)
-def on_timer(body: kopf.Body, patch: kopf.Patch, logger: Any, **_: Any) -> None:
-    reconcile(body, patch, logger)
+def on_timer(body: kopf.Body, patch: kopf.Patch, logger: Any, memo: kopf.Memo,
+             **_: Any) -> None:
+    reconcile(body, patch, logger, memo)

@@ -81,6 +81,28 @@ class Kube:
         patch(name, ns, obj)
         return "updated"
 
+    def has_group(self, group: str) -> bool:
+        """Whether the API server serves ``group`` (e.g. the prometheus-operator CRDs)."""
+        groups = client.ApisApi(self.api).get_api_versions().groups or []
+        return any(g.name == group for g in groups)
+
+    def apply_custom(self, obj: dict[str, Any], plural: str) -> str:
+        """``apply`` for custom resources: created, updated or unchanged."""
+        group, version = obj["apiVersion"].split("/")
+        name, ns = obj["metadata"]["name"], obj["metadata"]["namespace"]
+        custom = client.CustomObjectsApi(self.api)
+        try:
+            current = custom.get_namespaced_custom_object(group, version, ns, plural, name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            custom.create_namespaced_custom_object(group, version, ns, plural, obj)
+            return "created"
+        if not drifted(obj, current):
+            return "unchanged"
+        custom.patch_namespaced_custom_object(group, version, ns, plural, name, obj)
+        return "updated"
+
     def get_deployment(self, name: str, ns: str) -> dict[str, Any] | None:
         try:
             return self._plain(self.apps.read_namespaced_deployment(name, ns))

@@ -41,6 +41,7 @@ def rule_groups(objective: float = 0.9, selector: str = "", scale: float = 1.0,
     compresses every window and ``for`` (tests use 1/60: an hour becomes a minute)."""
     budget = 1.0 - objective
     sel = f",{selector}" if selector else ""
+    braces = f"{{{selector}}}" if selector else ""
     records: list[dict[str, Any]] = []
     alerts: list[dict[str, Any]] = []
     for sli, what in SLIS.items():
@@ -50,14 +51,16 @@ def rule_groups(objective: float = 0.9, selector: str = "", scale: float = 1.0,
             records.append({
                 "record": f"ascendra:slo_{sli}_error_ratio:rate{w}",
                 "expr": (f'sum by ({GROUP_BY}) (rate({metric}{{result="missed"{sel}}}[{win}]))'
-                         f" / sum by ({GROUP_BY}) (rate({metric}{{{selector}}}[{win}]))"),
+                         f" / sum by ({GROUP_BY}) (rate({metric}{braces}[{win}]))"),
             })
         for severity, pairs in BURN.items():
             terms = []
             for long, short, factor in pairs:
                 threshold = round(min(factor * budget, 0.99), 6)
-                terms.append(f"(ascendra:slo_{sli}_error_ratio:rate{long} > {threshold} and "
-                             f"ascendra:slo_{sli}_error_ratio:rate{short} > {threshold})")
+                # Narrowed too: each service's rule compares its own series to its own target.
+                terms.append(f"(ascendra:slo_{sli}_error_ratio:rate{long}{braces} > "
+                             f"{threshold} and ascendra:slo_{sli}_error_ratio:rate{short}"
+                             f"{braces} > {threshold})")
             speed = "Fast" if severity == "page" else "Slow"
             alerts.append({
                 "alert": f"Ascendra{sli.upper()}ErrorBudgetBurn{speed}",
@@ -79,7 +82,7 @@ def rule_groups(objective: float = 0.9, selector: str = "", scale: float = 1.0,
         "record": "ascendra:attainment:rate5m",
         "expr": (f'sum by ({GROUP_BY}) (rate(ascendra_slo_requests_total{{outcome="met"{sel}}}'
                  f"[{_window('5m', scale)}])) / sum by ({GROUP_BY}) "
-                 f"(rate(ascendra_slo_requests_total{{{selector}}}[{_window('5m', scale)}]))"),
+                 f"(rate(ascendra_slo_requests_total{braces}[{_window('5m', scale)}]))"),
     })
     return [{"name": f"{name}-records", "rules": records},
             {"name": f"{name}-alerts", "rules": alerts}]

@@ -80,7 +80,7 @@ class Router:
         req.priority = least_slack(req)
         return Session(id=rid, request=req, prompt_ids=ids, max_tokens=max_tokens,
                        sampling=body.sampling_params(), min_tokens=body.min_tokens,
-                       model=self.settings.model_name)
+                       model=self.settings.model_name, decode=self.encoder.decode)
 
     async def generate(self, request: Request, chat: bool) -> Response:
         arrival = time.time()

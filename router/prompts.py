@@ -94,6 +94,9 @@ class PromptEncoder:
         # The template writes the special tokens itself (as transformers does).
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
     def budget(self, prompt_len: int, requested: int | None) -> int:
         """The output budget: the request's ``max_tokens`` (or what the context leaves)."""
         room = self.max_model_len - prompt_len

@@ -5,7 +5,9 @@ reader appends tokens as they arrive and queues them for the client. ``move()`` 
 reader (closing the connection aborts the request on the engine) and starts a new one on another
 instance with prompt + generated tokens and the remaining budget. Because the old reader is gone
 before the new one starts and every token is recorded where it is queued, the client's stream has
-no gap and no duplicate, and its usage counts each token once.
+no gap and no duplicate, and its usage counts each token once. Once a session has moved with
+tokens already sent, the router derives the text from the token ids itself
+(:mod:`ascendra.router.detokenize`): the new engine's text is not relative to what the client saw.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from ascendra.core.request import Request
+from ascendra.router.detokenize import IncrementalText
 from ascendra.router.instances import Instance
 from ascendra.router.upstream import UpstreamError, stream_tokens
 
@@ -46,6 +50,7 @@ class Session:
     sampling: dict[str, Any]
     min_tokens: int = 0
     model: str = ""
+    decode: Callable[[list[int]], str] | None = None  # the model's detokenizer, for moves
     generated: list[int] = field(default_factory=list)
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -60,6 +65,8 @@ class Session:
     last_event_at: float = 0.0
     _attempt: int = 0
     _stalled: int = 0
+    _text_through: int = 0  # generated tokens whose text the client has been sent
+    _text: IncrementalText | None = None  # the router's own detokenizer once moved
     _reader: asyncio.Task[None] | None = None
     _events: asyncio.Queue[TokenEvent | FailureEvent] = field(default_factory=asyncio.Queue)
 
@@ -103,11 +110,16 @@ class Session:
                         self.first_token_at = now
                     self.last_token_at = now
                     self.generated.extend(delta.token_ids)
+                text = delta.text
+                if self._text is not None:
+                    text = self._text.step(delta.token_ids)
+                elif text:
+                    self._text_through = len(self.generated)
                 if delta.finish_reason is not None:
                     self.finish_reason = delta.finish_reason
                     instance.sessions.pop(self.id, None)
                 self._events.put_nowait(
-                    TokenEvent(delta.token_ids, delta.text, delta.finish_reason))
+                    TokenEvent(delta.token_ids, text, delta.finish_reason))
                 if self.done:
                     return
             raise UpstreamError("engine stream ended without a finish reason")
@@ -135,6 +147,9 @@ class Session:
             self._events.put_nowait(TokenEvent([], "", "length"))
             return False
         self.moves += 1
+        if self.generated and self._text is None and self.decode is not None:
+            self._text = IncrementalText(self.decode, self.prompt_ids + self.generated,
+                                         len(self.prompt_ids) + self._text_through)
         self.start(http, target, priority)
         return True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -92,3 +93,15 @@ def test_loose_objectives_cap_thresholds_below_one():
     strict = next(a for a in rule_groups(0.999)[1]["rules"]
                   if a["alert"] == "AscendraTTFTErrorBudgetBurnFast")
     assert "> 0.0144 and" in strict["expr"]
+
+
+def test_a_services_rules_see_only_its_own_series():
+    """Per-service rules (the operator's PrometheusRule) narrow every expression, alerts
+    included: a service's alert must not fire on another service's errors at its threshold."""
+    selector = 'namespace="ns",ascendra_io_service="svc"'
+    for group in rule_groups(0.95, selector):
+        for rule in group["rules"]:
+            refs = [(name, braces) for name, braces in
+                    re.findall(r"(ascendra[\w:]*)(\{[^}]*\})?", rule["expr"])
+                    if name != "ascendra_io_service"]
+            assert refs and all(selector in braces for _, braces in refs), rule["expr"]
