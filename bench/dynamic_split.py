@@ -4,7 +4,9 @@ Phase A is ShareGPT-like at ``--rate-a`` req/s, phase B LongBench-like at ``--ra
 request counts), on 3 calibrated H100 instances, TTFT 1.5 s / mean TBT 0.15 s. Static splits keep
 1 or 2 HP instances; dynamic starts at the paper's 1 HP and lets ``ascendra.core.split`` (the same
 code as the operator's) move one instance at a time within [1, 2], checked every 10 s with a 60 s
-cooldown. Attainment is reported overall and per phase.
+cooldown; "dynamic + planner" also simulates the last window's mix on both splits
+(``ascendra.sim.planner``) and follows a clearly better prediction when the signals are steady.
+Attainment is reported overall and per phase.
 
     python bench/dynamic_split.py --loads 95:28,100:32,90:36 --json docs/results/dynamic-split.json
 """
@@ -45,6 +47,8 @@ def main() -> None:
         "static 2 LP + 1 HP (paper)": (1, None),
         "static 1 LP + 2 HP": (2, None),
         "dynamic [1, 2] HP": (1, SplitConfig(1, 2, interval=10, policy=SplitPolicy(cooldown=60))),
+        "dynamic + planner [1, 2] HP": (1, SplitConfig(1, 2, interval=10, planner=True,
+                                                       policy=SplitPolicy(cooldown=60))),
     }
     out = []
     for load in args.loads.split(","):

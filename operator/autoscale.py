@@ -17,6 +17,7 @@ from typing import Any
 
 from ascendra.core.split import SplitSignals
 from ascendra.operator.spec import ServiceSpec
+from ascendra.sim.planner import WorkloadMix
 
 
 class SignalError(Exception):
@@ -64,7 +65,70 @@ def scalar(body: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
+def buckets(body: Any) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) pairs of a ``sum by (le)`` histogram answer."""
+    if not isinstance(body, dict) or body.get("status") != "success" or \
+            not isinstance(body.get("data"), dict) or \
+            not isinstance(body["data"].get("result"), list):
+        raise SignalError("BadResponse", f"Prometheus answered {str(body)[:200]!r}")
+    out = []
+    for series in body["data"]["result"]:
+        try:
+            out.append((float(series["metric"]["le"]), float(series["value"][1])))
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise SignalError("BadResponse",
+                              f"unreadable histogram bucket {str(series)[:100]!r}") from None
+    return sorted(out)
+
+
+def sample_lengths(cumulative: list[tuple[float, float]], n: int = 400) -> tuple[int, ...]:
+    """``n`` evenly spaced quantiles of a histogram, interpolated linearly within buckets (as
+    ``histogram_quantile`` does); the +Inf bucket's mass sits at the last finite bound."""
+    finite = [(le, c) for le, c in cumulative if math.isfinite(le)]
+    total = cumulative[-1][1] if cumulative else 0.0
+    if total <= 0 or not finite:
+        return ()
+    out = []
+    for i in range(n):
+        q = (i + 0.5) / n * total
+        lo_le, lo_c = 0.0, 0.0
+        value = finite[-1][0]
+        for le, c in finite:
+            if c >= q:
+                span = c - lo_c
+                value = lo_le + (le - lo_le) * ((q - lo_c) / span if span > 0 else 1.0)
+                break
+            lo_le, lo_c = le, c
+        out.append(max(1, round(value)))
+    return tuple(out)
+
+
+def fetch_mix(spec: ServiceSpec, timeout: float = 5.0) -> WorkloadMix | None:
+    """The last window's workload for the planner: request rate and length samples from the
+    routers' histograms. None when too few requests finished to describe it."""
+    url = spec.autoscaling.prometheus_url
+    assert url is not None
+    sel = f'namespace="{spec.namespace}",ascendra_io_service="{spec.name}"'
+    seconds = max(60, spec.autoscaling.interval)
+    w = f"{seconds}s"
+    requests = query(url, f"sum(increase(ascendra_slo_requests_total{{{sel}}}[{w}]))",
+                     timeout)
+    lengths = {}
+    for name in ("prompt", "output"):
+        promql = f"sum by (le) (increase(ascendra_{name}_tokens_bucket{{{sel}}}[{w}]))"
+        lengths[name] = sample_lengths(buckets(_api(url, promql, timeout)))
+    if not requests or not lengths["prompt"] or not lengths["output"]:
+        return None
+    # Histograms lose which output went with which prompt: the planner draws them independently.
+    return WorkloadMix(requests / seconds, lengths["prompt"], lengths["output"], paired=False)
+
+
 def query(url: str, promql: str, timeout: float) -> float | None:
+    return scalar(_api(url, promql, timeout))
+
+
+def _api(url: str, promql: str, timeout: float) -> Any:
+    """The decoded answer of an instant query; every failure is a SignalError."""
     target = f"{url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
     try:
         with urllib.request.urlopen(target, timeout=timeout) as r:
@@ -83,7 +147,7 @@ def query(url: str, promql: str, timeout: float) -> float | None:
     except ValueError:
         raise SignalError("BadResponse", f"Prometheus at {url} sent something not JSON") \
             from None
-    return scalar(body)
+    return body
 
 
 def fetch(spec: ServiceSpec, timeout: float = 5.0) -> tuple[SplitSignals, float | None]:

@@ -19,13 +19,16 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from ascendra.core.split import SplitPolicy, decide_split
-from ascendra.operator.autoscale import SignalError, fetch
+from ascendra.core.request import Slo as CoreSlo
+from ascendra.core.split import SplitPlan, SplitPolicy, decide_split
+from ascendra.operator.autoscale import SignalError, fetch, fetch_mix
 from ascendra.operator.builders import ROLE_LABEL, router_objects, runtime_selector
 from ascendra.operator.kube import Kube, api_message, load_config
 from ascendra.operator.monitoring import monitoring_objects
 from ascendra.operator.plan import condition, plan_pods, status
 from ascendra.operator.spec import GROUP, PLURAL, VERSION, ServiceSpec, SpecError, parse
+from ascendra.perf import latency_model
+from ascendra.sim.planner import PlannerConfig, plan_split
 
 RECONCILE_INTERVAL = 5.0
 MONITORING_PLURALS = {"ServiceMonitor": "servicemonitors", "PodMonitor": "podmonitors",
@@ -67,9 +70,18 @@ def _autoscale(body: kopf.Body, spec: ServiceSpec, hp: int, current: dict[str, A
                              generation, previous), {}
     last = (current.get("lastResize") or {}).get("time")
     last_at = datetime.fromisoformat(last).timestamp() if last else None
-    decision = decide_split(signals, hp, spec.hp_min, spec.hp_max, now, last_at,
-                            SplitPolicy(cooldown=spec.autoscaling.cooldown))
     updates: dict[str, Any] = {}
+    plan = None
+    if spec.autoscaling.planner is not None:
+        try:
+            plan = _plan(spec)
+        except SignalError as e:
+            kopf.warn(body, reason="SloSignalStale", message=f"no plan this time: {e}")
+        if plan is not None:
+            updates["plan"] = {"predictedAttainment": {str(k): v for k, v in
+                                                       plan.predicted.items()}}
+    decision = decide_split(signals, hp, spec.hp_min, spec.hp_max, now, last_at,
+                            SplitPolicy(cooldown=spec.autoscaling.cooldown), plan)
     if attainment is not None:
         updates["observedAttainment"] = round(attainment, 4)
     if decision.moved(hp):
@@ -80,6 +92,20 @@ def _autoscale(body: kopf.Body, spec: ServiceSpec, hp: int, current: dict[str, A
     fresh = condition("SloSignal", True, "Fresh", f"last check: {decision.reason}", generation,
                       previous)
     return hp, fresh, updates
+
+
+def _plan(spec: ServiceSpec) -> SplitPlan | None:
+    """Simulate the last window's mix on every split in bounds (a few seconds of CPU, in this
+    handler's thread). None when too little traffic finished to describe the mix."""
+    planner = spec.autoscaling.planner
+    assert planner is not None
+    mix = fetch_mix(spec)
+    if mix is None:
+        return None
+    model = latency_model(planner.model, planner.gpu)
+    return plan_split(mix, model, CoreSlo(spec.slo.ttft, spec.slo.tbt), PlannerConfig(
+        spec.instances, spec.hp_min, spec.hp_max, planner.kv_tokens, spec.margin,
+        requests=1000))
 
 
 def _serves_monitoring(kube: Kube, ttl: float = 60.0) -> bool:

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ascendra.perf.hardware import GPUS, ModelShape
+
 GROUP, VERSION, PLURAL, KIND = "ascendra.io", "v1alpha1", "ascendraservices", "AscendraService"
 _QUANTITY = re.compile(r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numkMGTPE]i?|Ki)?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -29,11 +31,20 @@ class Slo:
 
 
 @dataclass(frozen=True)
+class Planner:
+    """The latency model the split planner simulates with: a shipped model shape on a GPU."""
+    model: str
+    gpu: str
+    kv_tokens: int  # per instance
+
+
+@dataclass(frozen=True)
 class Autoscaling:
     enabled: bool = False
     prometheus_url: str | None = None
     interval: int = 30
     cooldown: int = 300
+    planner: Planner | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,21 @@ def _get(d: dict[str, Any], *path: str, default: Any = None) -> Any:
     return d
 
 
+def _planner(raw: dict[str, Any] | None) -> Planner | None:
+    if not raw:
+        return None
+    model, gpu_name = str(raw.get("model", "")), str(raw.get("gpu", "h100")).lower()
+    try:
+        ModelShape.builtin(model)
+    except ValueError:
+        raise SpecError(f"autoscaling.planner.model: {model!r} is not a model shape Ascendra "
+                        "ships (known: llama-3.1-8b)") from None
+    if gpu_name not in GPUS:
+        raise SpecError(f"autoscaling.planner.gpu: {gpu_name!r} is not one of "
+                        f"{', '.join(GPUS)}")
+    return Planner(model, gpu_name, int(raw.get("kvTokensPerInstance", 451_840)))
+
+
 def parse(body: dict[str, Any]) -> ServiceSpec:
     meta, spec = body.get("metadata", {}), body.get("spec") or {}
     hp = _get(spec, "pool", "hp", default={}) or {}
@@ -102,6 +128,7 @@ def parse(body: dict[str, Any]) -> ServiceSpec:
         if not _LABEL_VALUE.match(str(value)):
             raise SpecError(f"placement.nodeSelector.{key}: {value!r} is not a label value")
     auto = spec.get("autoscaling") or {}
+    planner = _planner(auto.get("planner"))
     return ServiceSpec(
         name=name, namespace=meta.get("namespace", "default"), uid=meta.get("uid", ""),
         model_name=_get(spec, "model", "name"), model_path=_get(spec, "model", "path"),
@@ -129,7 +156,7 @@ def parse(body: dict[str, Any]) -> ServiceSpec:
         migration=bool(_get(spec, "policy", "migration", default=True)),
         autoscaling=Autoscaling(bool(auto.get("enabled", False)), auto.get("prometheusUrl"),
                                 int(auto.get("intervalSeconds", 30)),
-                                int(auto.get("cooldownSeconds", 300))),
+                                int(auto.get("cooldownSeconds", 300)), planner),
         router_image=_get(spec, "router", "image", default="ghcr.io/ascendra/router:0.1.0"),
         router_replicas=int(_get(spec, "router", "replicas", default=1)),
         router_port=int(_get(spec, "router", "port", default=8000)),

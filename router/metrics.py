@@ -9,6 +9,9 @@ from ascendra.metrics import RequestOutcome
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5,
                     3.0, 5.0, 7.5, 10.0, 20.0, 60.0)
 
+_LENGTH_BUCKETS = (16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144,
+                   8192, 16384, 32768)
+
 
 def _buckets(slo_values: tuple[float, ...]) -> tuple[float, ...]:
     """Default edges plus the SLO targets themselves, so "within SLO" is exact."""
@@ -35,6 +38,11 @@ class RouterMetrics:
                                 "met its target", ["result"], registry=r)
         self.slo_tbt = Counter("ascendra_slo_tbt_requests", "Requests by whether their mean TBT "
                                "met its target", ["result"], registry=r)
+        # The workload mix, for the operator's split planner (lengths of finished requests).
+        self.prompt_tokens = Histogram("ascendra_prompt_tokens", "Prompt length of finished "
+                                       "requests", buckets=_LENGTH_BUCKETS, registry=r)
+        self.output_tokens = Histogram("ascendra_output_tokens", "Output tokens of finished "
+                                       "requests", buckets=_LENGTH_BUCKETS, registry=r)
         self.predictor_error = Histogram(
             "ascendra_predictor_ttft_error_seconds", "Observed minus predicted TTFT at placement",
             buckets=(-5, -2, -1, -0.5, -0.25, -0.1, -0.05, 0, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
@@ -62,5 +70,8 @@ class RouterMetrics:
             self.tbt.observe(outcome.tbt_mean)
         self.slo.labels(outcome.miss_reason or "met").inc()
         ok = outcome.finished and outcome.error is None
+        if ok:
+            self.prompt_tokens.observe(outcome.prompt_len)
+            self.output_tokens.observe(outcome.tokens)
         self.slo_ttft.labels("met" if ok and outcome.met_ttft else "missed").inc()
         self.slo_tbt.labels("met" if ok and outcome.met_tbt else "missed").inc()

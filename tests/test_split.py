@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ascendra.core.split import SplitPolicy, SplitSignals, decide_split
+from ascendra.core.split import SplitPlan, SplitPolicy, SplitSignals, decide_split
 
 POLICY = SplitPolicy(cooldown=60)
 
@@ -41,3 +41,27 @@ def test_cooldown_and_little_traffic_hold():
     assert decide_split(busy, 1, 1, 2, 1000, 930, POLICY).hp == 2
     assert decide_split(sig(requests=3, offload_fraction=0.5), 1, 1, 2, 1000, None,
                         POLICY).reason == "too little traffic to judge"
+
+
+def test_a_plan_moves_one_step_when_steady_and_clearly_better():
+    plan = SplitPlan({1: 0.80, 2: 0.86, 3: 0.95})
+    d = decide_split(sig(), 1, 1, 3, 1000, None, POLICY, plan)
+    assert d.hp == 2 and d.reason.startswith("planner: 3 HP")
+    # Back the other way too, one step at a time.
+    back = SplitPlan({1: 0.9, 2: 0.8, 3: 0.7})
+    assert decide_split(sig(), 3, 1, 3, 1000, None, POLICY, back).hp == 2
+
+
+def test_a_plan_yields_to_measurements_small_gains_and_cooldown():
+    plan = SplitPlan({1: 0.95, 2: 0.70})
+    # Measured HP pressure outranks a prediction that says fewer HP.
+    assert decide_split(sig(offload_fraction=0.3), 1, 1, 3, 1000, None, POLICY, plan).hp == 2
+    assert decide_split(sig(), 1, 1, 2, 1000, None, POLICY,
+                        SplitPlan({1: 0.90, 2: 0.91})).reason == "steady"  # under plan_gain
+    assert decide_split(sig(), 2, 1, 2, 1000, 990, POLICY, plan).reason == "cooldown"
+    # A plan that does not cover the current split says nothing about it.
+    assert decide_split(sig(), 3, 1, 3, 1000, None, POLICY, plan).reason == "steady"
+
+
+def test_plan_ties_go_to_fewer_hp():
+    assert SplitPlan({2: 0.9, 1: 0.9, 3: 0.5}).best() == 1

@@ -9,6 +9,9 @@ every move, so the split cannot flap.
   HP helps if the LPs can spare an instance.
 * HP idle while the LPs are late: offloads are rare, the HP is fast and unqueued, and requests
   wait on LPs past their slack. One HP goes back to LP.
+* Otherwise, a plan (the simulator run on the observed workload mix for every split in bounds,
+  :mod:`ascendra.sim.planner`) may point to a split it predicts to be clearly better: one step
+  towards it. Measured pressure outranks a prediction, so the plan only acts when steady.
 """
 
 from __future__ import annotations
@@ -36,6 +39,16 @@ class SplitPolicy:
     step_low: float = 0.3
     min_requests: float = 20.0
     cooldown: float = 300.0  # seconds after a move before the next
+    plan_gain: float = 0.02  # predicted attainment a planned split must add to be worth a move
+
+
+@dataclass(frozen=True, slots=True)
+class SplitPlan:
+    predicted: dict[int, float]  # HP count → predicted attainment for the observed mix
+
+    def best(self) -> int:
+        # Ties go to fewer HP instances: LP capacity is the throughput.
+        return max(sorted(self.predicted), key=lambda hp: self.predicted[hp])
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +61,8 @@ class SplitDecision:
 
 
 def decide_split(s: SplitSignals, hp: int, hp_min: int, hp_max: int, now: float,
-                 last_move_at: float | None, policy: SplitPolicy = SplitPolicy()
-                 ) -> SplitDecision:
+                 last_move_at: float | None, policy: SplitPolicy = SplitPolicy(),
+                 plan: SplitPlan | None = None) -> SplitDecision:
     if last_move_at is not None and now - last_move_at < policy.cooldown:
         return SplitDecision(hp, "cooldown")
     if s.requests < policy.min_requests:
@@ -74,4 +87,11 @@ def decide_split(s: SplitSignals, hp: int, hp_min: int, hp_max: int, now: float,
     if idle and lp_late and hp > hp_min:
         return SplitDecision(hp - 1, f"HP idle while LP requests are late "
                                      f"(least slack {s.lp_min_slack:.2f} s)")
+    if plan is not None and hp in plan.predicted:
+        best = plan.best()
+        gain = plan.predicted[best] - plan.predicted[hp]
+        if best != hp and gain >= policy.plan_gain and hp_min <= best <= hp_max:
+            step = hp + (1 if best > hp else -1)
+            return SplitDecision(step, f"planner: {best} HP predicted "
+                                       f"{plan.predicted[best]:.1%} vs {plan.predicted[hp]:.1%}")
     return SplitDecision(hp, "steady")

@@ -32,6 +32,7 @@ from ascendra.core.split import SplitPolicy, SplitSignals, decide_split
 from ascendra.core.systems import SystemSpec
 from ascendra.errors import AscendraError
 from ascendra.metrics import RequestOutcome
+from ascendra.sim.planner import PlannerConfig, WorkloadMix, plan_split
 from ascendra.workloads.spec import RequestSpec
 
 _ARRIVAL, _STEP_DONE, _OFFLOAD, _RESIZE = 0, 1, 2, 3
@@ -63,6 +64,9 @@ class SplitConfig:
     hp_max: int
     interval: float = 10.0
     policy: SplitPolicy = field(default_factory=SplitPolicy)
+    # Also plan: simulate the last window's mix on each split (with the true latency model, so
+    # this is the planner at its best; the operator's uses a calibrated one).
+    planner: bool = False
 
 
 @dataclass(slots=True)
@@ -131,6 +135,7 @@ class Simulation:
         self._gaps: list[float] = []
         self._offloaded: set[int] = set()
         self._window = [0, 0]  # arrivals and offloads since the last resize check
+        self._finished: list[tuple[int, int]] = []  # (prompt, output) finished in the window
         self._last_resize: float | None = None
         self._resizes: list[tuple[float, int, str]] = []
 
@@ -162,8 +167,15 @@ class Simulation:
             hp_queue=sum(len(i.scheduler.waiting) for i in hps) / len(hps) if hps else None,
             hp_step_time=sum(steps) / len(steps) if steps else None,
             lp_min_slack=min(slack) if slack else None, tbt_slo=self.slo.tbt)
+        plan = None
+        finished, self._finished = self._finished, []
+        if cfg.planner and arrivals and len(finished) >= cfg.policy.min_requests:
+            mix = WorkloadMix(arrivals / cfg.interval, tuple(p for p, _ in finished),
+                              tuple(o for _, o in finished))
+            plan = plan_split(mix, self.truth, self.slo, PlannerConfig(
+                len(self.instances), cfg.hp_min, cfg.hp_max, self.config.kv_tokens))
         decision = decide_split(signals, len(hps), cfg.hp_min, cfg.hp_max, now,
-                                self._last_resize, cfg.policy)
+                                self._last_resize, cfg.policy, plan)
         if decision.moved(len(hps)):
             self._last_resize = now
             self._resizes.append((now, decision.hp, decision.reason))
@@ -259,6 +271,7 @@ class Simulation:
                     tr.tokens += 1
                 for req in result.finished:
                     tracks[req.id].finished = True
+                    self._finished.append((req.prompt_len, req.max_tokens))
                 inst.busy, inst.current = False, None
                 if inst.next_role is not None:
                     self._swap_role(inst, inst.next_role)

@@ -13,8 +13,16 @@ import pytest
 import yaml
 from test_operator_units import EXAMPLE
 
-from ascendra.operator.autoscale import SignalError, fetch, queries, scalar
-from ascendra.operator.spec import parse
+from ascendra.operator.autoscale import (
+    SignalError,
+    buckets,
+    fetch,
+    fetch_mix,
+    queries,
+    sample_lengths,
+    scalar,
+)
+from ascendra.operator.spec import Planner, SpecError, parse
 
 
 def spec_with(url: str):  # type: ignore[no-untyped-def]
@@ -60,8 +68,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(500)
             self.end_headers()
             return
+        if self.mode == "histogram" and "le" in self.path:
+            self._reply(json.dumps({"status": "success", "data": {"resultType": "vector",
+                        "result": [{"metric": {"le": le}, "value": [1, c]} for le, c in
+                                   (("+Inf", "100"), ("100", "50"), ("200", "100"))]}}).encode())
+            return
         body = b"<html>not json" if self.mode == "garbage" else json.dumps(
             {"status": "error", "error": "x"} if self.mode == "error" else vector("0.5")).encode()
+        self._reply(body)
+
+    def _reply(self, body: bytes) -> None:
         self.send_response(200)
         self.end_headers()
         self.wfile.write(body)
@@ -98,3 +114,52 @@ def test_good_prometheus_and_unreachable(fake_prometheus):
     with pytest.raises(SignalError) as e:
         fetch(spec_with("http://127.0.0.1:1"), timeout=1.0)
     assert e.value.reason == "Unreachable"
+
+
+def test_histogram_quantile_samples():
+    cumulative = [(100.0, 50.0), (200.0, 100.0), (float("inf"), 100.0)]
+    assert sample_lengths(cumulative, n=4) == (25, 75, 125, 175)
+    # Mass above the last finite bound sits at that bound; an empty histogram samples nothing.
+    assert sample_lengths([(100.0, 10.0), (float("inf"), 20.0)], n=2) == (50, 100)
+    assert sample_lengths([(100.0, 0.0), (float("inf"), 0.0)]) == ()
+    for bad in ({"status": "error"}, {"status": "success", "data": {"result": [{"metric": {}}]}}):
+        with pytest.raises(SignalError):
+            buckets(bad)
+
+
+def test_the_planner_reads_the_mix_from_the_routers_histograms(fake_prometheus):
+    url, handler = fake_prometheus
+    handler.mode = "histogram"
+    b = yaml.safe_load(EXAMPLE.read_text())
+    b["spec"]["autoscaling"] = {"enabled": True, "prometheusUrl": url, "intervalSeconds": 30,
+                                "planner": {"model": "llama-3.1-8b", "gpu": "h200"}}
+    spec = parse(b)
+    assert spec.autoscaling.planner == Planner("llama-3.1-8b", "h200", 451_840)
+    mix = fetch_mix(spec)
+    assert mix is not None and not mix.paired
+    assert mix.rate == 0.5 / 60  # increase() over the 60 s window, per second
+    assert min(mix.prompt_lens) >= 1 and max(mix.prompt_lens) <= 200
+
+
+@pytest.mark.parametrize(("planner", "message"), [
+    ({"model": "gpt-17"}, "not a model shape"), ({"model": "llama-3.1-8b", "gpu": "tpu"},
+                                                 "not one of")])
+def test_a_planner_for_an_unknown_model_or_gpu_is_refused(planner, message):
+    b = yaml.safe_load(EXAMPLE.read_text())
+    b["spec"]["autoscaling"] = {"enabled": True, "prometheusUrl": "http://p", "planner": planner}
+    with pytest.raises(SpecError, match=message):
+        parse(b)
+
+
+def test_the_operator_plans_from_prometheus(fake_prometheus):
+    from ascendra.operator.handlers import _plan
+
+    url, handler = fake_prometheus
+    handler.mode = "histogram"
+    b = yaml.safe_load(EXAMPLE.read_text())
+    b["spec"]["autoscaling"] = {"enabled": True, "prometheusUrl": url,
+                                "planner": {"model": "llama-3.1-8b"}}
+    spec = parse(b)
+    plan = _plan(spec)
+    assert plan is not None and sorted(plan.predicted) == list(range(spec.hp_min,
+                                                                      spec.hp_max + 1))
