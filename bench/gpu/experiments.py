@@ -1,0 +1,156 @@
+"""The GPU runs (issue "GPU truth"), on the GPU machine, one after another.
+
+Every run starts real vLLM 0.26.0 engines of the Llama-3.1-8B shape with dummy weights through
+``ascendra runtime`` (the local stack's code), drives them with ``ascendra bench``'s load
+generator (token-id prompts, Poisson arrivals, streamed, ``ignore_eos``) and stops them. Each
+finished run is written at once to ``OUT/NAME.json``, so a run cut short loses only itself.
+
+* ``anchor-*``: one engine on the whole GPU, benchmarked directly (no router), as the measured
+  anchor in the team's GPU notes was: ``--max-num-seqs 128``, vLLM defaults vs budget 512.
+* ``gpu1-*``: two engines sharing the GPU, each with an explicit 16 GiB KV cache (131,072
+  tokens), behind the Ascendra router: 1 LP + 1 HP for Ascendra, round-robin for the
+  baselines (``vllm`` defaults, ``sarathi`` = budget 512). Same load, same SLOs.
+
+    PYTHONPATH=/tmp/site python3 bench/gpu/experiments.py --out /tmp/ascendra-results [--only A,B]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ascendra.core.request import Slo
+from ascendra.loadgen import BenchConfig, report, run_bench, table
+from ascendra.runtime.local_stack import LocalStack, StackConfig
+from ascendra.runtime.tiny_model import build_tiny_model
+from ascendra.workloads.lengths import LongBenchLike, ShareGptLike
+from ascendra.workloads.spec import SyntheticWorkload
+
+HERE = Path(__file__).resolve().parent
+SHAREGPT = SyntheticWorkload(ShareGptLike())
+LONGBENCH = SyntheticWorkload(LongBenchLike())
+SLO_SHAREGPT, SLO_LONGBENCH = Slo(1.0, 0.15), Slo(2.5, 0.15)
+KV_BYTES = 16 * 2**30  # per engine when two share the GPU
+DUMMY = ["--load-format", "dummy", "--skip-tokenizer-init"]
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    system: str  # ascendra | vllm | sarathi
+    instances: int
+    workload: SyntheticWorkload
+    slo: Slo
+    rates: tuple[float, ...]
+    requests: int
+    engine_args: tuple[str, ...] = ()
+    direct: bool = False  # benchmark the engine itself, not the router
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+SHARED = ("--kv-cache-memory-bytes", str(KV_BYTES), "--gpu-memory-utilization", "0.45")
+RUNS = [
+    Run("anchor-vllm-sharegpt", "vllm", 1, SHAREGPT, SLO_SHAREGPT, (22, 28, 34), 300,
+        ("--max-num-seqs", "128"), direct=True),
+    Run("gpu1-ascendra-sharegpt", "ascendra", 2, SHAREGPT, SLO_SHAREGPT, (20, 26, 32), 300,
+        SHARED),
+    Run("gpu1-vllm-sharegpt", "vllm", 2, SHAREGPT, SLO_SHAREGPT, (20, 26, 32), 300, SHARED),
+    Run("gpu1-sarathi-sharegpt", "sarathi", 2, SHAREGPT, SLO_SHAREGPT, (20, 26, 32), 300,
+        SHARED),
+    Run("anchor-sarathi-sharegpt", "sarathi", 1, SHAREGPT, SLO_SHAREGPT, (22, 28, 34), 300,
+        direct=True),
+    Run("anchor-vllm-longbench", "vllm", 1, LONGBENCH, SLO_LONGBENCH, (5, 8, 11), 150,
+        ("--max-num-seqs", "128"), direct=True),
+    Run("anchor-sarathi-longbench", "sarathi", 1, LONGBENCH, SLO_LONGBENCH, (5, 8, 11), 150,
+        direct=True),
+]
+
+
+def model_dir(root: Path) -> Path:
+    """The 8B shape's config (dummy weights) with the project's locally trained tokenizer for
+    the router (engines skip tokenizer init; prompts are token ids below 1000)."""
+    d = root / "llama31-8b"
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(HERE / "llama31-8b" / "config.json", d / "config.json")
+    tiny = build_tiny_model(cache_dir=root / "tiny")
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(tiny / f, d / f)
+    return d
+
+
+def execute(run: Run, model: Path, out: Path, port: int) -> dict[str, object]:
+    lp, hp = (1, 1) if run.system == "ascendra" else (run.instances, 0)
+    cfg = StackConfig(model=model, lp=lp, hp=hp, system=run.system, port=port,
+                      base_port=port + 100, max_model_len=4096, ttft=run.slo.ttft,
+                      tbt=run.slo.tbt, startup_timeout=900.0,
+                      engine_args=[*DUMMY, *run.engine_args], log_dir=out / "logs" / run.name)
+    started = time.time()
+    with LocalStack(cfg) as stack:
+        ready_s = time.time() - started
+        url = (stack.engine_urls[0] if run.direct else stack.url) + "/v1"
+        bench = BenchConfig(url=url, model=stack.name, workload=run.workload,
+                            rates=list(run.rates), requests=run.requests, slo=run.slo,
+                            warmup=50)
+        rep = report(bench, run_bench(bench))
+    print(f"== {run.name} (ready in {ready_s:.0f} s)\n{table(rep)}", flush=True)
+    return {"run": run.name, "system": run.system, "instances": run.instances,
+            "direct_to_engine": run.direct, "engine_args": list(cfg.engine_args),
+            "slo": {"ttft_s": run.slo.ttft, "tbt_mean_s": run.slo.tbt},
+            "startup_s": round(ready_s, 1), "report": rep}
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--only", help="comma-separated run names")
+    ap.add_argument("--port", type=int, default=9000)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("VLLM_CACHE_ROOT", "/tmp/vllm-cache")  # compile cache across runs
+    model = model_dir(args.out / "model")
+    wanted = set(args.only.split(",")) if args.only else None
+    env = {"date": time.strftime("%Y-%m-%d"), "vllm": _version("vllm"),
+           "torch": _version("torch"), "gpu": _gpu()}
+    (args.out / "environment.json").write_text(json.dumps(env, indent=1))
+    print(json.dumps(env), flush=True)
+    for run in RUNS:
+        if wanted and run.name not in wanted:
+            continue
+        try:
+            result = execute(run, model, args.out, args.port)
+            (args.out / f"{run.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+        except Exception:  # record it and go on: one failed run must not cost the others
+            traceback.print_exc()
+            (args.out / f"{run.name}.failed").write_text(traceback.format_exc())
+    print("all runs done", flush=True)
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import version
+
+    try:
+        return version(pkg)
+    except Exception:
+        return "missing"
+
+
+def _gpu() -> str:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    except Exception as e:
+        return f"unknown ({e})"
+
+
+if __name__ == "__main__":
+    main()
