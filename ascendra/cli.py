@@ -130,6 +130,7 @@ def _cmd_router(args: argparse.Namespace) -> int:
         control = ControlConfig(partitioned=not args.baseline, priorities=not args.baseline,
                                 dispatch=args.dispatch, margin=args.margin,
                                 migrate=not args.no_migration,
+                                offload_guard=not args.no_offload_guard,
                                 ticket_step_fraction=args.ticket_step_fraction or None)
         settings = RouterSettings(model_name=args.model_name, tokenizer=args.tokenizer,
                                   max_model_len=args.max_model_len, instances=specs,
@@ -295,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--baseline", action="store_true",
                     help="no LP/HP policy: round-robin over alike instances (vllm, sarathi)")
     ro.add_argument("--no-migration", action="store_true")
+    ro.add_argument("--no-offload-guard", action="store_true",
+                    help="offload at-risk requests even to an HP predicted to miss their "
+                         "deadline too (the paper's rule)")
     ro.add_argument("--ticket-step-fraction", type=float, default=0.5,
                     help="HP tickets need its step time ≤ this × the request's TBT target "
                          "(0: the paper's rule)")

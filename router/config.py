@@ -20,6 +20,7 @@ def settings_from_dict(cfg: dict[str, Any]) -> RouterSettings:
             dispatch=policy.get("dispatch", "round-robin"),
             margin=float(policy.get("margin", 0.7)),
             migrate=bool(policy.get("migration", True)),
+            offload_guard=bool(policy.get("offload_guard", True)),
             ticket_step_fraction=float(policy.get("ticket_step_fraction", 0.5)) or None)
         discovery = KubernetesDiscovery(
             disc["namespace"], disc["selector"], int(disc["engine_port"]),

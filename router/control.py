@@ -81,6 +81,9 @@ class ControlConfig:
     # HP tickets also need the HP's step time ≤ this fraction of the request's TBT target
     # (None: the paper's seat-and-queue rule alone).
     ticket_step_fraction: float | None = 0.5
+    # Offload only to an HP predicted to still meet the request's deadline (core's
+    # can_meet_ttft); False is the paper's unconditional offload.
+    offload_guard: bool = True
 
 
 class Controller:
@@ -90,7 +93,8 @@ class Controller:
         self.model = model
         dispatcher = make_dispatcher(cfg.dispatch, model)
         tickets = TicketRule(max_step_fraction=cfg.ticket_step_fraction)
-        self.routing = AscendraRouting(dispatcher, tickets) if cfg.partitioned \
+        guard = model if cfg.offload_guard else None
+        self.routing = AscendraRouting(dispatcher, tickets, guard) if cfg.partitioned \
             else BaselineRouting(dispatcher)
         self.offloads = 0
         self.migrations = 0
@@ -175,9 +179,9 @@ class Controller:
                 s.check_stall(now, self.cfg.stall_timeout)
         if self.cfg.partitioned:
             for s in self.offload_candidates(now):
-                target = self.routing.route_offload(self.pool.loads())
+                target = self.routing.route_offload(self.pool.loads(), s.request, now)
                 if target is None:
-                    break
+                    continue
                 if await self.move(http, s, self.pool.instances[target], "offload"):
                     self.offloads += 1
         if self.cfg.migrate:

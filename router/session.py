@@ -158,8 +158,14 @@ class Session:
 
     def check_stall(self, now: float, timeout: float) -> bool:
         """Report the current upstream as failed when it has been silent past ``timeout``
-        (once per attempt). The control loop calls this, so the hot path carries no timer."""
+        (once per attempt). The control loop calls this, so the hot path carries no timer.
+
+        Only a stream that has started can stall: before its first token a request may wait
+        in an overloaded engine's queue for any time, and calling that a failure moved such
+        requests and marked busy engines unhealthy (measured on a GPU). An engine that dies
+        ends its streams with an error, which is recovered without this."""
         if self.done or self.instance is None or self._stalled == self._attempt \
+                or not self.generated \
                 or now - self.last_event_at <= timeout:
             return False
         self._stalled = self._attempt

@@ -71,3 +71,17 @@ def test_baseline_routing_never_offloads():
     loads = [_load(0, Role.MIXED), _load(1, Role.MIXED)]
     assert [routing.route_new(loads, req(0, 5)).index for _ in range(2)] == [0, 1]
     assert routing.route_offload(loads) is None
+
+
+def test_guarded_offload_goes_only_where_the_deadline_can_still_be_met():
+    lm = latency_model()
+    routing = AscendraRouting(RoundRobin(), offload_guard=lm)
+    r = req(1, 500, arrival=0.0)  # TTFT SLO 1.0 s
+    idle_hp = _load(2, Role.HP)
+    swamped_hp = _load(3, Role.HP, num_waiting=40, waiting_tokens=80_000)
+    # The swamped HP is skipped for the idle one; with only the swamped one, nothing moves.
+    assert routing.route_offload([_load(0), swamped_hp, idle_hp], r, now=0.5) == 2
+    assert routing.route_offload([_load(0), swamped_hp], r, now=0.5) is None
+    # Past the deadline no HP can make it; unguarded (the paper's rule) it moves regardless.
+    assert routing.route_offload([_load(0), idle_hp], r, now=1.5) is None
+    assert AscendraRouting(RoundRobin()).route_offload([_load(0), swamped_hp], r, 0.5) == 3

@@ -93,13 +93,26 @@ class Route:
     via_ticket: bool = False
 
 
+def can_meet_ttft(model: LatencyModel, load: InstanceLoad, req: Request, now: float) -> bool:
+    """Whether ``req`` moved to ``load`` now would still get its first token by its deadline."""
+    return now + predicted_delay(model, load, req.prompt_len) <= req.arrival + req.slo.ttft
+
+
 class AscendraRouting:
     """The paper's controller: an HP takes a new request only through a ticket; otherwise it goes
-    to an LP by the dispatcher. Offloaded requests go round-robin over HPs."""
+    to an LP by the dispatcher. Offloaded requests go round-robin over HPs.
 
-    def __init__(self, dispatcher: Dispatcher, tickets: TicketRule | None = None) -> None:
+    With ``offload_guard`` (a latency model; beyond the paper), a request is offloaded only to an
+    HP predicted to still meet its TTFT deadline. Without it an offload always moves, which on
+    GPUs where the HP is no faster than the LP (engines sharing a GPU, measured) turned most
+    requests into offloads whose re-prefills slowed everyone.
+    """
+
+    def __init__(self, dispatcher: Dispatcher, tickets: TicketRule | None = None,
+                 offload_guard: LatencyModel | None = None) -> None:
         self.dispatcher = dispatcher
         self.tickets = tickets or TicketRule()
+        self.offload_guard = offload_guard
         self._hp_next = 0
 
     def _next_hp(self, hps: Sequence[InstanceLoad]) -> InstanceLoad:
@@ -121,13 +134,16 @@ class AscendraRouting:
             raise AscendraError("no instances to route to")
         return Route(self.dispatcher.pick(lps, req))
 
-    def route_offload(self, loads: Sequence[InstanceLoad]) -> int | None:
+    def route_offload(self, loads: Sequence[InstanceLoad], req: Request | None = None,
+                      now: float = 0.0) -> int | None:
         hps = [ld for ld in loads if ld.role is Role.HP]
-        if not hps:
-            return None
-        hp = self._next_hp(hps)
-        self._hp_next += 1
-        return hp.index
+        for k in range(len(hps)):
+            hp = hps[(self._hp_next + k) % len(hps)]
+            if self.offload_guard is None or req is None or \
+                    can_meet_ttft(self.offload_guard, hp, req, now):
+                self._hp_next += k + 1
+                return hp.index
+        return None
 
 
 class BaselineRouting:
@@ -139,5 +155,6 @@ class BaselineRouting:
     def route_new(self, loads: Sequence[InstanceLoad], req: Request) -> Route:
         return Route(self.dispatcher.pick(loads, req))
 
-    def route_offload(self, loads: Sequence[InstanceLoad]) -> int | None:
+    def route_offload(self, loads: Sequence[InstanceLoad], req: Request | None = None,
+                      now: float = 0.0) -> int | None:
         return None

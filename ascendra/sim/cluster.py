@@ -224,9 +224,9 @@ class Simulation:
             return
         batch_time = self.predictor.batch_time(out.shape)
         for req in select_offloads(inst.scheduler.waiting, now, batch_time, self.predictor):
-            target = self.routing.route_offload(self._loads())
+            target = self.routing.route_offload(self._loads(), req, now)
             if target is None:
-                return
+                continue
             inst.scheduler.remove(req)
             req.offloaded = True
             self._offloaded.add(req.id)

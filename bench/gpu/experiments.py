@@ -53,6 +53,7 @@ class Run:
     requests: int
     engine_args: tuple[str, ...] = ()
     direct: bool = False  # benchmark the engine itself, not the router
+    warmup: int = 50  # requests at the first rate before measuring
     notes: dict[str, str] = field(default_factory=dict)
 
 
@@ -67,6 +68,20 @@ RUNS = [
         SHARED),
     Run("anchor-sarathi-sharegpt", "sarathi", 1, SHAREGPT, SLO_SHAREGPT, (22, 28, 34), 300,
         direct=True),
+    # Where the first anchor sweep never dropped below 90%: the same load, higher rates.
+    Run("anchor-vllm-sharegpt-high", "vllm", 1, SHAREGPT, SLO_SHAREGPT, (40, 46, 52), 300,
+        ("--max-num-seqs", "128"), direct=True),
+    # Round 2, sustained: 1500 requests a rate (37-62 s of arrivals, so queues reach a steady
+    # state) after 300 warm-up requests; "ascendra-1024" gives the LP and HP 1024 seats, as the
+    # vLLM default has, to test whether the paper's 128 is what limits it on a shared GPU.
+    Run("gpu1-ascendra-sustained", "ascendra", 2, SHAREGPT, SLO_SHAREGPT, (24, 32, 40), 1500,
+        SHARED, warmup=300),
+    Run("gpu1-vllm-sustained", "vllm", 2, SHAREGPT, SLO_SHAREGPT, (24, 32, 40), 1500, SHARED,
+        warmup=300),
+    Run("gpu1-sarathi-sustained", "sarathi", 2, SHAREGPT, SLO_SHAREGPT, (24, 32, 40), 1500,
+        SHARED, warmup=300),
+    Run("gpu1-ascendra1024-sustained", "ascendra", 2, SHAREGPT, SLO_SHAREGPT, (24, 32, 40),
+        1500, (*SHARED, "--max-num-seqs", "1024"), warmup=300),
     Run("anchor-vllm-longbench", "vllm", 1, LONGBENCH, SLO_LONGBENCH, (5, 8, 11), 150,
         ("--max-num-seqs", "128"), direct=True),
     Run("anchor-sarathi-longbench", "sarathi", 1, LONGBENCH, SLO_LONGBENCH, (5, 8, 11), 150,
@@ -98,13 +113,26 @@ def execute(run: Run, model: Path, out: Path, port: int) -> dict[str, object]:
         url = (stack.engine_urls[0] if run.direct else stack.url) + "/v1"
         bench = BenchConfig(url=url, model=stack.name, workload=run.workload,
                             rates=list(run.rates), requests=run.requests, slo=run.slo,
-                            warmup=50)
+                            warmup=run.warmup)
         rep = report(bench, run_bench(bench))
+        counters = _router_counters(stack.url)
     print(f"== {run.name} (ready in {ready_s:.0f} s)\n{table(rep)}", flush=True)
     return {"run": run.name, "system": run.system, "instances": run.instances,
             "direct_to_engine": run.direct, "engine_args": list(cfg.engine_args),
             "slo": {"ttft_s": run.slo.ttft, "tbt_mean_s": run.slo.tbt},
-            "startup_s": round(ready_s, 1), "report": rep}
+            "startup_s": round(ready_s, 1), "router_counters": counters, "report": rep}
+
+
+def _router_counters(url: str) -> dict[str, float]:
+    """The router's offload, migration and SLO counters after the run (all rates and the
+    warm-up together)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    keep = ("ascendra_offloads_total", "ascendra_migrations_total", "ascendra_slo_requests_total")
+    return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+            if line.startswith(keep)}
 
 
 def main() -> None:

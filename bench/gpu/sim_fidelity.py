@@ -1,0 +1,116 @@
+"""Simulator fidelity: what the simulator predicts for each measured GPU run, side by side.
+
+For every ``RUN.json`` that ``experiments.py`` wrote, simulate the same system, instances,
+seats, KV size, SLOs, workload, rates, request count and seed (the load generator's) with the
+calibrated H100 / Llama-3.1-8B latency model, and compare goodput, p50/p99 TTFT and p50 mean TBT.
+
+Two engines sharing one GPU are simulated as two instances with half the GPU's compute and
+bandwidth each (the calibrated fixed overheads unchanged): right when both are busy, pessimistic
+when one idles.
+
+    python bench/gpu/sim_fidelity.py docs/results/gpu --json docs/results/gpu/sim-fidelity.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ascendra.core.offload import FixedMarginPredictor
+from ascendra.core.request import Slo
+from ascendra.core.systems import system
+from ascendra.metrics import goodput, summarize
+from ascendra.perf import latency_model
+from ascendra.perf.roofline import RooflineLatencyModel
+from ascendra.sim.cluster import ClusterConfig, Simulation
+from ascendra.workloads.lengths import LongBenchLike, ShareGptLike
+from ascendra.workloads.spec import SyntheticWorkload
+
+WORKLOADS = {"sharegpt/poisson": SyntheticWorkload(ShareGptLike()),
+             "longbench/poisson": SyntheticWorkload(LongBenchLike())}
+KV_FULL = 451_840  # one engine at 0.9 memory (measured)
+
+
+def _arg(args: list[str], flag: str) -> str | None:
+    return args[args.index(flag) + 1] if flag in args else None
+
+
+def model_for(instances: int) -> RooflineLatencyModel:
+    lm = latency_model()
+    if instances == 1:
+        return lm
+    share = 1.0 / instances
+    gpu = replace(lm.gpu, name=f"{lm.gpu.name}/{instances}",
+                  peak_flops=lm.gpu.peak_flops * share,
+                  mem_bandwidth=lm.gpu.mem_bandwidth * share)
+    return RooflineLatencyModel(lm.model, gpu, lm.coef)
+
+
+def predict(run: dict[str, Any]) -> dict[str, Any]:
+    rep = run["report"]
+    args = run["engine_args"]
+    seats = _arg(args, "--max-num-seqs")
+    kv_bytes = _arg(args, "--kv-cache-memory-bytes")
+    # 128 KiB of KV per token for the 8B shape (32 layers × 8 KV heads × 128 × K,V × bf16).
+    kv = int(kv_bytes) // (128 * 1024) if kv_bytes else KV_FULL
+    instances = run["instances"]
+    hp = 1 if run["system"] == "ascendra" else 0
+    spec = system(run["system"], max_seqs=int(seats) if seats else None)
+    lm = model_for(instances)
+    slo = Slo(rep["slo"]["ttft_s"], rep["slo"]["tbt_mean_s"])
+    work = WORKLOADS[rep["workload"]]
+    out: dict[str, Any] = {"rates": {}}
+    curve = []
+    for rate in rep["rates"]:
+        reqs = work.requests(float(rate), rep["requests_per_rate"], 1)  # loadgen's seed
+        res = Simulation(ClusterConfig(spec, instances=instances, hp_instances=hp,
+                                       kv_tokens=kv), lm, FixedMarginPredictor(lm), slo,
+                         seed=1).run(reqs)
+        s = summarize(res.outcomes, res.gaps)
+        curve.append((float(rate), s.attainment))
+        out["rates"][rate] = {"attainment": round(s.attainment, 4), "ttft_p50": s.ttft_p50,
+                              "ttft_p99": s.ttft_p99, "tbt_mean_p50": s.tbt_mean_p50}
+    out["goodput_qps"] = round(goodput(curve), 3)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results", type=Path)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    rows = {}
+    for f in sorted(args.results.glob("*.json")):
+        run = json.loads(f.read_text())
+        if "report" not in run:
+            continue
+        measured, predicted = run["report"], predict(run)
+        rows[run["run"]] = {"measured_goodput": measured["goodput_qps"],
+                            "predicted_goodput": predicted["goodput_qps"],
+                            "measured": {r: {k: v[k] for k in ("attainment", "ttft_p50",
+                                                               "ttft_p99", "tbt_mean_p50")}
+                                         for r, v in measured["rates"].items()},
+                            "predicted": predicted["rates"]}
+        m, p = measured["goodput_qps"], predicted["goodput_qps"]
+        err = f"{(p - m) / m:+.0%}" if m else "n/a"
+        print(f"{run['run']:<28} measured {m:6.2f}  predicted {p:6.2f}  ({err})")
+        for rate, mv in measured["rates"].items():
+            pv = predicted["rates"][rate]
+            print(f"    {rate:>5} req/s  attainment {mv['attainment']:.2f} vs "
+                  f"{pv['attainment']:.2f}"
+                  f"  TTFT p50 {_ms(mv['ttft_p50'])} vs {_ms(pv['ttft_p50'])}"
+                  f"  p99 {_ms(mv['ttft_p99'])} vs {_ms(pv['ttft_p99'])}"
+                  f"  TBT p50 {_ms(mv['tbt_mean_p50'])} vs {_ms(pv['tbt_mean_p50'])}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1e3:.0f}ms"
+
+
+if __name__ == "__main__":
+    main()
