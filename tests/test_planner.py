@@ -33,3 +33,30 @@ def test_unpaired_mix_draws_outputs_independently():
 def test_bad_mixes_are_refused(mix):
     with pytest.raises(AscendraError):
         mix.requests(10, 0)
+
+
+def test_the_simulators_resize_loop_plans_from_what_finished(monkeypatch):
+    """The resize loop hands the planner the window's finished requests and follows its plan
+    when the measured signals are steady (light load here)."""
+    import ascendra.sim.cluster as cluster
+    from ascendra.core.offload import FixedMarginPredictor
+    from ascendra.core.split import SplitPlan, SplitPolicy
+    from ascendra.core.systems import system
+
+    mixes: list[WorkloadMix] = []
+
+    def spy(mix, model, slo, cfg):  # type: ignore[no-untyped-def]
+        mixes.append(mix)
+        return SplitPlan({1: 0.5, 2: 0.9})
+
+    monkeypatch.setattr(cluster, "plan_split", spy)
+    lm = latency_model()
+    reqs = SyntheticWorkload(LongBenchLike()).requests(4, 200, 2)
+    resize = cluster.SplitConfig(1, 2, interval=10, planner=True,
+                                 policy=SplitPolicy(cooldown=30, min_requests=5))
+    cfg = cluster.ClusterConfig(system("ascendra"), instances=3, hp_instances=1, resize=resize)
+    result = cluster.Simulation(cfg, lm, FixedMarginPredictor(lm), Slo(2.5, 0.15),
+                                seed=0).run(reqs)
+    assert mixes and all(m.paired and min(m.prompt_lens) >= 1900 for m in mixes)
+    assert abs(mixes[-1].rate - 4) < 2.5  # the window's arrivals per second
+    assert [(hp, why.split(":")[0]) for _, hp, why in result.resizes] == [(2, "planner")]

@@ -67,6 +67,7 @@ class SplitConfig:
     # Also plan: simulate the last window's mix on each split (with the true latency model, so
     # this is the planner at its best; the operator's uses a calibrated one).
     planner: bool = False
+    planner_requests: int = 1500  # simulated per candidate split
 
 
 @dataclass(slots=True)
@@ -173,7 +174,8 @@ class Simulation:
             mix = WorkloadMix(arrivals / cfg.interval, tuple(p for p, _ in finished),
                               tuple(o for _, o in finished))
             plan = plan_split(mix, self.truth, self.slo, PlannerConfig(
-                len(self.instances), cfg.hp_min, cfg.hp_max, self.config.kv_tokens))
+                len(self.instances), cfg.hp_min, cfg.hp_max, self.config.kv_tokens,
+                requests=cfg.planner_requests))
         decision = decide_split(signals, len(hps), cfg.hp_min, cfg.hp_max, now,
                                 self._last_resize, cfg.policy, plan)
         if decision.moved(len(hps)):
