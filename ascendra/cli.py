@@ -237,6 +237,27 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise AscendraError(f"{flag} needs comma-separated integers, got {text!r}") from None
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from ascendra.perf.profiler import ProfileGrid, profile_engine
+
+    grid = ProfileGrid(prefill_tokens=_ints(args.prefill, "--prefill"),
+                       decode_batches=_ints(args.decodes, "--decodes"),
+                       decode_contexts=_ints(args.contexts, "--contexts"),
+                       decode_tokens=args.decode_tokens, repeat=args.repeat, vocab=args.vocab)
+    say = (lambda _: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    rows = profile_engine(args.url.rstrip("/").removesuffix("/v1"), args.model, grid,
+                          Path(args.out), args.max_model_len, say)
+    print(f"ascendra: {len(rows)} profile rows written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ascendra", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -353,6 +374,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--label", help="name of this system in the plot")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_cmd_bench)
+
+    pr = sub.add_parser("profile", help="measure an idle vLLM engine's iteration times "
+                        "(engine-reported) into a profile CSV for the latency model")
+    pr.add_argument("--url", default="http://127.0.0.1:8100", help="the engine's base URL")
+    pr.add_argument("--model", required=True, help="the engine's served model name")
+    pr.add_argument("--out", required=True, help="profile CSV to write")
+    pr.add_argument("--max-model-len", type=int, default=2048)
+    pr.add_argument("--prefill", default="32,128,512,1024", help="prompt lengths to prefill")
+    pr.add_argument("--decodes", default="1,4,16,64", help="decode batch sizes")
+    pr.add_argument("--contexts", default="64,512", help="decode prompt lengths")
+    pr.add_argument("--decode-tokens", type=int, default=32, help="tokens per decode request")
+    pr.add_argument("--repeat", type=int, default=2)
+    pr.add_argument("--vocab", type=int, default=1000, help="token ids are drawn from [16, N)")
+    pr.add_argument("--quiet", action="store_true")
+    pr.set_defaults(func=_cmd_profile)
     return parser
 
 

@@ -52,6 +52,14 @@ def test_list_presets(capsys):
         (["sim"], "--preset NAME is required"),
         (["sim", "--wat"], "unrecognized arguments"),
         (["frobnicate"], "invalid choice"),
+        (["profile", "--model", "m", "--out", "p.csv", "--url", "http://127.0.0.1:1"],
+         "cannot reach the engine at http://127.0.0.1:1"),
+        (["profile", "--model", "m", "--out", "p.csv", "--decodes", "1,x"],
+         "--decodes needs comma-separated integers"),
+        (["profile", "--model", "m", "--out", "p.csv", "--prefill", "0"], "must be positive"),
+        (["profile", "--model", "m", "--out", "p.csv", "--prefill", "4096"],
+         "does not fit --max-model-len 2048"),
+        (["profile", "--model", "m", "--out", "/no/such/dir/p.csv"], "is not a directory"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys):

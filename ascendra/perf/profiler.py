@@ -1,0 +1,138 @@
+"""``ascendra profile``: measure an engine's iteration times for the latency model.
+
+It drives one otherwise idle vLLM engine through controlled batch compositions and reads the
+times the engine itself measured from its ``/metrics`` (deltas of vLLM's own histograms), not
+the client's end-to-end latency:
+
+* prefill rows: one request of P prompt tokens and one output token; the engine's
+  ``vllm:request_prefill_time_seconds`` for it is the time of a step that prefills P tokens;
+* decode rows: N requests of C prompt tokens started together, each generating M tokens; the
+  mean of ``vllm:inter_token_latency_seconds`` over the run is the time of a step decoding N
+  sequences at a mean context of C + M/2.
+
+Rows use :data:`ascendra.perf.profile.PROFILE_COLUMNS`, so ``load_profile`` and the roofline fit
+read the file directly. Prompts are random token ids (no prefix-cache hits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+from ascendra.errors import AscendraError
+from ascendra.perf.profile import PROFILE_COLUMNS
+from ascendra.runtime.engine_state import MetricsSample, parse_metrics
+
+
+@dataclass(frozen=True)
+class ProfileGrid:
+    prefill_tokens: Sequence[int] = (32, 128, 512, 1024, 2048)
+    decode_batches: Sequence[int] = (1, 4, 16, 64)
+    decode_contexts: Sequence[int] = (64, 512)
+    decode_tokens: int = 32  # M: output tokens of each decode request
+    repeat: int = 2
+    vocab: int = 1000  # token ids drawn from [16, vocab)
+
+    def check(self, max_model_len: int) -> None:
+        values = [*self.prefill_tokens, *self.decode_batches, *self.decode_contexts,
+                  self.decode_tokens, self.repeat]
+        if not values or min(values) <= 0:
+            raise AscendraError("profile grid values must be positive")
+        longest = max([*self.prefill_tokens, max(self.decode_contexts) + self.decode_tokens])
+        if longest >= max_model_len:
+            raise AscendraError(f"a profile request of {longest} tokens does not fit "
+                                f"--max-model-len {max_model_len}")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    num_prefill_tokens: int
+    num_prefill_seqs: int
+    prefill_attn_pairs: float
+    num_decodes: int
+    decode_context: int
+    time_s: float
+
+    def values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, c) for c in PROFILE_COLUMNS)
+
+
+class _Engine:
+    def __init__(self, http: aiohttp.ClientSession, url: str, model: str, vocab: int) -> None:
+        self.http, self.url, self.model = http, url.rstrip("/"), model
+        self.rng = np.random.default_rng(0)
+        self.vocab = vocab
+
+    async def metrics(self) -> MetricsSample:
+        async with self.http.get(self.url + "/metrics") as r:
+            if r.status != 200:
+                raise AscendraError(f"{self.url}/metrics answered {r.status}")
+            return parse_metrics(await r.text())
+
+    async def complete(self, prompt_len: int, max_tokens: int) -> None:
+        body = {"model": self.model, "max_tokens": max_tokens, "ignore_eos": True,
+                "prompt": self.rng.integers(16, self.vocab, prompt_len).tolist()}
+        async with self.http.post(self.url + "/v1/completions", json=body) as r:
+            if r.status != 200:
+                raise AscendraError(f"the engine refused a profile request: {r.status} "
+                                    f"{(await r.text())[:200]}")
+            await r.read()
+
+    async def prefill_row(self, tokens: int) -> Row:
+        before = await self.metrics()
+        await self.complete(tokens, 1)
+        after = await self.metrics()
+        t = after.prefill_sum - before.prefill_sum
+        return Row(tokens, 1, tokens * (tokens + 1) / 2, 0, 0, t)
+
+    async def decode_row(self, batch: int, context: int, tokens: int) -> Row:
+        before = await self.metrics()
+        await asyncio.gather(*(self.complete(context, tokens) for _ in range(batch)))
+        after = await self.metrics()
+        gaps = after.itl_count - before.itl_count
+        if gaps <= 0:
+            raise AscendraError("the engine reported no inter-token latencies; is it vLLM?")
+        mean_ctx = context + tokens // 2
+        return Row(0, 0, 0.0, batch, batch * mean_ctx, (after.itl_sum - before.itl_sum) / gaps)
+
+
+async def _profile(url: str, model: str, grid: ProfileGrid,
+                   progress: Callable[[str], None]) -> list[Row]:
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        engine = _Engine(http, url, model, grid.vocab)
+        try:
+            await engine.metrics()
+        except aiohttp.ClientError as e:
+            raise AscendraError(f"cannot reach the engine at {url}: {e}") from None
+        await engine.complete(max(grid.prefill_tokens), 4)  # first-use compilation, not timed
+        rows: list[Row] = []
+        for _ in range(grid.repeat):
+            for p in grid.prefill_tokens:
+                rows.append(await engine.prefill_row(p))
+                progress(f"prefill {p} tokens: {rows[-1].time_s * 1e3:.1f} ms")
+            for c in grid.decode_contexts:
+                for n in grid.decode_batches:
+                    rows.append(await engine.decode_row(n, c, grid.decode_tokens))
+                    progress(f"decode ×{n} at context {c}: {rows[-1].time_s * 1e3:.1f} ms")
+        return rows
+
+
+def profile_engine(url: str, model: str, grid: ProfileGrid, out: Path, max_model_len: int,
+                   progress: Callable[[str], None] = lambda _: None) -> list[Row]:
+    """Profile the idle engine at ``url`` (its base URL, without /v1) and write ``out``."""
+    grid.check(max_model_len)
+    if not out.parent.is_dir():
+        raise AscendraError(f"cannot write {out}: {out.parent} is not a directory")
+    rows = asyncio.run(_profile(url, model, grid, progress))
+    with out.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(PROFILE_COLUMNS)
+        w.writerows(r.values() for r in rows)
+    return rows
