@@ -16,6 +16,7 @@ import urllib.request
 from typing import Any
 
 from ascendra.core.split import SplitSignals
+from ascendra.operator.monitoring import series_selector
 from ascendra.operator.spec import ServiceSpec
 from ascendra.sim.planner import WorkloadMix
 
@@ -28,7 +29,7 @@ class SignalError(Exception):
 
 def queries(spec: ServiceSpec) -> dict[str, str]:
     """PromQL for each signal over one resize interval (at least a minute, for rate())."""
-    sel = f'namespace="{spec.namespace}",ascendra_io_service="{spec.name}"'
+    sel = series_selector(spec)
     w = f"{max(60, spec.autoscaling.interval)}s"
     total = f"sum(increase(ascendra_slo_requests_total{{{sel}}}[{w}]))"
     return {
@@ -108,7 +109,7 @@ def fetch_mix(spec: ServiceSpec, timeout: float = 5.0) -> WorkloadMix | None:
     routers' histograms. None when too few requests finished to describe it."""
     url = spec.autoscaling.prometheus_url
     assert url is not None
-    sel = f'namespace="{spec.namespace}",ascendra_io_service="{spec.name}"'
+    sel = series_selector(spec)
     seconds = max(60, spec.autoscaling.interval)
     w = f"{seconds}s"
     requests = query(url, f"sum(increase(ascendra_slo_requests_total{{{sel}}}[{w}]))",

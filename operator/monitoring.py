@@ -93,10 +93,16 @@ def rule_file(objective: float = 0.9) -> str:
     return yaml.safe_dump({"groups": rule_groups(objective)}, sort_keys=False, width=1000)
 
 
+def series_selector(spec: ServiceSpec) -> str:
+    """PromQL label matchers for one service's series, as Prometheus labels them when it
+    scrapes through the ServiceMonitor/PodMonitor below (namespace, ascendra.io/service)."""
+    return f'namespace="{spec.namespace}",ascendra_io_service="{spec.name}"'
+
+
 def monitoring_objects(spec: ServiceSpec) -> list[dict[str, Any]]:
     """The prometheus-operator objects for one service: scrape its router and runtime pods, and
     alert on its SLOs at its own attainment target."""
-    selector = f'namespace="{spec.namespace}",ascendra_io_service="{spec.name}"'
+    selector = series_selector(spec)
     meta = {"namespace": spec.namespace, "labels": labels(spec, "monitoring"),
             "ownerReferences": [owner(spec)]}
     return [

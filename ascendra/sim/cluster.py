@@ -136,7 +136,9 @@ class Simulation:
         self._gaps: list[float] = []
         self._offloaded: set[int] = set()
         self._window = [0, 0]  # arrivals and offloads since the last resize check
-        self._finished: list[tuple[int, int]] = []  # (prompt, output) finished in the window
+        # (prompt, output) of requests finished in the window, kept only for the planner.
+        self._finished: list[tuple[int, int]] | None = \
+            [] if config.resize is not None and config.resize.planner else None
         self._last_resize: float | None = None
         self._resizes: list[tuple[float, int, str]] = []
 
@@ -169,8 +171,8 @@ class Simulation:
             hp_step_time=sum(steps) / len(steps) if steps else None,
             lp_min_slack=min(slack) if slack else None, tbt_slo=self.slo.tbt)
         plan = None
-        finished, self._finished = self._finished, []
-        if cfg.planner and arrivals and len(finished) >= cfg.policy.min_requests:
+        finished, self._finished = self._finished, ([] if cfg.planner else None)
+        if finished is not None and arrivals and len(finished) >= cfg.policy.min_requests:
             mix = WorkloadMix(arrivals / cfg.interval, tuple(p for p, _ in finished),
                               tuple(o for _, o in finished))
             plan = plan_split(mix, self.truth, self.slo, PlannerConfig(
@@ -273,7 +275,8 @@ class Simulation:
                     tr.tokens += 1
                 for req in result.finished:
                     tracks[req.id].finished = True
-                    self._finished.append((req.prompt_len, req.max_tokens))
+                    if self._finished is not None:
+                        self._finished.append((req.prompt_len, req.max_tokens))
                 inst.busy, inst.current = False, None
                 if inst.next_role is not None:
                     self._swap_role(inst, inst.next_role)

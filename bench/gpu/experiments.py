@@ -24,6 +24,7 @@ import signal
 import sys
 import time
 import traceback
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,8 +127,6 @@ def execute(run: Run, model: Path, out: Path, port: int) -> dict[str, object]:
 def _router_counters(url: str) -> dict[str, float]:
     """The router's offload, migration and SLO counters after the run (all rates and the
     warm-up together)."""
-    import urllib.request
-
     with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
         text = r.read().decode()
     keep = ("ascendra_offloads_total", "ascendra_migrations_total", "ascendra_slo_requests_total")
