@@ -135,12 +135,21 @@ def _cmd_router(args: argparse.Namespace) -> int:
         settings = RouterSettings(model_name=args.model_name, tokenizer=args.tokenizer,
                                   max_model_len=args.max_model_len, instances=specs,
                                   slo=Slo(args.ttft, args.tbt), control=control)
+    if args.observations:
+        settings.observations = _writable(args.observations)
     try:
         router = Router(settings)
     except OSError as e:
         raise AscendraError(f"cannot load the tokenizer from {args.tokenizer}: {e}") from None
     uvicorn.run(router.app(), host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _writable(path: str) -> Path:
+    p = Path(path)
+    if not p.parent.is_dir():
+        raise AscendraError(f"cannot write {p}: {p.parent} is not a directory")
+    return p
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -313,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--ttft", type=float, default=1.0, help="default TTFT SLO, s")
     ro.add_argument("--tbt", type=float, default=0.15, help="default mean-TBT SLO, s")
     ro.add_argument("--margin", type=float, default=0.7, help="offload safety margin, s")
+    ro.add_argument("--observations", help="append queued requests' snapshots and times to "
+                    "first token (JSONL, the deadline predictor's data) to this file")
     ro.add_argument("--dispatch", default="round-robin", help="round-robin or least-delay")
     ro.add_argument("--baseline", action="store_true",
                     help="no LP/HP policy: round-robin over alike instances (vllm, sarathi)")

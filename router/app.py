@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,6 +26,7 @@ from ascendra.core.request import Request as CoreRequest
 from ascendra.core.request import Slo
 from ascendra.core.values import least_slack
 from ascendra.metrics import RequestOutcome
+from ascendra.predict.observations import Observation, write_observations
 from ascendra.router.control import ControlConfig, Controller, EngineRateModel
 from ascendra.router.discovery import KubernetesDiscovery
 from ascendra.router.formats import SSE_DONE, ResponseShape, sse
@@ -55,6 +57,7 @@ class RouterSettings:
     discovery: KubernetesDiscovery | None = None
     default_step_time: float = 0.02
     default_prefill_s_per_token: float = 2e-4
+    observations: Path | None = None  # append queued requests' observations (JSONL) here
 
 
 class Router:
@@ -64,11 +67,16 @@ class Router:
         self.pool = InstancePool(settings.instances, poll_interval=settings.poll_interval)
         self.model = EngineRateModel(settings.default_step_time,
                                      settings.default_prefill_s_per_token)
-        self.controller = Controller(settings.control, self.pool, self.model)
+        self.controller = Controller(settings.control, self.pool, self.model,
+                                     on_observations=self._observed)
         self.metrics = RouterMetrics(settings.slo.ttft, settings.slo.tbt)
         self.http: aiohttp.ClientSession | None = None
         self._ids = itertools.count()
         self._prefix = f"{os.getpid():x}-{int(time.time()):x}"
+
+    def _observed(self, observations: list[Observation]) -> None:
+        if self.settings.observations is not None:
+            write_observations(self.settings.observations, observations)
 
     # -- one request -------------------------------------------------------------------------
     def _session(self, body: CompletionBody | ChatBody, ids: list[int], max_tokens: int,
@@ -211,6 +219,7 @@ class Router:
             max_gap=s.max_gap if n > 1 else None,
         )
         self.metrics.observe(outcome, s.predicted_ttft)
+        self.controller.settle(s)
 
     # -- the app ---------------------------------------------------------------------------
     def app(self) -> FastAPI:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -28,8 +29,15 @@ from ascendra.core.dispatch import (
 from ascendra.core.hp import TicketRule
 from ascendra.core.latency import BatchShape
 from ascendra.core.migration import StreamProgress, migration_helps, tbt_at_risk
-from ascendra.core.offload import at_risk
+from ascendra.core.offload import (
+    DeadlinePredictor,
+    FixedMarginPredictor,
+    QueueSnapshot,
+    at_risk,
+    queue_snapshot,
+)
 from ascendra.core.priority import hp_priority, lp_priority
+from ascendra.predict.observations import Observation, ObservationRecorder
 from ascendra.router.instances import Instance, InstancePool
 from ascendra.router.session import Session
 
@@ -87,10 +95,20 @@ class ControlConfig:
 
 
 class Controller:
-    def __init__(self, cfg: ControlConfig, pool: InstancePool, model: EngineRateModel) -> None:
+    """``predictor`` bounds queued requests' time to first token for the offload rule (default:
+    the paper's fixed margin over the engines' measured rates). Every queued request's snapshots
+    and, at its first token, the time they took go to ``on_observations`` (the predictor's data:
+    an observation log, an online refit)."""
+
+    def __init__(self, cfg: ControlConfig, pool: InstancePool, model: EngineRateModel,
+                 predictor: DeadlinePredictor | None = None,
+                 on_observations: Callable[[list[Observation]], None] | None = None) -> None:
         self.cfg = cfg
         self.pool = pool
         self.model = model
+        self.predictor: DeadlinePredictor = predictor or FixedMarginPredictor(model, cfg.margin)
+        self.recorder = ObservationRecorder()
+        self.on_observations = on_observations
         dispatcher = make_dispatcher(cfg.dispatch, model)
         tickets = TicketRule(max_step_fraction=cfg.ticket_step_fraction)
         guard = model if cfg.offload_guard else None
@@ -125,26 +143,67 @@ class Controller:
             session.request.offloaded = session.offloaded = True
         moved = await session.move(http, target, self.priority(session, target, now))
         if moved:
+            self.recorder.forget(session.id)  # its wait there is no longer what it waits
             log.info("moved %s to %s (%s, %d tokens so far)", session.id, target.url, why,
                      len(session.generated))
         return moved
 
     # -- the control loop ------------------------------------------------------------------
-    def offload_candidates(self, now: float) -> list[Session]:
-        """Own requests not started on LP instances that the core's rule says will miss their
-        TTFT. "Not started" is "no token yet": vLLM gives a request a seat long before it can
-        serve it when compute rather than seats runs out, so its own waiting count says little,
-        and the first token is the start a router can see. (A request moved mid-prefill loses
-        that prefill, which the margin is there to absorb.)"""
-        out: list[Session] = []
-        for inst in self.pool.routable():
-            if inst.role is not Role.LP:
-                continue
-            batch = instance_step_time(inst, self.model.step_time)
-            out += [s for s in inst.sessions.values()
-                    if not s.generated and s.moves < self.cfg.max_moves
-                    and at_risk(s.request, now, batch, self.cfg.margin)]
+    def queued(self, inst: Instance, now: float) -> list[tuple[Session, QueueSnapshot]]:
+        """Snapshots of this router's requests on ``inst`` that have no token yet, in the order
+        the engine serves them (priority, then submission). "Not started" is "no token yet":
+        vLLM gives a request a seat long before it can serve it when compute rather than seats
+        runs out, so its own waiting count says little, and the first token is the start a
+        router can see."""
+        waiting = sorted((s for s in inst.sessions.values() if not s.generated),
+                         key=lambda s: (s.priority or 0, s.sent_at))
+        running = [len(s.prompt_ids) + len(s.generated)
+                   for s in inst.sessions.values() if s.generated]
+        batch = instance_step_time(inst, self.model.step_time)
+        kv_used = inst.state.kv_usage if inst.state else 0.0
+        out: list[tuple[Session, QueueSnapshot]] = []
+        ahead: list[int] = []
+        for s in waiting:
+            out.append((s, queue_snapshot(s.request, now, ahead, running, kv_used, batch,
+                                          self.model)))
+            ahead.append(len(s.prompt_ids) + len(s.generated))
         return out
+
+    def offload_candidates(self, queued: list[tuple[Session, QueueSnapshot]],
+                           now: float) -> list[Session]:
+        """Those of an LP's queued requests the core's rule says will miss their TTFT. (A
+        request moved mid-prefill loses that prefill, which the bound is there to absorb.)"""
+        movable = [(s, snap) for s, snap in queued if s.moves < self.cfg.max_moves]
+        bounds = self.predictor.ttft_bounds([snap for _, snap in movable])
+        return [s for (s, _), b in zip(movable, bounds, strict=True)
+                if at_risk(s.request, now, b)]
+
+    def observe(self, now: float) -> list[Session]:
+        """Snapshot every queued request, settle those with a first token, and return the LP
+        ones the offload rule picks."""
+        out: list[Session] = []
+        settled: list[Observation] = []
+        for inst in self.pool.routable():
+            queued = self.queued(inst, now)
+            for s, snap in queued:
+                self.recorder.snapshot(s.id, now, snap, s.request.slo.ttft)
+            for s in inst.sessions.values():
+                if s.first_token_at is not None:
+                    settled += self.recorder.first_token(s.id, s.first_token_at)
+            if self.cfg.partitioned and inst.role is Role.LP:
+                out += self.offload_candidates(queued, now)
+        if settled and self.on_observations is not None:
+            self.on_observations(settled)
+        return out
+
+    def settle(self, session: Session) -> None:
+        """A session ended: its snapshots become observations if it got a first token."""
+        if session.first_token_at is None:
+            self.recorder.forget(session.id)
+            return
+        obs = self.recorder.first_token(session.id, session.first_token_at)
+        if obs and self.on_observations is not None:
+            self.on_observations(obs)
 
     def migration_candidates(self, now: float) -> list[tuple[Session, Instance]]:
         out = []
@@ -177,8 +236,9 @@ class Controller:
         for inst in self.pool.instances:
             for s in list(inst.sessions.values()):
                 s.check_stall(now, self.cfg.stall_timeout)
-        if self.cfg.partitioned:
-            for s in self.offload_candidates(now):
+        candidates = self.observe(now)
+        if candidates:
+            for s in candidates:
                 target = self.routing.route_offload(self.pool.loads(), s.request, now)
                 if target is None:
                     continue

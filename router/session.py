@@ -62,6 +62,7 @@ class Session:
     predicted_ttft: float | None = None  # at placement, for the predictor-error metric
     tbt_moves: int = 0
     offloaded: bool = False
+    priority: int | None = None  # the vLLM priority it was sent with (its place in the queue)
     last_event_at: float = 0.0
     _attempt: int = 0
     _stalled: int = 0
@@ -93,6 +94,7 @@ class Session:
               priority: int | None) -> None:
         self._attempt += 1
         self.instance = instance
+        self.priority = priority
         self.sent_at = self.last_event_at = time.time()
         instance.sessions[self.id] = self
         self._reader = asyncio.create_task(

@@ -12,26 +12,49 @@ from ascendra.core.dispatch import (
     Role,
     RoundRobin,
 )
-from ascendra.core.offload import FixedMarginPredictor, at_risk, select_offloads
+from ascendra.core.offload import (
+    FixedMarginPredictor,
+    QueueSnapshot,
+    at_risk,
+    paper_bound,
+    queue_snapshot,
+)
 from ascendra.perf import latency_model
+
+
+def _snap(batch_time: float, own_prefill: float) -> QueueSnapshot:
+    return QueueSnapshot(prompt_len=100, waited=0.0, tokens_ahead=0, seqs_ahead=0,
+                         num_running=0, decode_context=0, kv_used=0.0, batch_time=batch_time,
+                         own_prefill=own_prefill, ahead_prefill=own_prefill)
 
 
 def test_offload_rule_hand_computed():
     r = req(1, 100, arrival=0.0, pf=0.2)  # TTFT SLO 1.0 s
     # waited + max(batch, prefill) + margin: 0.05 + 0.2 + 0.7 = 0.95 ≤ 1.0 → stays.
-    assert not at_risk(r, now=0.05, batch_time=0.1, margin=0.7)
+    assert not at_risk(r, now=0.05, bound=paper_bound(_snap(0.1, 0.2), 0.7))
     # 0.11 + 0.2 + 0.7 = 1.01 > 1.0 → moves.
-    assert at_risk(r, now=0.11, batch_time=0.1, margin=0.7)
+    assert at_risk(r, now=0.11, bound=paper_bound(_snap(0.1, 0.2), 0.7))
     # A long current batch dominates the request's own prefill: 0.05 + 0.3 + 0.7 > 1.0.
-    assert at_risk(r, now=0.05, batch_time=0.3, margin=0.7)
+    assert at_risk(r, now=0.05, bound=paper_bound(_snap(0.3, 0.2), 0.7))
     r.ever_scheduled = True  # started requests never move
-    assert not at_risk(r, now=5.0, batch_time=0.1, margin=0.7)
+    assert not at_risk(r, now=5.0, bound=0.0)
 
 
-def test_select_offloads_uses_the_predictor_margin():
+def test_fixed_margin_predictor_bounds_with_its_margin():
     pred = FixedMarginPredictor(latency_model(), margin_s=0.5)
-    safe, risky = req(1, 10, arrival=0.9, pf=0.01), req(2, 10, arrival=0.0, pf=0.01)
-    assert select_offloads([safe, risky], now=1.0, batch_time=0.02, predictor=pred) == [risky]
+    assert pred.ttft_bounds([_snap(0.02, 0.01), _snap(0.3, 0.1)]) == [0.52, 0.8]
+
+
+def test_queue_snapshot_counts_what_is_ahead():
+    lm = latency_model()
+    r = req(7, 200, arrival=1.0, pf=0.05)
+    snap = queue_snapshot(r, 1.5, ahead=[100, 300], running=[50, 70, 80], kv_used=0.25,
+                          batch_time=0.03, model=lm)
+    assert (snap.tokens_ahead, snap.seqs_ahead, snap.num_running, snap.decode_context) == \
+        (400, 2, 3, 200)
+    assert snap.waited == 0.5 and snap.own_prefill == 0.05
+    alone = queue_snapshot(r, 1.5, ahead=[], running=[], kv_used=0.0, batch_time=0.0, model=lm)
+    assert snap.ahead_prefill > alone.ahead_prefill > 0
 
 
 def _load(i: int, role: Role = Role.LP, **kw) -> InstanceLoad:

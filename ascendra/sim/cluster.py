@@ -25,13 +25,14 @@ from ascendra.core.dispatch import (
 )
 from ascendra.core.kv import KvCache
 from ascendra.core.latency import BatchShape, LatencyModel
-from ascendra.core.offload import DeadlinePredictor, select_offloads
+from ascendra.core.offload import DeadlinePredictor, QueueSnapshot, at_risk, queue_snapshot
 from ascendra.core.request import Request, Slo
 from ascendra.core.scheduler import Scheduler, SchedulerOutput
 from ascendra.core.split import SplitPolicy, SplitSignals, decide_split
 from ascendra.core.systems import SystemSpec
 from ascendra.errors import AscendraError
 from ascendra.metrics import RequestOutcome
+from ascendra.predict.observations import Observation, ObservationRecorder
 from ascendra.sim.planner import PlannerConfig, WorkloadMix, plan_split
 from ascendra.workloads.spec import RequestSpec
 
@@ -110,12 +111,21 @@ class SimResult:
     utilization: list[float] = field(default_factory=list)
     offloads: int = 0
     resizes: list[tuple[float, int, str]] = field(default_factory=list)  # (time, HP count, why)
+    observations: list[Observation] = field(default_factory=list)  # with a recorder only
 
 
 class Simulation:
+    """``recorder``: also record queued requests' snapshots and times to first token (the TTFT
+    predictor's data); ``offload=False`` keeps every request where it was placed, so that those
+    times are what staying would have cost (the oracle of offload decisions)."""
+
     def __init__(self, config: ClusterConfig, truth: LatencyModel, predictor: DeadlinePredictor,
-                 slo: Slo, seed: int = 0) -> None:
+                 slo: Slo, seed: int = 0, recorder: ObservationRecorder | None = None,
+                 offload: bool = True) -> None:
         self.config = config
+        self.recorder = recorder
+        self.offload = offload
+        self._observations: list[Observation] = []
         self.truth = truth
         self.predictor = predictor
         self.slo = slo
@@ -210,11 +220,20 @@ class Simulation:
         out = s.schedule(now)
         if out.is_empty and out.preempted:
             out = s.schedule(now)  # preemption freed KV for the requests it put back
-        if inst.role is Role.LP:
-            self._offload(inst, out, now)
+        lp = inst.role is Role.LP and self.offload and any(
+            i.role is Role.HP for i in self.instances)
+        if lp or self.recorder is not None:
+            queued = self._queued(inst, out, now)
+            if self.recorder is not None:
+                for req, snap in queued:
+                    self.recorder.snapshot(req.id, now, snap, req.slo.ttft)
+            if lp:
+                self._offload(inst, queued, now)
         if out.is_empty:
             if not s.running and s.waiting:
                 # Nothing runs and nothing fits: the head can never be served here.
+                if self.recorder is not None:
+                    self.recorder.forget(s.waiting[0].id)
                 s.remove(s.waiting[0])
             return
         dur = self.truth.batch_time(out.shape) * self._jitter()
@@ -223,15 +242,34 @@ class Simulation:
         inst.busy_time += dur
         self._push(now + dur, _STEP_DONE, inst)
 
-    def _offload(self, inst: _Instance, out: SchedulerOutput, now: float) -> None:
-        if not any(i.role is Role.HP for i in self.instances):
-            return
+    def _queued(self, inst: _Instance, out: SchedulerOutput,
+                now: float) -> list[tuple[Request, QueueSnapshot]]:
+        """Snapshots of the instance's unstarted waiting requests as this step starts."""
+        s = inst.scheduler
+        running = [r.num_tokens for r in s.running]
         batch_time = self.predictor.batch_time(out.shape)
-        for req in select_offloads(inst.scheduler.waiting, now, batch_time, self.predictor):
+        kv_used = 1.0 - s.kv.free_fraction
+        out_: list[tuple[Request, QueueSnapshot]] = []
+        ahead: list[int] = []
+        for req in s.waiting:  # in service order
+            if not req.ever_scheduled:
+                out_.append((req, queue_snapshot(req, now, ahead, running, kv_used, batch_time,
+                                                 self.predictor)))
+            ahead.append(req.remaining)
+        return out_
+
+    def _offload(self, inst: _Instance, queued: list[tuple[Request, QueueSnapshot]],
+                 now: float) -> None:
+        bounds = self.predictor.ttft_bounds([snap for _, snap in queued])
+        for (req, _), bound in zip(queued, bounds, strict=True):
+            if not at_risk(req, now, bound):
+                continue
             target = self.routing.route_offload(self._loads(), req, now)
             if target is None:
                 continue
             inst.scheduler.remove(req)
+            if self.recorder is not None:
+                self.recorder.forget(req.id)
             req.offloaded = True
             self._offloaded.add(req.id)
             self._window[1] += 1
@@ -271,6 +309,8 @@ class Simulation:
                             tr.max_gap = gap
                     else:
                         tr.first = now
+                        if self.recorder is not None:
+                            self._observations += self.recorder.first_token(req.id, now)
                     tr.last = now
                     tr.tokens += 1
                 for req in result.finished:
@@ -308,6 +348,7 @@ class Simulation:
             utilization=[i.busy_time / now if now > 0 else 0.0 for i in self.instances],
             offloads=len(self._offloaded),
             resizes=self._resizes,
+            observations=self._observations,
         )
 
     def _outcome(self, spec: RequestSpec) -> RequestOutcome:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ascendra.core.request import Slo
 from ascendra.loadgen import BenchConfig, report, run_bench, table
+from ascendra.perf.profiler import ProfileGrid, profile_engine
 from ascendra.runtime.local_stack import LocalStack, StackConfig
 from ascendra.runtime.tiny_model import build_tiny_model
 from ascendra.workloads.lengths import LongBenchLike, ShareGptLike
@@ -54,12 +55,17 @@ class Run:
     requests: int
     engine_args: tuple[str, ...] = ()
     direct: bool = False  # benchmark the engine itself, not the router
+    profile: bool = False  # run ``ascendra profile`` on the one idle engine instead of a load
     warmup: int = 50  # requests at the first rate before measuring
     notes: dict[str, str] = field(default_factory=dict)
 
 
 SHARED = ("--kv-cache-memory-bytes", str(KV_BYTES), "--gpu-memory-utilization", "0.45")
 RUNS = [
+    # The latency model's and the learned predictor's H100 profile (``ascendra profile``): one
+    # engine, the anchor's seats, prefills up to the default token budget (one step each).
+    Run("profile-h100", "vllm", 1, SHAREGPT, SLO_SHAREGPT, (), 0, ("--max-num-seqs", "128"),
+        direct=True, profile=True),
     Run("anchor-vllm-sharegpt", "vllm", 1, SHAREGPT, SLO_SHAREGPT, (22, 28, 34), 300,
         ("--max-num-seqs", "128"), direct=True),
     Run("gpu1-ascendra-sharegpt", "ascendra", 2, SHAREGPT, SLO_SHAREGPT, (20, 26, 32), 300,
@@ -108,9 +114,13 @@ def execute(run: Run, model: Path, out: Path, port: int) -> dict[str, object]:
                       base_port=port + 100, max_model_len=4096, ttft=run.slo.ttft,
                       tbt=run.slo.tbt, startup_timeout=900.0,
                       engine_args=[*DUMMY, *run.engine_args], log_dir=out / "logs" / run.name)
+    if not run.direct:  # the queued requests' observations, the TTFT predictor's data
+        cfg.router_args = ["--observations", str(out / f"{run.name}.observations.jsonl")]
     started = time.time()
     with LocalStack(cfg) as stack:
         ready_s = time.time() - started
+        if run.profile:
+            return _profile(run, stack.engine_urls[0], stack.name, out, ready_s)
         url = (stack.engine_urls[0] if run.direct else stack.url) + "/v1"
         bench = BenchConfig(url=url, model=stack.name, workload=run.workload,
                             rates=list(run.rates), requests=run.requests, slo=run.slo,
@@ -122,6 +132,24 @@ def execute(run: Run, model: Path, out: Path, port: int) -> dict[str, object]:
             "direct_to_engine": run.direct, "engine_args": list(cfg.engine_args),
             "slo": {"ttft_s": run.slo.ttft, "tbt_mean_s": run.slo.tbt},
             "startup_s": round(ready_s, 1), "router_counters": counters, "report": rep}
+
+
+PROFILE_GRID = ProfileGrid(prefill_tokens=(32, 64, 128, 256, 512, 768, 1024, 1536, 2048),
+                           decode_batches=(1, 2, 4, 8, 16, 32, 64, 128),
+                           decode_contexts=(128, 512, 1024, 2048), decode_tokens=32, repeat=2)
+
+
+def _profile(run: Run, url: str, model: str, out: Path, ready_s: float) -> dict[str, object]:
+    path = out / f"{run.name}.csv"
+    rows = profile_engine(url, model, PROFILE_GRID, path, max_model_len=4096,
+                          progress=lambda line: print(line, flush=True))
+    return {"run": run.name, "engine_args": list(run.engine_args), "rows": len(rows),
+            "profile_csv": path.name, "startup_s": round(ready_s, 1),
+            "grid": {"prefill_tokens": PROFILE_GRID.prefill_tokens,
+                     "decode_batches": PROFILE_GRID.decode_batches,
+                     "decode_contexts": PROFILE_GRID.decode_contexts,
+                     "decode_tokens": PROFILE_GRID.decode_tokens,
+                     "repeat": PROFILE_GRID.repeat}}
 
 
 def _router_counters(url: str) -> dict[str, float]:
