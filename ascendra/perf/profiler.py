@@ -105,7 +105,10 @@ class _Engine:
 async def _profile(url: str, model: str, grid: ProfileGrid,
                    progress: Callable[[str], None]) -> list[Row]:
     timeout = aiohttp.ClientTimeout(total=600)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
+    # A fresh connection per request: a kept-alive one the server closed while the profiler
+    # was busy elsewhere failed a /metrics read on the GPU ("Server disconnected").
+    connector = aiohttp.TCPConnector(force_close=True, limit=0)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
         engine = _Engine(http, url, model, grid.vocab)
         try:
             await engine.metrics()
