@@ -137,6 +137,15 @@ def _cmd_router(args: argparse.Namespace) -> int:
                                   slo=Slo(args.ttft, args.tbt), control=control)
     if args.observations:
         settings.observations = _writable(args.observations)
+    if args.predictor:
+        settings.predictor = Path(args.predictor)  # refused at start-up if unfit, not fatal
+    if args.refit_every < 0:
+        raise AscendraError("--refit-every must be ≥ 0")
+    settings.refit_every = args.refit_every or settings.refit_every
+    if args.predictor_dir:
+        if not Path(args.predictor_dir).is_dir():
+            raise AscendraError(f"--predictor-dir {args.predictor_dir} is not a directory")
+        settings.predictor_dir = Path(args.predictor_dir)
     try:
         router = Router(settings)
     except OSError as e:
@@ -267,9 +276,87 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predictor(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from ascendra.perf import latency_model
+    from ascendra.perf.hardware import ModelShape
+    from ascendra.perf.profile import load_profile
+    from ascendra.predict.evaluate import iteration_cv, split_blocks, ttft_eval
+    from ascendra.predict.learned import (
+        IterationModel,
+        LearnedPredictor,
+        TtftModel,
+        load_predictor,
+        save_predictor,
+    )
+    from ascendra.predict.observations import read_observations
+
+    def shape() -> ModelShape:
+        c = args.model_config
+        return ModelShape.load(c) if Path(c).exists() else ModelShape.builtin(c)
+
+    def observations(part: int) -> list:
+        obs = [o for f in args.observations or [] for o in read_observations(f)]
+        return list(split_blocks(obs)[part]) if args.split else obs
+
+    if args.action == "train":
+        if not args.observations:
+            raise AscendraError("predictor train: give --observations (JSONL from the router's "
+                                "--observations or the simulator)")
+        q = args.quantile or 0.9
+        ttft = TtftModel.fit(observations(0), quantiles=tuple(sorted({0.5, q})))
+        iteration = IterationModel.fit(load_profile(args.profile), shape(), args.gpu) \
+            if args.profile else None
+        sources = [*(args.observations or []), *([args.profile] if args.profile else [])]
+        if not args.out:
+            raise AscendraError("predictor train: give --out")
+        save_predictor(_writable(args.out), LearnedPredictor(
+            args.model, ttft, latency_model(), iteration, args.quantile or 0.9,
+            source=", ".join(Path(s).name for s in sources)))
+        print(f"ascendra: predictor for {args.model!r} ({ttft.rows} observations"
+              f"{', iteration model' if iteration else ''}) written to {args.out}")
+        return 0
+    report: dict[str, object] = {}
+    if args.profile:
+        report["iteration"] = asdict(iteration_cv(load_profile(args.profile), shape(), args.gpu))
+    if args.observations:
+        if not args.predictor:
+            raise AscendraError("predictor eval: --observations needs --predictor")
+        pred = load_predictor(args.predictor, args.model, latency_model(), args.quantile)
+        report["ttft"] = asdict(ttft_eval(pred.ttft, observations(1), pred.quantile,
+                                          args.margin))
+    if not report:
+        raise AscendraError("predictor eval: give --profile and/or --observations")
+    text = json.dumps(report, indent=1)
+    if args.json:
+        _writable(args.json).write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ascendra", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    pd = sub.add_parser("predictor", help="train or evaluate the learned deadline predictor")
+    pd.add_argument("action", choices=("train", "eval"))
+    pd.add_argument("--model", required=True, help="the served model name it is for")
+    pd.add_argument("--observations", action="append",
+                    help="observations JSONL (repeatable): the router's --observations output")
+    pd.add_argument("--split", action="store_true", help="train on 4 of every 5 blocks of "
+                    "observations, evaluate on the fifth (the same split both ways)")
+    pd.add_argument("--profile", help="profile CSV (ascendra profile) for the step-time model")
+    pd.add_argument("--model-config", default="llama-3.1-8b",
+                    help="built-in model name or config.json path, for the roofline")
+    pd.add_argument("--gpu", default="h100", help="GPU spec for the roofline")
+    pd.add_argument("--quantile", type=float, help="TTFT quantile the offload rule bounds "
+                    "with (train default 0.9; eval default: the file's)")
+    pd.add_argument("--predictor", help="predictor file to evaluate")
+    pd.add_argument("--out", help="predictor file to write (train)")
+    pd.add_argument("--margin", type=float, default=0.7, help="the paper rule's margin, s")
+    pd.add_argument("--json", type=Path, help="also write the report here (eval)")
+    pd.set_defaults(func=_cmd_predictor)
 
     sim = sub.add_parser("sim", help="simulate a preset's QPS sweep and report goodput")
     sim.add_argument("--preset", help="experiment preset (see --list)")
@@ -324,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--margin", type=float, default=0.7, help="offload safety margin, s")
     ro.add_argument("--observations", help="append queued requests' snapshots and times to "
                     "first token (JSONL, the deadline predictor's data) to this file")
+    ro.add_argument("--predictor", help="learned deadline predictor file (ascendra predictor "
+                    "train); one that does not fit is logged and the analytic one serves")
+    ro.add_argument("--refit-every", type=int, default=0, help="refit the TTFT model from "
+                    "the router's own observations after this many new ones (0: never)")
+    ro.add_argument("--predictor-dir", help="write each refitted predictor version here")
     ro.add_argument("--dispatch", default="round-robin", help="round-robin or least-delay")
     ro.add_argument("--baseline", action="store_true",
                     help="no LP/HP policy: round-robin over alike instances (vllm, sarathi)")

@@ -31,6 +31,7 @@ from ascendra.router.control import ControlConfig, Controller, EngineRateModel
 from ascendra.router.discovery import KubernetesDiscovery
 from ascendra.router.formats import SSE_DONE, ResponseShape, sse
 from ascendra.router.instances import InstancePool, InstanceSpec
+from ascendra.router.learning import OnlineLearner, initial_predictor
 from ascendra.router.metrics import RouterMetrics
 from ascendra.router.prompts import PromptEncoder
 from ascendra.router.protocol import (
@@ -58,6 +59,9 @@ class RouterSettings:
     default_step_time: float = 0.02
     default_prefill_s_per_token: float = 2e-4
     observations: Path | None = None  # append queued requests' observations (JSONL) here
+    predictor: Path | None = None  # a learned predictor file to start from
+    refit_every: int = 0  # refit the TTFT model after this many new observations (0: never)
+    predictor_dir: Path | None = None  # write each refitted version here
 
 
 class Router:
@@ -69,7 +73,14 @@ class Router:
                                      settings.default_prefill_s_per_token)
         self.controller = Controller(settings.control, self.pool, self.model,
                                      on_observations=self._observed)
+        predictor, version = initial_predictor(settings.predictor, settings.model_name,
+                                               self.model, self.controller.analytic)
+        self.controller.predictor = predictor
+        self.learner = OnlineLearner(settings.model_name, self.model, settings.refit_every,
+                                     save_dir=settings.predictor_dir, version=version)
         self.metrics = RouterMetrics(settings.slo.ttft, settings.slo.tbt)
+        self.metrics.predictor_version.set(version)
+        self._refit: asyncio.Task[None] | None = None
         self.http: aiohttp.ClientSession | None = None
         self._ids = itertools.count()
         self._prefix = f"{os.getpid():x}-{int(time.time()):x}"
@@ -77,6 +88,14 @@ class Router:
     def _observed(self, observations: list[Observation]) -> None:
         if self.settings.observations is not None:
             write_observations(self.settings.observations, observations)
+        if self.learner.add(observations):
+            self._refit = asyncio.get_running_loop().create_task(self._refit_predictor())
+
+    async def _refit_predictor(self) -> None:
+        p = await self.learner.refit()
+        if p is not None:
+            self.controller.predictor = p
+            self.metrics.predictor_version.set(p.version)
 
     # -- one request -------------------------------------------------------------------------
     def _session(self, body: CompletionBody | ChatBody, ids: list[int], max_tokens: int,

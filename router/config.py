@@ -26,11 +26,14 @@ def settings_from_dict(cfg: dict[str, Any]) -> RouterSettings:
             disc["namespace"], disc["selector"], int(disc["engine_port"]),
             int(disc["agent_port"]), float(disc.get("interval", 5.0)),
             disc.get("kubeconfig")) if disc else None
+        learn = cfg.get("predictor", {})
         return RouterSettings(
             model_name=str(cfg["model_name"]), tokenizer=str(cfg["tokenizer"]),
             max_model_len=int(cfg["max_model_len"]), instances=[],
             slo=Slo(float(slo.get("ttft", 1.0)), float(slo.get("tbt", 0.15))),
-            control=control, discovery=discovery)
+            control=control, discovery=discovery,
+            predictor=Path(learn["path"]) if learn.get("path") else None,
+            refit_every=int(learn.get("refit_every", 0)))
     except (KeyError, TypeError, ValueError) as e:
         raise AscendraError(f"router config: missing or invalid field: {e}") from None
 

@@ -106,7 +106,8 @@ class Controller:
         self.cfg = cfg
         self.pool = pool
         self.model = model
-        self.predictor: DeadlinePredictor = predictor or FixedMarginPredictor(model, cfg.margin)
+        self.analytic = FixedMarginPredictor(model, cfg.margin)
+        self.predictor: DeadlinePredictor = predictor or self.analytic
         self.recorder = ObservationRecorder()
         self.on_observations = on_observations
         dispatcher = make_dispatcher(cfg.dispatch, model)
@@ -174,7 +175,13 @@ class Controller:
         """Those of an LP's queued requests the core's rule says will miss their TTFT. (A
         request moved mid-prefill loses that prefill, which the bound is there to absorb.)"""
         movable = [(s, snap) for s, snap in queued if s.moves < self.cfg.max_moves]
-        bounds = self.predictor.ttft_bounds([snap for _, snap in movable])
+        snaps = [snap for _, snap in movable]
+        try:
+            bounds = self.predictor.ttft_bounds(snaps)
+        except Exception:  # a learned model that cannot predict must not stop the offloads
+            log.exception("deadline predictor failed; back to the analytic one")
+            self.predictor = self.analytic
+            bounds = self.predictor.ttft_bounds(snaps)
         return [s for (s, _), b in zip(movable, bounds, strict=True)
                 if at_risk(s.request, now, b)]
 

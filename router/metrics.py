@@ -52,6 +52,9 @@ class RouterMetrics:
         self.lp_slack = Gauge("ascendra_lp_queue_min_slack_seconds", "Least slack among this "
                               "router's requests waiting on LP instances (TTFT target left "
                               "after the predicted prefill); +Inf when none wait", registry=r)
+        self.predictor_version = Gauge("ascendra_predictor_version", "Version of the learned "
+                                       "deadline predictor serving (0: the analytic one)",
+                                       registry=self.registry)
         self.offloads = Counter("ascendra_offloads", "Queued LP requests moved to an HP instance",
                                 registry=r)
         self.migrations = Counter("ascendra_migrations", "Requests moved by token replay, by "

@@ -1,0 +1,79 @@
+"""The router's deadline predictor over its life: the file it starts from (if any, and only if
+it fits the served model), and refits from the requests it observes.
+
+A refit trains a new TTFT model on the most recent observations in a worker thread, so the
+event loop keeps serving; the new model replaces the old one in one assignment when it is done.
+Each version can be written to a directory, so what served is on disk next to what it learned
+from. Any failure keeps the predictor that was serving: a router never stops over its predictor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from pathlib import Path
+
+from ascendra.core.latency import LatencyModel
+from ascendra.core.offload import DeadlinePredictor
+from ascendra.predict.learned import (
+    LearnedPredictor,
+    PredictorError,
+    TtftModel,
+    load_predictor,
+    save_predictor,
+)
+from ascendra.predict.observations import Observation
+
+log = logging.getLogger("ascendra.router")
+
+
+def initial_predictor(path: Path | None, model: str, fallback: LatencyModel,
+                      analytic: DeadlinePredictor) -> tuple[DeadlinePredictor, int]:
+    """The predictor a router starts with and its version (0: the analytic one)."""
+    if path is None:
+        return analytic, 0
+    try:
+        p = load_predictor(path, model, fallback)
+    except PredictorError as e:
+        log.error("predictor refused, serving with the analytic one: %s", e)
+        return analytic, 0
+    log.info("predictor %s v%d loaded (%d observations, quantile %.2f)", path, p.version,
+             p.ttft.rows, p.quantile)
+    return p, p.version
+
+
+class OnlineLearner:
+    def __init__(self, model: str, fallback: LatencyModel, every: int, keep: int = 20_000,
+                 quantile: float = 0.9, save_dir: Path | None = None, version: int = 0) -> None:
+        self.model, self.fallback = model, fallback
+        self.every, self.quantile, self.save_dir = every, quantile, save_dir
+        self.version = version
+        self.recent: deque[Observation] = deque(maxlen=keep)
+        self._since = 0
+        self._busy = False
+
+    def add(self, observations: list[Observation]) -> bool:
+        """Keep them; True when a refit is due (and none is running)."""
+        self.recent.extend(observations)
+        self._since += len(observations)
+        return self.every > 0 and self._since >= self.every and not self._busy
+
+    async def refit(self) -> LearnedPredictor | None:
+        self._busy, self._since = True, 0
+        data = list(self.recent)
+        try:
+            ttft = await asyncio.to_thread(TtftModel.fit, data)
+            p = LearnedPredictor(self.model, ttft, self.fallback, quantile=self.quantile,
+                                 version=self.version + 1, source="online refit")
+            if self.save_dir is not None:
+                await asyncio.to_thread(save_predictor,
+                                        self.save_dir / f"predictor-v{p.version}.json", p)
+        except (PredictorError, OSError) as e:
+            log.error("predictor refit failed, keeping v%d: %s", self.version, e)
+            return None
+        finally:
+            self._busy = False
+        self.version = p.version
+        log.info("predictor refit: v%d from %d observations", p.version, len(data))
+        return p
