@@ -53,7 +53,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         "requests": args.requests, "seed": args.seed,
         "qps": _rates(args.qps) if args.qps else None,
         "instances": args.instances, "hp_instances": args.hp, "max_seqs": args.max_seqs,
-        "gpu": args.gpu, "model": args.model,
+        "gpu": args.gpu, "model": args.model, "profile": args.profile,
     }
     if args.duration is not None:
         if args.duration < 0:
@@ -66,7 +66,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     if args.ttft is not None or args.tbt is not None:
         overrides["slo"] = Slo(args.ttft or p.slo.ttft, args.tbt or p.slo.tbt)
     p = p.with_overrides(**overrides)
-    latency_model(p.model, p.gpu)  # an unknown GPU or a bad model config fails here, once
+    # An unknown GPU, a bad model config or a bad profile fails here, once.
+    latency_model(p.model, p.gpu, p.profile)
     if p.instances <= 0 or not 0 <= p.hp_instances < p.instances:
         raise AscendraError(
             f"need ≥ 1 instance and 0 ≤ HP < instances, got {p.instances} and {p.hp_instances}")
@@ -364,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--json", type=Path, help="write the report as JSON here")
     sim.add_argument("--plot", type=Path, help="write attainment vs QPS as PNG here")
     sim.add_argument("--systems", help="comma-separated subset of the preset's systems")
+    sim.add_argument("--profile", help="measured profile CSV (ascendra profile) to fit the "
+                     "latency model to, instead of the calibrated constants")
     sim.add_argument("--qps", help="comma-separated request rates to start the sweep with")
     sim.add_argument("--requests", type=int, help="requests per rate (at least)")
     sim.add_argument("--duration", type=float,

@@ -27,6 +27,7 @@ class Preset:
     duration_s: float | None = 60.0
     model: str = "llama-3.1-8b"
     gpu: str = "h100"
+    profile: str | None = None  # a measured profile CSV the latency model is fitted to
     kv_tokens: int = 451_840
     max_seqs: int | None = None  # None: each system's own seat limit
     margin: float = 0.7  # the paper's Δ for Llama-3.1-8B

@@ -20,7 +20,7 @@ def workload_bound(preset: Preset) -> tuple[float, float, float]:
     sample = preset.workload.requests(10.0, max(preset.requests, 2000), preset.seed)
     p = float(np.mean([r.prompt_len for r in sample]))
     o = float(np.mean([r.output_len for r in sample]))
-    bound = saturation_bound(latency_model(preset.model, preset.gpu), p, o,
+    bound = saturation_bound(latency_model(preset.model, preset.gpu, preset.profile), p, o,
                              instances=preset.instances, kv_tokens=preset.kv_tokens)
     return bound, p, o
 
@@ -53,7 +53,8 @@ def to_json(preset: Preset, sweeps: dict[str, SystemSweep]) -> dict[str, Any]:
                      "mean_output": round(o, 1), "min_requests_per_rate": preset.requests,
                      "min_duration_s": preset.duration_s},
         "slo": {"ttft_s": preset.slo.ttft, "tbt_mean_s": preset.slo.tbt},
-        "setup": {"model": preset.model, "gpu": preset.gpu, "instances": preset.instances,
+        "setup": {"model": preset.model, "gpu": preset.gpu, "profile": preset.profile,
+                  "instances": preset.instances,
                   "hp_instances": preset.hp_instances, "kv_tokens": preset.kv_tokens,
                   "max_seqs": preset.max_seqs, "margin_s": preset.margin,
                   "jitter_cv": preset.jitter_cv, "seed": preset.seed},

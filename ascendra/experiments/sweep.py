@@ -53,7 +53,7 @@ class SystemSweep:
 
 
 def run_point(preset: Preset, system_name: str, qps: float) -> PointResult:
-    truth = latency_model(preset.model, preset.gpu)
+    truth = latency_model(preset.model, preset.gpu, preset.profile)
     predictor = FixedMarginPredictor(truth, preset.margin)
     spec = system(system_name, max_seqs=preset.max_seqs)
     config = ClusterConfig(spec, instances=preset.instances, hp_instances=preset.hp_instances,

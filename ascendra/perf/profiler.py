@@ -6,9 +6,13 @@ the client's end-to-end latency:
 
 * prefill rows: one request of P prompt tokens and one output token; the engine's
   ``vllm:request_prefill_time_seconds`` for it is the time of a step that prefills P tokens;
-* decode rows: N requests of C prompt tokens started together, each generating M tokens; the
-  mean of ``vllm:inter_token_latency_seconds`` over the run is the time of a step decoding N
-  sequences at a mean context of C + M/2.
+* decode rows: N requests of C prompt tokens started together (streamed), each generating M
+  tokens; once every one has its first token (all prefills done, so every later step decodes
+  only), the mean of ``vllm:inter_token_latency_seconds`` until they finish is the time of a
+  step decoding N sequences at a mean context of C + M/2. (Averaging from the start instead
+  counts the steps that also carry other requests' prefill chunks: on the H100 that made a
+  step of 128 decodes at context 2048 look 108 ms long.) M must exceed the prefill steps the
+  batch needs, or the first requests finish before the last start.
 
 Rows use :data:`ascendra.perf.profile.PROFILE_COLUMNS`, so ``load_profile`` and the roofline fit
 read the file directly. Prompts are random token ids (no prefix-cache hits).
@@ -91,13 +95,44 @@ class _Engine:
         t = after.prefill_sum - before.prefill_sum
         return Row(tokens, 1, tokens * (tokens + 1) / 2, 0, 0, t)
 
+    async def stream(self, prompt_len: int, max_tokens: int,
+                     started: Callable[[], None]) -> None:
+        """A streamed completion; ``started()`` once its first token (or its failure) is in."""
+        body = {"model": self.model, "max_tokens": max_tokens, "ignore_eos": True,
+                "stream": True, "prompt": self.rng.integers(16, self.vocab, prompt_len).tolist()}
+        first = True
+        try:
+            async with self.http.post(self.url + "/v1/completions", json=body) as r:
+                if r.status != 200:
+                    raise AscendraError(f"the engine refused a profile request: {r.status} "
+                                        f"{(await r.text())[:200]}")
+                async for line in r.content:
+                    if first and line.startswith(b"data:"):
+                        first = False
+                        started()
+        finally:
+            if first:
+                started()
+
     async def decode_row(self, batch: int, context: int, tokens: int) -> Row:
+        all_in = asyncio.Event()
+        count = 0
+
+        def started() -> None:
+            nonlocal count
+            count += 1
+            if count == batch:
+                all_in.set()
+
+        runs = [asyncio.create_task(self.stream(context, tokens, started)) for _ in range(batch)]
+        await all_in.wait()
         before = await self.metrics()
-        await asyncio.gather(*(self.complete(context, tokens) for _ in range(batch)))
+        await asyncio.gather(*runs)
         after = await self.metrics()
         gaps = after.itl_count - before.itl_count
         if gaps <= 0:
-            raise AscendraError("the engine reported no inter-token latencies; is it vLLM?")
+            raise AscendraError(f"no decode-only steps were left for ×{batch} at context "
+                                f"{context}: raise --decode-tokens above the prefill steps")
         mean_ctx = context + tokens // 2
         return Row(0, 0, 0.0, batch, batch * mean_ctx, (after.itl_sum - before.itl_sum) / gaps)
 

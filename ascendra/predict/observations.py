@@ -10,6 +10,7 @@ never known).
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -66,18 +67,24 @@ def read_observations(path: str | Path) -> list[Observation]:
     return list(_read(Path(path)))
 
 
-def _read(path: Path) -> Iterator[Observation]:
+def _lines(path: Path) -> list[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        f = path.open()
+        with opener(path, "rt") as f:
+            return list(f)
     except FileNotFoundError:
         raise AscendraError(f"observations not found: {path}") from None
-    with f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                snap = QueueSnapshot(**{k: rec[k] for k in SNAPSHOT_FEATURES})
-                yield Observation(snap, float(rec["remaining"]), float(rec["slo_ttft"]))
-            except (ValueError, KeyError, TypeError) as e:
-                raise AscendraError(f"{path}:{lineno}: not an observation ({e})") from None
+    except (OSError, UnicodeDecodeError) as e:  # gzip's BadGzipFile is an OSError
+        raise AscendraError(f"observations {path} are not readable: {e}") from None
+
+
+def _read(path: Path) -> Iterator[Observation]:
+    for lineno, line in enumerate(_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            snap = QueueSnapshot(**{k: rec[k] for k in SNAPSHOT_FEATURES})
+            yield Observation(snap, float(rec["remaining"]), float(rec["slo_ttft"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise AscendraError(f"{path}:{lineno}: not an observation ({e})") from None

@@ -136,7 +136,7 @@ def execute(run: Run, model: Path, out: Path, port: int) -> dict[str, object]:
 
 PROFILE_GRID = ProfileGrid(prefill_tokens=(32, 64, 128, 256, 512, 768, 1024, 1536, 2048),
                            decode_batches=(1, 2, 4, 8, 16, 32, 64, 128),
-                           decode_contexts=(128, 512, 1024, 2048), decode_tokens=32, repeat=2)
+                           decode_contexts=(128, 512, 1024, 2048), decode_tokens=96, repeat=2)
 
 
 def _profile(run: Run, url: str, model: str, out: Path, ready_s: float) -> dict[str, object]:

@@ -9,6 +9,9 @@ bandwidth each (the calibrated fixed overheads unchanged): right when both are b
 when one idles.
 
     python bench/gpu/sim_fidelity.py docs/results/gpu --json docs/results/gpu/sim-fidelity.json
+    python bench/gpu/sim_fidelity.py docs/results/gpu/round3 \
+        --profile ascendra/data/profiles/llama31-8b-h100-vllm026.csv \
+        --json docs/results/gpu/round3/sim-fidelity-profiled.json
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ def _arg(args: list[str], flag: str) -> str | None:
     return args[args.index(flag) + 1] if flag in args else None
 
 
-def model_for(instances: int) -> RooflineLatencyModel:
-    lm = latency_model()
+def model_for(instances: int, profile: Path | None = None) -> RooflineLatencyModel:
+    lm = latency_model(profile=profile)
     if instances == 1:
         return lm
     share = 1.0 / instances
@@ -49,7 +52,7 @@ def model_for(instances: int) -> RooflineLatencyModel:
     return RooflineLatencyModel(lm.model, gpu, lm.coef)
 
 
-def predict(run: dict[str, Any]) -> dict[str, Any]:
+def predict(run: dict[str, Any], profile: Path | None = None) -> dict[str, Any]:
     rep = run["report"]
     args = run["engine_args"]
     seats = _arg(args, "--max-num-seqs")
@@ -59,7 +62,7 @@ def predict(run: dict[str, Any]) -> dict[str, Any]:
     instances = run["instances"]
     hp = 1 if run["system"] == "ascendra" else 0
     spec = system(run["system"], max_seqs=int(seats) if seats else None)
-    lm = model_for(instances)
+    lm = model_for(instances, profile)
     slo = Slo(rep["slo"]["ttft_s"], rep["slo"]["tbt_mean_s"])
     work = WORKLOADS[rep["workload"]]
     out: dict[str, Any] = {"rates": {}}
@@ -81,13 +84,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("results", type=Path)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--profile", type=Path, help="fit the latency model to this measured "
+                    "profile instead of the anchor-calibrated constants")
     args = ap.parse_args()
     rows = {}
     for f in sorted(args.results.glob("*.json")):
         run = json.loads(f.read_text())
         if "report" not in run:
             continue
-        measured, predicted = run["report"], predict(run)
+        measured, predicted = run["report"], predict(run, args.profile)
         rows[run["run"]] = {"measured_goodput": measured["goodput_qps"],
                             "predicted_goodput": predicted["goodput_qps"],
                             "measured": {r: {k: v[k] for k in ("attainment", "ttft_p50",
