@@ -139,6 +139,7 @@ class Router:
             return JSONResponse(e.body(), e.status)
         assert self.http is not None
         session.start(self.http, target, self.controller.priority(session, target, arrival))
+        self.controller.started(session, time.time())
         shape = ResponseShape(
             chat=chat, id=("chatcmpl-" if chat else "cmpl-") + session.id,
             model=self.settings.model_name, prompt_tokens=len(ids),

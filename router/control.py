@@ -203,6 +203,14 @@ class Controller:
             self.on_observations(settled)
         return out
 
+    def started(self, session: Session, now: float) -> None:
+        """Snapshot a request as it joins its instance's queue, so that every request that
+        stays has at least its arrival observed (ticks alone miss the quick ones)."""
+        assert session.instance is not None
+        for s, snap in self.queued(session.instance, now):
+            if s is session:
+                self.recorder.snapshot(s.id, now, snap, s.request.slo.ttft)
+
     def settle(self, session: Session) -> None:
         """A session ended: its snapshots become observations if it got a first token."""
         if session.first_token_at is None:

@@ -78,9 +78,10 @@ def spawn(*args: str) -> subprocess.Popen[bytes]:
                                  "VLLM_CPU_OMP_THREADS_BIND": "0"})
 
 
-def spawn_router(stack: Stack, port: int, instances: list[str]) -> subprocess.Popen[bytes]:
+def spawn_router(stack: Stack, port: int, instances: list[str],
+                 *extra: str) -> subprocess.Popen[bytes]:
     args = ["router", "--model-name", "tiny-llama", "--tokenizer", str(stack.model_dir),
-            "--max-model-len", "2048", "--port", str(port)]
+            "--max-model-len", "2048", "--port", str(port), *extra]
     for spec in instances:
         args += ["--instance", spec]
     return spawn(*args)

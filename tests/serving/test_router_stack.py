@@ -262,3 +262,31 @@ def test_priority_orders_waiting_requests_on_the_engine(stack: Stack):
         router.wait()
     order = sorted(range(4), key=lambda i: firsts[i])
     assert order == [1, 3, 2, 0], firsts
+
+
+def test_router_records_observations_and_serves_past_an_unfit_predictor(stack: Stack,
+                                                                         tmp_path):
+    """A corrupt predictor file is refused at start-up and the analytic predictor serves; the
+    queued requests' snapshots and times to first token land in the observation log."""
+    bad, log = tmp_path / "predictor.json", tmp_path / "obs.jsonl"
+    bad.write_text("{not a predictor")
+    url = "http://127.0.0.1:18013"
+    router = spawn_router(stack, 18013, [f"{stack.lp_engine},agent={stack.lp_agent}"],
+                          "--observations", str(log), "--predictor", str(bad))
+    try:
+        wait_healthy(url, 1, 120)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none")
+        for i in range(4):
+            out = client.completions.create(model=MODEL, prompt=f"observe {i}", max_tokens=3)
+            assert out.choices[0].finish_reason == "length"
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+            assert "ascendra_predictor_version 0.0" in r.read().decode()
+    finally:
+        os.killpg(router.pid, signal.SIGTERM)
+        router.wait()
+    from ascendra.predict.observations import read_observations
+
+    obs = read_observations(log)
+    assert len(obs) >= 4
+    assert all(o.remaining > 0 and o.slo_ttft == 1.0 and o.snapshot.prompt_len > 0
+               for o in obs)
