@@ -127,6 +127,7 @@ def router_config(spec: ServiceSpec) -> dict[str, Any]:
         "policy": {"margin": spec.margin, "dispatch": spec.dispatch,
                    "ticket_step_fraction": spec.ticket_step_fraction,
                    "migration": spec.migration},
+        "predictor": {"refit_every": spec.predictor_refit_every},
         "discovery": {"namespace": spec.namespace, "selector": runtime_selector(spec),
                       "engine_port": ENGINE_PORT, "agent_port": AGENT_PORT},
     }

@@ -75,6 +75,7 @@ class ServiceSpec:
     dispatch: str = "round-robin"
     ticket_step_fraction: float = 0.5
     migration: bool = True
+    predictor_refit_every: int = 0
     autoscaling: Autoscaling = field(default_factory=Autoscaling)
     router_image: str = "ghcr.io/ascendra/router:0.1.0"
     router_replicas: int = 1
@@ -154,6 +155,7 @@ def parse(body: dict[str, Any]) -> ServiceSpec:
         dispatch=_get(spec, "policy", "dispatch", default="round-robin"),
         ticket_step_fraction=float(_get(spec, "policy", "ticketStepFraction", default=0.5)),
         migration=bool(_get(spec, "policy", "migration", default=True)),
+        predictor_refit_every=int(_get(spec, "policy", "predictorRefitEvery", default=0)),
         autoscaling=Autoscaling(bool(auto.get("enabled", False)), auto.get("prometheusUrl"),
                                 int(auto.get("intervalSeconds", 30)),
                                 int(auto.get("cooldownSeconds", 300)), planner),

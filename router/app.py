@@ -79,7 +79,6 @@ class Router:
         self.learner = OnlineLearner(settings.model_name, self.model, settings.refit_every,
                                      save_dir=settings.predictor_dir, version=version)
         self.metrics = RouterMetrics(settings.slo.ttft, settings.slo.tbt)
-        self.metrics.predictor_version.set(version)
         self._refit: asyncio.Task[None] | None = None
         self.http: aiohttp.ClientSession | None = None
         self._ids = itertools.count()
@@ -95,7 +94,6 @@ class Router:
         p = await self.learner.refit()
         if p is not None:
             self.controller.predictor = p
-            self.metrics.predictor_version.set(p.version)
 
     # -- one request -------------------------------------------------------------------------
     def _session(self, body: CompletionBody | ChatBody, ids: list[int], max_tokens: int,
@@ -331,6 +329,8 @@ class Router:
             except Exception:  # the loop must outlive any one bad tick
                 log.exception("control tick failed")
             c = self.controller
+            # 0 whenever the analytic predictor serves, also after a learned one failed
+            self.metrics.predictor_version.set(getattr(c.predictor, "version", 0))
             self.metrics.offloads.inc(c.offloads - before[0])
             self.metrics.migrations.labels("tbt").inc(c.migrations - before[1])
             before = (c.offloads, c.migrations)

@@ -63,8 +63,9 @@ def iteration_cv(rows: Sequence[ProfileRow], model: ModelShape, gpu_name: str,
     roofline: list[float] = []
     actual: list[float] = []
     for k in range(folds):
-        test = [rows[i] for i in order[k::folds]]
-        train = [rows[i] for i in order if i not in set(order[k::folds])]
+        held = set(order[k::folds].tolist())
+        test = [rows[i] for i in sorted(held)]
+        train = [rows[i] for i in range(len(rows)) if i not in held]
         it = IterationModel.fit(train, model, gpu_name)
         rf = RooflineLatencyModel(model, gpu_spec(gpu_name),
                                   fit_roofline(model, gpu_spec(gpu_name), train).coefficients)

@@ -181,10 +181,12 @@ def test_drift_ignores_server_defaults_but_not_edits():
 def test_router_reads_the_operators_config():
     from ascendra.router.config import settings_from_dict
 
-    s = parse(body(policy={"dispatch": "least-delay", "offloadMarginSeconds": 0.4}))
+    s = parse(body(policy={"dispatch": "least-delay", "offloadMarginSeconds": 0.4,
+                           "predictorRefitEvery": 2000}))
     settings = settings_from_dict(router_config(s))
     assert settings.model_name == "llama-3.1-8b" and settings.max_model_len == 8192
     assert settings.control.dispatch == "least-delay" and settings.control.margin == 0.4
+    assert settings.refit_every == 2000
     d = settings.discovery
     assert d is not None and d.namespace == "default"
     assert d.selector == "ascendra.io/service=llama-8b,app.kubernetes.io/component=runtime"
