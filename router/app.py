@@ -71,8 +71,9 @@ class Router:
         self.pool = InstancePool(settings.instances, poll_interval=settings.poll_interval)
         self.model = EngineRateModel(settings.default_step_time,
                                      settings.default_prefill_s_per_token)
+        learning = settings.observations is not None or settings.refit_every > 0
         self.controller = Controller(settings.control, self.pool, self.model,
-                                     on_observations=self._observed)
+                                     on_observations=self._observed if learning else None)
         predictor, version = initial_predictor(settings.predictor, settings.model_name,
                                                self.model, self.controller.analytic)
         self.controller.predictor = predictor

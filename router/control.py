@@ -71,6 +71,12 @@ class EngineRateModel:
             self.prefill_s_per_token = sum(rates) / len(rates)
 
 
+def _service_order(s: Session) -> tuple[int, float]:
+    """The order an engine serves its waiting requests: priority (lower first), then arrival
+    (sessions sent without a priority are all 0: first come, first served)."""
+    return (s.priority or 0, s.sent_at)
+
+
 def instance_step_time(inst: Instance, fallback: float) -> float:
     return inst.state.step_time if inst.state and inst.state.step_time else fallback
 
@@ -96,9 +102,10 @@ class ControlConfig:
 
 class Controller:
     """``predictor`` bounds queued requests' time to first token for the offload rule (default:
-    the paper's fixed margin over the engines' measured rates). Every queued request's snapshots
-    and, at its first token, the time they took go to ``on_observations`` (the predictor's data:
-    an observation log, an online refit)."""
+    the paper's fixed margin over the engines' measured rates). With ``on_observations`` (an
+    observation log, an online refit), every queued request's snapshots and, at its first token,
+    the time they took go there; without it none are recorded (they cost time on every
+    request's path)."""
 
     def __init__(self, cfg: ControlConfig, pool: InstancePool, model: EngineRateModel,
                  predictor: DeadlinePredictor | None = None,
@@ -157,11 +164,8 @@ class Controller:
         runs out, so its own waiting count says little, and the first token is the start a
         router can see."""
         waiting = sorted((s for s in inst.sessions.values() if not s.generated),
-                         key=lambda s: (s.priority or 0, s.sent_at))
-        running = [len(s.prompt_ids) + len(s.generated)
-                   for s in inst.sessions.values() if s.generated]
-        batch = instance_step_time(inst, self.model.step_time)
-        kv_used = inst.state.kv_usage if inst.state else 0.0
+                         key=_service_order)
+        running, batch, kv_used = self._instance_state(inst)
         out: list[tuple[Session, QueueSnapshot]] = []
         ahead: list[int] = []
         for s in waiting:
@@ -169,6 +173,12 @@ class Controller:
                                           self.model)))
             ahead.append(len(s.prompt_ids) + len(s.generated))
         return out
+
+    def _instance_state(self, inst: Instance) -> tuple[list[int], float, float]:
+        running = [len(s.prompt_ids) + len(s.generated)
+                   for s in inst.sessions.values() if s.generated]
+        return (running, instance_step_time(inst, self.model.step_time),
+                inst.state.kv_usage if inst.state else 0.0)
 
     def offload_candidates(self, queued: list[tuple[Session, QueueSnapshot]],
                            now: float) -> list[Session]:
@@ -190,14 +200,20 @@ class Controller:
         ones the offload rule picks."""
         out: list[Session] = []
         settled: list[Observation] = []
+        record = self.on_observations is not None
+        offloading = self.cfg.partitioned
         for inst in self.pool.routable():
+            lp = offloading and inst.role is Role.LP
+            if not (record or lp):
+                continue
             queued = self.queued(inst, now)
-            for s, snap in queued:
-                self.recorder.snapshot(s.id, now, snap, s.request.slo.ttft)
-            for s in inst.sessions.values():
-                if s.first_token_at is not None:
-                    settled += self.recorder.first_token(s.id, s.first_token_at)
-            if self.cfg.partitioned and inst.role is Role.LP:
+            if record:
+                for s, snap in queued:
+                    self.recorder.snapshot(s.id, now, snap, s.request.slo.ttft)
+                for s in inst.sessions.values():
+                    if s.first_token_at is not None:
+                        settled += self.recorder.first_token(s.id, s.first_token_at)
+            if lp:
                 out += self.offload_candidates(queued, now)
         if settled and self.on_observations is not None:
             self.on_observations(settled)
@@ -205,14 +221,24 @@ class Controller:
 
     def started(self, session: Session, now: float) -> None:
         """Snapshot a request as it joins its instance's queue, so that every request that
-        stays has at least its arrival observed (ticks alone miss the quick ones)."""
-        assert session.instance is not None
-        for s, snap in self.queued(session.instance, now):
-            if s is session:
-                self.recorder.snapshot(s.id, now, snap, s.request.slo.ttft)
+        stays has at least its arrival observed (ticks alone miss the quick ones). One pass,
+        no sort: this is on every request's path."""
+        inst = session.instance
+        assert inst is not None
+        if self.on_observations is None:
+            return
+        mine = _service_order(session)
+        ahead = [len(s.prompt_ids) for s in inst.sessions.values()
+                 if not s.generated and s is not session and _service_order(s) < mine]
+        running, batch, kv_used = self._instance_state(inst)
+        self.recorder.snapshot(session.id, now, queue_snapshot(
+            session.request, now, ahead, running, kv_used, batch, self.model),
+            session.request.slo.ttft)
 
     def settle(self, session: Session) -> None:
         """A session ended: its snapshots become observations if it got a first token."""
+        if self.on_observations is None:
+            return
         if session.first_token_at is None:
             self.recorder.forget(session.id)
             return
