@@ -80,16 +80,23 @@ class Router:
         self.learner = OnlineLearner(settings.model_name, self.model, settings.refit_every,
                                      save_dir=settings.predictor_dir, version=version)
         self.metrics = RouterMetrics(settings.slo.ttft, settings.slo.tbt)
-        self._refit: asyncio.Task[None] | None = None
+        self._refit: asyncio.Task[None] | None = None  # held: the loop keeps tasks weakly
+        self._unwritten: list[Observation] = []  # for the observation log, flushed per tick
         self.http: aiohttp.ClientSession | None = None
         self._ids = itertools.count()
         self._prefix = f"{os.getpid():x}-{int(time.time()):x}"
 
     def _observed(self, observations: list[Observation]) -> None:
         if self.settings.observations is not None:
-            write_observations(self.settings.observations, observations)
+            self._unwritten += observations
         if self.learner.add(observations):
             self._refit = asyncio.get_running_loop().create_task(self._refit_predictor())
+
+    def _flush_observations(self) -> None:
+        """One append per control tick, not one per finished request."""
+        if self._unwritten and self.settings.observations is not None:
+            write_observations(self.settings.observations, self._unwritten)
+            self._unwritten = []
 
     async def _refit_predictor(self) -> None:
         p = await self.learner.refit()
@@ -261,6 +268,7 @@ class Router:
                 for t in tasks:
                     t.cancel()
                 await self.http.close()
+                self._flush_observations()  # what the last tick did not write
 
         app = FastAPI(title="ascendra router", lifespan=lifespan)
 
@@ -330,6 +338,7 @@ class Router:
             except Exception:  # the loop must outlive any one bad tick
                 log.exception("control tick failed")
             c = self.controller
+            self._flush_observations()
             # 0 whenever the analytic predictor serves, also after a learned one failed
             self.metrics.predictor_version.set(getattr(c.predictor, "version", 0))
             self.metrics.offloads.inc(c.offloads - before[0])

@@ -72,18 +72,20 @@ _PARAMS = {"max_depth": 4, "eta": 0.1, "subsample": 0.8, "min_child_weight": 2, 
 
 
 # -- step time ---------------------------------------------------------------------------------
+def _iteration_rows(roofline: LatencyModel, shapes: Sequence[BatchShape]) -> np.ndarray:
+    """ITERATION_FEATURES of each shape: its counts and the log of the roofline's estimate."""
+    return np.array([[s.num_prefill_tokens, s.num_prefill_seqs, s.prefill_attn_pairs,
+                      s.num_decodes, s.decode_context, math.log(roofline.batch_time(s))]
+                     for s in shapes])
+
+
 @dataclass
 class IterationModel:
     roofline: RooflineLatencyModel
     booster: Any  # xgboost.Booster over ITERATION_FEATURES → log(time / roofline)
 
-    def _rows(self, shapes: Sequence[BatchShape]) -> np.ndarray:
-        return np.array([[s.num_prefill_tokens, s.num_prefill_seqs, s.prefill_attn_pairs,
-                          s.num_decodes, s.decode_context,
-                          math.log(self.roofline.batch_time(s))] for s in shapes])
-
     def batch_times(self, shapes: Sequence[BatchShape]) -> np.ndarray:
-        x = self._rows(shapes)
+        x = _iteration_rows(self.roofline, shapes)
         return np.exp(x[:, -1] + self.booster.inplace_predict(x))
 
     def batch_time(self, shape: BatchShape) -> float:
@@ -97,8 +99,7 @@ class IterationModel:
                                  f"{len(rows)}")
         coef = fit_roofline(model, gpu(gpu_name), list(rows)).coefficients
         roofline = RooflineLatencyModel(model, gpu(gpu_name), coef)
-        probe = cls(roofline, None)
-        x = probe._rows([r.shape for r in rows])
+        x = _iteration_rows(roofline, [r.shape for r in rows])
         y = np.log([r.time_s for r in rows]) - x[:, -1]
         xgb = _xgb()
         dm = xgb.DMatrix(x, label=y, feature_names=list(ITERATION_FEATURES))
@@ -199,10 +200,6 @@ class LearnedPredictor:
 
     def ttft_bounds(self, snaps: Sequence[QueueSnapshot]) -> list[float]:
         return self.ttft.remaining(snaps)[:, self._q].tolist()
-
-    def with_fallback(self, fallback: LatencyModel) -> LearnedPredictor:
-        return LearnedPredictor(self.model, self.ttft, fallback, self.iteration, self.quantile,
-                                self.version, self.source)
 
 
 def save_predictor(path: str | Path, p: LearnedPredictor) -> None:
