@@ -226,10 +226,11 @@ def test_migration_by_replay_keeps_exact_tokens(stack: Stack):
 
 
 def test_priority_orders_waiting_requests_on_the_engine(stack: Stack):
-    """Fill the LP engine's seats with requests that finish one after another, queue four more
-    through a router that sees only that engine (so no ticket or offload interferes), with
-    different TTFT targets, and watch them start in deadline order: vLLM's priority queue
-    running the core's least-slack key."""
+    """Fill the LP engine's seats (one request that frees its seat after 400 tokens, three that
+    hold theirs until the test drops them), queue four more through a router that sees only
+    that engine (so no ticket or offload interferes), with different TTFT targets, and once all
+    four wait on the engine watch the freed seat serve them one after another in deadline
+    order: vLLM's priority queue running the core's least-slack key."""
     router = spawn_router(stack, 18012, [f"{stack.lp_engine},agent={stack.lp_agent}"])
     try:
         wait_healthy("http://127.0.0.1:18012", 1, 120)
@@ -242,21 +243,32 @@ def test_priority_orders_waiting_requests_on_the_engine(stack: Stack):
                             "ignore_eos": True, "priority": -(10**15)}) as r:
                         await r.read()
 
-                blockers = [asyncio.create_task(block(n)) for n in (200, 400, 600, 800)]
+                opener = asyncio.create_task(block(400))
+                holders = [asyncio.create_task(block(2000)) for _ in range(SEATS - 1)]
                 while engine_metric(stack.lp_engine, "vllm:num_requests_running") < SEATS:
                     await asyncio.sleep(0.05)
                 queued = []
                 for slo in ("20", "8", "14", "11"):  # none is at risk: no offload either way
                     queued.append(asyncio.create_task(_stream(
                         http, "http://127.0.0.1:18012",
-                        {"model": MODEL, "prompt": "wait for a seat", "max_tokens": 3,
+                        {"model": MODEL, "prompt": "wait for a seat", "max_tokens": 16,
                          "ignore_eos": True}, {"X-Ascendra-TTFT-SLO": slo})))
                     await asyncio.sleep(0.05)
+                # The order means something only if all four wait when the seat frees.
+                while engine_metric(stack.lp_engine, "vllm:num_requests_waiting") < 4:
+                    assert not opener.done(), "a seat freed before four requests were queued"
+                    await asyncio.sleep(0.05)
                 res = await asyncio.gather(*queued)
-                await asyncio.gather(*blockers)
+                for h in holders:  # a client that leaves makes vLLM abort its request
+                    h.cancel()
+                await asyncio.gather(opener, *holders, return_exceptions=True)
                 return [r["first_at"] for r in res]
 
         firsts = asyncio.run(run())
+        deadline = time.monotonic() + 30
+        while engine_metric(stack.lp_engine, "vllm:num_requests_running") > 0:
+            assert time.monotonic() < deadline, "the dropped requests still run"
+            time.sleep(0.1)
     finally:
         os.killpg(router.pid, signal.SIGTERM)
         router.wait()
