@@ -36,7 +36,7 @@ from ascendra.core.offload import (
     at_risk,
     queue_snapshot,
 )
-from ascendra.core.priority import hp_priority, lp_priority
+from ascendra.core.priority import engine_priority
 from ascendra.predict.observations import Observation, ObservationRecorder
 from ascendra.router.instances import Instance, InstancePool
 from ascendra.router.session import Session
@@ -140,9 +140,7 @@ class Controller:
     def priority(self, session: Session, target: Instance, now: float) -> int | None:
         if not self.cfg.priorities:
             return None
-        if target.role is Role.HP:
-            return hp_priority(session.request, now)
-        return lp_priority(session.request)
+        return engine_priority(session.request, target.role, now, started=bool(session.generated))
 
     async def move(self, http: aiohttp.ClientSession, session: Session, target: Instance,
                    why: str) -> bool:

@@ -21,6 +21,10 @@ def test_hp_order_offloaded_first_then_deadline_late_last(big_kv):
     for r in (ticket_early, offl_late_key, offl_early_key, hopeless):
         s.add(r)
     assert [r.id for r in s.waiting_order(now=0.0)] == [3, 2, 1, 4]
+    resumed = req(5, 10, arrival=-9.0, pf=0.1)  # preempted or moved here mid-stream
+    resumed.num_generated = 12
+    s.add(resumed)
+    assert [r.id for r in s.waiting_order(now=0.0)] == [5, 3, 2, 1, 4]
 
 
 def test_hp_step_is_prefill_only_when_it_admits(big_kv):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from policy_helpers import req
 
+from ascendra.core.dispatch import Role
 from ascendra.core.migration import (
     StreamProgress,
     migration_helps,
@@ -12,7 +13,7 @@ from ascendra.core.migration import (
     projected_mean_tbt,
     tbt_at_risk,
 )
-from ascendra.core.priority import BAND, hp_priority, lp_priority
+from ascendra.core.priority import BAND, engine_priority, hp_priority, lp_priority
 
 
 def test_lp_priority_is_the_least_slack_key_in_ms():
@@ -31,6 +32,21 @@ def test_hp_priority_bands():
     late.offloaded = True
     assert hp_priority(offloaded, now) < hp_priority(ticket, now) < hp_priority(late, now)
     assert hp_priority(late, now) > BAND and hp_priority(offloaded, now) < 0
+
+
+def test_a_moved_stream_resumes_ahead_of_every_unstarted_request():
+    now = 100.0
+    moved = req(1, 10, arrival=90.0, pf=0.1)  # its TTFT deadline passed long ago
+    offloaded = req(2, 10, arrival=99.95, pf=0.1)
+    offloaded.offloaded = True
+    fresh = req(3, 10, arrival=99.99, pf=0.1)
+    for role in (Role.HP, Role.LP):
+        key = engine_priority(moved, role, now, started=True)
+        assert key < engine_priority(offloaded, role, now, started=False)
+        assert key < engine_priority(fresh, role, now, started=False)
+    # Not started, it keeps its role's key: on the HP a request past saving goes last.
+    assert engine_priority(moved, Role.HP, now, started=False) == hp_priority(moved, now) > BAND
+    assert engine_priority(fresh, Role.LP, now, started=False) == lp_priority(fresh)
 
 
 def test_projected_mean_tbt():

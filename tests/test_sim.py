@@ -76,3 +76,20 @@ def test_unservable_request_is_dropped_not_hung():
     first, second = res.outcomes
     assert not first.finished and first.miss_reason == "dropped"
     assert second.finished
+
+
+def test_tbt_migration_moves_streams_off_the_slower_instance_once_and_loses_no_token():
+    """100 simultaneous requests: the LP takes 97 (an HP ticket needs an empty HP queue), and
+    its decode step (7.9 ms) keeps their mean TBT over an 8 ms target once the prefills are
+    counted, where the nearly idle HP's (6.0 ms) would not: the router's rule moves LP
+    streams to the HP by token replay until the move no longer pays."""
+    reqs = [RequestSpec(i, 0.0, 200, 300) for i in range(100)]
+    runs = {}
+    for migrate in (False, True):
+        cfg = ClusterConfig(system("ascendra"), instances=2, hp_instances=1, migrate=migrate)
+        runs[migrate] = Simulation(cfg, LM, FixedMarginPredictor(LM, 0.7),
+                                   Slo(10.0, 0.008)).run(reqs)
+    moved = runs[True]
+    assert runs[False].migrations == 0 and 0 < moved.migrations < len(reqs)
+    assert all(o.finished and o.tokens == 300 for o in moved.outcomes)
+    assert sum(o.met for o in moved.outcomes) > sum(o.met for o in runs[False].outcomes)

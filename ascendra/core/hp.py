@@ -2,8 +2,11 @@
 
 HP instances serve urgent work with low latency: prefill-first with whole prompts (vLLM v0 style),
 offloaded requests ahead of ticket-admitted ones, both in deadline order, and requests that can no
-longer make their deadline at the back so they do not drag down the ones that still can. The seat
-limit is soft, as in the authors' code: it binds only when free KV runs below 5%.
+longer make their deadline at the back so they do not drag down the ones that still can. A request
+that has already streamed tokens (preempted, or moved here mid-stream) resumes before all of them:
+its TTFT deadline has passed, so "past saving" would park it behind every new request while its
+client waits mid-stream (the band :func:`ascendra.core.priority.engine_priority` gives it). The
+seat limit is soft, as in the authors' code: it binds only when free KV runs below 5%.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ class HighPriorityScheduler(PrefillFirstScheduler):
     def waiting_order(self, now: float) -> list[Request]:
         return sorted(
             self.waiting,
-            key=lambda r: (r.slack(now) <= 0, not r.offloaded, r.priority, r.seq),
+            key=lambda r: (r.num_generated == 0, r.slack(now) <= 0, not r.offloaded,
+                           r.priority, r.seq),
         )
 
     def running_order(self) -> list[Request]:

@@ -13,6 +13,7 @@ requests from several router replicas order correctly on one engine.
 
 from __future__ import annotations
 
+from ascendra.core.dispatch import Role
 from ascendra.core.request import Request
 from ascendra.core.values import ValueKey, least_slack
 
@@ -31,3 +32,19 @@ def hp_priority(req: Request, now: float) -> int:
     if req.offloaded:
         return base - BAND
     return base
+
+
+def engine_priority(req: Request, role: Role, now: float, started: bool) -> int:
+    """The priority a request is sent to an instance with.
+
+    ``started``: it has already streamed tokens (it is being moved). Its client is mid-stream,
+    every step it waits is a gap in the stream, and vLLM pushes the running request with the
+    largest key out first when KV runs short; so it goes in a band ahead of everything. (In
+    the HP's "past saving" band, where its passed TTFT deadline put it before, a moved stream
+    on a loaded HP was the first one preempted and then waited behind every new request.)
+    """
+    if started:
+        return lp_priority(req) - 2 * BAND
+    if role is Role.HP:
+        return hp_priority(req, now)
+    return lp_priority(req)

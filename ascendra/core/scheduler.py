@@ -61,9 +61,11 @@ class Scheduler(ABC):
         self._seq = itertools.count()
 
     # -- queue management ----------------------------------------------------------------
-    def add(self, req: Request) -> None:
+    def add(self, req: Request, priority: float | None = None) -> None:
+        """Queue ``req`` by this scheduler's value key, or by ``priority`` where the request
+        arrives with one (a vLLM engine ordering by the router's priority integers)."""
         req.status = Status.WAITING
-        req.priority = self.key(req)
+        req.priority = self.key(req) if priority is None else priority
         req.seq = next(self._seq)
         bisect.insort(self.waiting, req, key=_queue_key)
 

@@ -21,7 +21,7 @@ from ascendra.errors import AscendraError
 class EngineSpec:
     """Per-instance scheduler settings."""
 
-    scheduler: str  # ascendra-lp | ascendra-hp | prefill-first | chunked
+    scheduler: str  # ascendra-lp | ascendra-hp | prefill-first | chunked | chunked-priority
     token_budget: int = 8192
     max_seqs: int = 128
     value: str = "least-slack"
@@ -36,9 +36,10 @@ class EngineSpec:
         if self.scheduler == "prefill-first":
             return PrefillFirstScheduler(kv, token_budget=self.token_budget,
                                          max_seqs=self.max_seqs, key=fcfs)
-        if self.scheduler == "chunked":
+        if self.scheduler in ("chunked", "chunked-priority"):
             return ChunkedPrefillScheduler(kv, token_budget=self.token_budget,
-                                           max_seqs=self.max_seqs, key=fcfs)
+                                           max_seqs=self.max_seqs, key=fcfs,
+                                           priority_policy=self.scheduler == "chunked-priority")
         raise AscendraError(f"unknown scheduler {self.scheduler!r}")
 
 
@@ -51,6 +52,9 @@ class SystemSpec:
     hp_engine: EngineSpec | None = None
     dispatch: str = "round-robin"
     description: str = ""
+    # Requests reach the engines with the router's vLLM priority integers
+    # (ascendra.core.priority.engine_priority), which order them instead of a value key.
+    engine_priorities: bool = False
 
     @property
     def partitioned(self) -> bool:
@@ -65,6 +69,15 @@ SYSTEMS: dict[str, SystemSpec] = {
             EngineSpec("ascendra-lp", 8192, 128, "least-slack"),
             EngineSpec("ascendra-hp", 8192, 128, "least-slack"),
             description="LP: decode-first + whole prefills by least slack; offload at-risk to HP",
+        ),
+        SystemSpec(
+            "ascendra-v1",
+            EngineSpec("chunked-priority", 8192, 128),
+            EngineSpec("chunked-priority", 8192, 128),
+            engine_priorities=True,
+            description="Ascendra as the router deploys it: stock vLLM v1 engines (chunked "
+                        "prefill, budget 8192, 128 seats, priority policy) in both roles, "
+                        "ordered by the router's priority integers",
         ),
         SystemSpec("vllm-v0", EngineSpec("prefill-first", 8192, 128),
                    description="FCFS, prefill-first, whole prompts (vLLM v0 / the paper's vLLM)"),

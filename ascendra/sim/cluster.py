@@ -1,10 +1,11 @@
 """A discrete-event simulator of a serving cluster that runs the policy core unchanged.
 
-Events are request arrivals at the router, engine steps finishing, and offloaded requests reaching
-their HP instance. Each instance is a policy-core scheduler whose steps take the time a latency
-model gives for the batch (optionally with seeded jitter, so the scheduler's own predictor is not
-an oracle). The router side is the core's routing policy fed with instance snapshots. Everything
-is deterministic for a seed.
+Events are request arrivals at the router, engine steps finishing, and moved requests (offloaded
+before their first token, or migrated mid-stream for their TBT) reaching their new instance.
+Each instance is a policy-core scheduler whose steps take the time a latency model gives for
+the batch (optionally with seeded jitter, so the scheduler's own predictor is not an oracle).
+The router side is the core's routing policy fed with instance snapshots. Everything is
+deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from ascendra.core.dispatch import (
     Role,
     make_dispatcher,
 )
+from ascendra.core.hp import TicketRule
 from ascendra.core.kv import KvCache
 from ascendra.core.latency import BatchShape, LatencyModel
+from ascendra.core.migration import StreamProgress, migration_helps, tbt_at_risk
 from ascendra.core.offload import DeadlinePredictor, QueueSnapshot, at_risk, queue_snapshot
+from ascendra.core.priority import engine_priority
 from ascendra.core.request import Request, Slo
 from ascendra.core.scheduler import Scheduler, SchedulerOutput
 from ascendra.core.split import SplitPolicy, SplitSignals, decide_split
@@ -36,7 +40,7 @@ from ascendra.predict.observations import Observation, ObservationRecorder
 from ascendra.sim.planner import PlannerConfig, WorkloadMix, plan_split
 from ascendra.workloads.spec import RequestSpec
 
-_ARRIVAL, _STEP_DONE, _OFFLOAD, _RESIZE = 0, 1, 2, 3
+_ARRIVAL, _STEP_DONE, _MOVED, _RESIZE = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,16 @@ class ClusterConfig:
     instances: int = 3
     hp_instances: int = 1  # used by partitioned systems only
     kv_tokens: int = 451_840  # per instance (H100 80GB, Llama-3.1-8B, 0.9 memory)
-    offload_delay: float = 0.01  # LP abort → HP enqueue, seconds
+    offload_delay: float = 0.01  # a move (offload, migration): abort here → enqueued there, s
     jitter_cv: float = 0.0  # multiplicative noise on step times
     drain_timeout: float = 120.0  # stop this long after the last arrival; unfinished = missed
+    # The router's options beyond the paper (partitioned systems; the router's defaults are
+    # migrate, guard and 0.5). TBT migration: a running request over its mean-TBT target moves
+    # once by token replay when the core's rule says it helps. The offload guard and the ticket
+    # step fraction: see ascendra.core.dispatch.AscendraRouting and ascendra.core.hp.TicketRule.
+    migrate: bool = False
+    offload_guard: bool = False
+    ticket_step_fraction: float | None = None
     # Live LP:HP resizing by the core's split policy (partitioned systems): bounds and period.
     resize: SplitConfig | None = None
 
@@ -91,6 +102,7 @@ class _Instance:
     steps: int = 0
     busy_time: float = 0.0
     next_role: Role | None = None  # a role change waiting for the running step to end
+    last_step: float = 0.0  # the last step's duration: the step time the router sees
 
     def load(self) -> InstanceLoad:
         s = self.scheduler
@@ -99,6 +111,7 @@ class _Instance:
             num_running=len(s.running), waiting_tokens=s.waiting_tokens,
             decode_context=sum(r.num_tokens for r in s.running),
             kv_free_fraction=s.kv.free_fraction, max_seqs=s.max_seqs, pending=self.pending,
+            step_time=self.last_step,
         )
 
 
@@ -110,6 +123,7 @@ class SimResult:
     steps: list[int] = field(default_factory=list)
     utilization: list[float] = field(default_factory=list)
     offloads: int = 0
+    migrations: int = 0
     resizes: list[tuple[float, int, str]] = field(default_factory=list)  # (time, HP count, why)
     observations: list[Observation] = field(default_factory=list)  # with a recorder only
 
@@ -133,18 +147,22 @@ class Simulation:
         spec = config.system
         dispatcher = make_dispatcher(spec.dispatch, predictor)
         self.routing: AscendraRouting | BaselineRouting = (
-            AscendraRouting(dispatcher) if spec.partitioned else BaselineRouting(dispatcher)
+            AscendraRouting(dispatcher, TicketRule(max_step_fraction=config.ticket_step_fraction),
+                            predictor if config.offload_guard else None)
+            if spec.partitioned else BaselineRouting(dispatcher)
         )
         self.instances: list[_Instance] = []
+        idle_step = predictor.batch_time(BatchShape(num_decodes=1, decode_context=1))
         for i, role in enumerate(config.roles()):
             engine = spec.hp_engine if role is Role.HP and spec.hp_engine else spec.engine
             kv = KvCache.from_tokens(config.kv_tokens)
-            self.instances.append(_Instance(i, role, engine.build(kv)))
+            self.instances.append(_Instance(i, role, engine.build(kv), last_step=idle_step))
         self._events: list[tuple[float, int, int, object]] = []
         self._seq = itertools.count()
         self._tracks: dict[int, _Track] = {}
         self._gaps: list[float] = []
         self._offloaded: set[int] = set()
+        self._migrated: set[int] = set()
         self._window = [0, 0]  # arrivals and offloads since the last resize check
         # (prompt, output) of requests finished in the window, kept only for the planner.
         self._finished: list[tuple[int, int]] | None = \
@@ -159,8 +177,8 @@ class Simulation:
         engine = spec.hp_engine if role is Role.HP and spec.hp_engine else spec.engine
         old, new = inst.scheduler, engine.build(inst.scheduler.kv)
         new.running.extend(old.running)
-        for req in old.waiting:
-            new.add(req)
+        for req in old.waiting:  # an engine keeps the priority a request was sent with
+            new.add(req, req.priority if spec.engine_priorities else None)
         inst.scheduler, inst.role, inst.next_role = new, role, None
 
     def _resize(self, now: float) -> None:
@@ -237,7 +255,7 @@ class Simulation:
                 s.remove(s.waiting[0])
             return
         dur = self.truth.batch_time(out.shape) * self._jitter()
-        inst.busy, inst.current = True, out
+        inst.busy, inst.current, inst.last_step = True, out, dur
         inst.steps += 1
         inst.busy_time += dur
         self._push(now + dur, _STEP_DONE, inst)
@@ -274,7 +292,38 @@ class Simulation:
             self._offloaded.add(req.id)
             self._window[1] += 1
             self.instances[target].pending += 1
-            self._push(now + self.config.offload_delay, _OFFLOAD, (target, req))
+            self._push(now + self.config.offload_delay, _MOVED, (target, req))
+
+    def _migrate(self, inst: _Instance, now: float) -> None:
+        """The router's TBT migration, as its control loop runs it: a running request whose
+        mean TBT is over target and would stay over moves to the instance with the fastest
+        step, if the core's rule says the move (a re-prefill there) helps; once per request."""
+        others = [i for i in self.instances if i is not inst]
+        if not others:
+            return
+        target = min(others, key=lambda i: i.last_step)
+        for req in list(inst.scheduler.running):
+            tr = self._tracks[req.id]
+            if req.id in self._migrated or tr.tokens == 0:
+                continue
+            p = StreamProgress(tr.first, tr.last, tr.tokens, req.max_tokens - req.num_generated)
+            if not tbt_at_risk(p, now, inst.last_step, req.slo.tbt) or not migration_helps(
+                    p, now, source_step=inst.last_step, target_step=target.last_step,
+                    target_prefill=self.predictor.prefill_time(req.num_tokens),
+                    slo_tbt=req.slo.tbt):
+                continue
+            inst.scheduler.remove(req)
+            req.num_computed = 0  # token replay: prompt + output so far is prefilled again
+            self._migrated.add(req.id)
+            target.pending += 1
+            self._push(now + self.config.offload_delay, _MOVED, (target.index, req))
+
+    def _enqueue(self, inst: _Instance, req: Request, now: float) -> None:
+        """A request reaches an instance: with engine priorities, the one the router sends."""
+        prio = engine_priority(req, inst.role, now, started=req.num_generated > 0) \
+            if self.config.system.engine_priorities else None
+        inst.scheduler.add(req, prio)
+        self._kick(inst, now)
 
     def _fresh(self, spec: RequestSpec) -> Request:
         return Request(
@@ -320,6 +369,8 @@ class Simulation:
                 inst.busy, inst.current = False, None
                 if inst.next_role is not None:
                     self._swap_role(inst, inst.next_role)
+                if self.config.migrate and self.config.system.partitioned:
+                    self._migrate(inst, now)
                 self._kick(inst, now)
             elif kind == _RESIZE:
                 self._resize(now)
@@ -330,15 +381,12 @@ class Simulation:
                 req = self._fresh(payload)  # type: ignore[arg-type]
                 tracks[req.id] = _Track()
                 route = self.routing.route_new(self._loads(), req)
-                inst = self.instances[route.index]
-                inst.scheduler.add(req)
-                self._kick(inst, now)
+                self._enqueue(self.instances[route.index], req, now)
             else:
                 target, req = payload  # type: ignore[misc]
                 inst = self.instances[target]
                 inst.pending -= 1
-                inst.scheduler.add(req)
-                self._kick(inst, now)
+                self._enqueue(inst, req, now)
         outcomes = [self._outcome(spec) for spec in requests]
         return SimResult(
             outcomes=outcomes,
@@ -347,6 +395,7 @@ class Simulation:
             steps=[i.steps for i in self.instances],
             utilization=[i.busy_time / now if now > 0 else 0.0 for i in self.instances],
             offloads=len(self._offloaded),
+            migrations=len(self._migrated),
             resizes=self._resizes,
             observations=self._observations,
         )

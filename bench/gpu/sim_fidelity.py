@@ -4,6 +4,11 @@ For every ``RUN.json`` that ``experiments.py`` wrote, simulate the same system, 
 seats, KV size, SLOs, workload, rates, request count and seed (the load generator's) with the
 calibrated H100 / Llama-3.1-8B latency model, and compare goodput, p50/p99 TTFT and p50 mean TBT.
 
+An Ascendra run is simulated as what ran: the router (today's defaults: TBT migration, offload
+guard, ticket step fraction 0.5) over stock vLLM v1 engines ordered by its priority integers
+(system ``ascendra-v1``), not the paper's LP/HP schedulers (``--paper`` simulates those).
+Baselines are round-robin over vLLM v1 engines, no moves.
+
 Two engines sharing one GPU are simulated as two instances with half the GPU's compute and
 bandwidth each (the calibrated fixed overheads unchanged): right when both are busy, pessimistic
 when one idles.
@@ -52,7 +57,8 @@ def model_for(instances: int, profile: Path | None = None) -> RooflineLatencyMod
     return RooflineLatencyModel(lm.model, gpu, lm.coef)
 
 
-def predict(run: dict[str, Any], profile: Path | None = None) -> dict[str, Any]:
+def predict(run: dict[str, Any], profile: Path | None = None,
+            paper: bool = False) -> dict[str, Any]:
     rep = run["report"]
     args = run["engine_args"]
     seats = _arg(args, "--max-num-seqs")
@@ -61,17 +67,22 @@ def predict(run: dict[str, Any], profile: Path | None = None) -> dict[str, Any]:
     kv = int(kv_bytes) // (128 * 1024) if kv_bytes else KV_FULL
     instances = run["instances"]
     hp = 1 if run["system"] == "ascendra" else 0
-    spec = system(run["system"], max_seqs=int(seats) if seats else None)
+    name = "ascendra-v1" if run["system"] == "ascendra" and not paper else run["system"]
+    spec = system(name, max_seqs=int(seats) if seats else None)
+    router = {"migrate": True, "offload_guard": True, "ticket_step_fraction": 0.5} \
+        if spec.partitioned and not paper else {}
     lm = model_for(instances, profile)
     slo = Slo(rep["slo"]["ttft_s"], rep["slo"]["tbt_mean_s"])
     work = WORKLOADS[rep["workload"]]
-    out: dict[str, Any] = {"rates": {}}
+    out: dict[str, Any] = {"rates": {}, "offloads": 0, "migrations": 0}
     curve = []
     for rate in rep["rates"]:
         reqs = work.requests(float(rate), rep["requests_per_rate"], 1)  # loadgen's seed
         res = Simulation(ClusterConfig(spec, instances=instances, hp_instances=hp,
-                                       kv_tokens=kv), lm, FixedMarginPredictor(lm), slo,
-                         seed=1).run(reqs)
+                                       kv_tokens=kv, **router), lm,
+                         FixedMarginPredictor(lm), slo, seed=1).run(reqs)
+        out["offloads"] += res.offloads
+        out["migrations"] += res.migrations
         s = summarize(res.outcomes, res.gaps)
         curve.append((float(rate), s.attainment))
         out["rates"][rate] = {"attainment": round(s.attainment, 4), "ttft_p50": s.ttft_p50,
@@ -86,22 +97,27 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--profile", type=Path, help="fit the latency model to this measured "
                     "profile instead of the anchor-calibrated constants")
+    ap.add_argument("--paper", action="store_true", help="simulate Ascendra runs with the "
+                    "paper's LP/HP schedulers and rules instead of what the router deploys")
     args = ap.parse_args()
     rows = {}
     for f in sorted(args.results.glob("*.json")):
         run = json.loads(f.read_text())
         if "report" not in run:
             continue
-        measured, predicted = run["report"], predict(run, args.profile)
+        measured, predicted = run["report"], predict(run, args.profile, args.paper)
         rows[run["run"]] = {"measured_goodput": measured["goodput_qps"],
                             "predicted_goodput": predicted["goodput_qps"],
                             "measured": {r: {k: v[k] for k in ("attainment", "ttft_p50",
                                                                "ttft_p99", "tbt_mean_p50")}
                                          for r, v in measured["rates"].items()},
-                            "predicted": predicted["rates"]}
+                            "predicted": predicted["rates"],
+                            "predicted_moves": {"offloads": predicted["offloads"],
+                                                "migrations": predicted["migrations"]}}
         m, p = measured["goodput_qps"], predicted["goodput_qps"]
         err = f"{(p - m) / m:+.0%}" if m else "n/a"
-        print(f"{run['run']:<28} measured {m:6.2f}  predicted {p:6.2f}  ({err})")
+        print(f"{run['run']:<28} measured {m:6.2f}  predicted {p:6.2f}  ({err})  predicted "
+              f"moves: {predicted['offloads']} offloads, {predicted['migrations']} migrations")
         for rate, mv in measured["rates"].items():
             pv = predicted["rates"][rate]
             print(f"    {rate:>5} req/s  attainment {mv['attainment']:.2f} vs "

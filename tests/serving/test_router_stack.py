@@ -145,9 +145,10 @@ def test_client_disconnect_aborts_the_engine_request(stack: Stack):
 
 async def _stream(http: aiohttp.ClientSession, url: str, body: dict, headers: dict | None = None
                   ) -> dict:
-    """Stream one completion; record token ids, text, and when the first token came."""
+    """Stream one completion; record token ids, text, and when the first and every later token
+    came."""
     t0 = time.monotonic()
-    out = {"ids": [], "text": "", "first": None, "first_at": None, "finish": None}
+    out = {"ids": [], "text": "", "first": None, "first_at": None, "finish": None, "at": []}
     async with http.post(url + "/v1/completions", json={**body, "stream": True,
                                                         "return_token_ids": True},
                          headers=headers or {}) as r:
@@ -158,8 +159,10 @@ async def _stream(http: aiohttp.ClientSession, url: str, body: dict, headers: di
             chunk = json.loads(line[6:])
             assert "error" not in chunk, chunk
             for ch in chunk["choices"]:
+                if ch["token_ids"]:
+                    out["at"].append(time.monotonic())
                 if ch["token_ids"] and out["first"] is None:
-                    out["first_at"] = time.monotonic()
+                    out["first_at"] = out["at"][-1]
                     out["first"] = out["first_at"] - t0
                 out["ids"] += ch["token_ids"]
                 out["text"] += ch["text"]
@@ -223,6 +226,70 @@ def test_migration_by_replay_keeps_exact_tokens(stack: Stack):
     assert drained == {"moved": 1}
     assert len(moved["ids"]) == 400 and moved["finish"] == "length"
     assert moved["ids"] == reference["ids"]
+
+
+async def _block(http: aiohttp.ClientSession, engine: str, n: int) -> None:
+    """Hold a seat on ``engine`` for ``n`` tokens, ahead of anything the router sends."""
+    async with http.post(engine + "/v1/completions", json={
+            "model": MODEL, "prompt": [1, 2, 3], "max_tokens": n, "ignore_eos": True,
+            "priority": -(10**15)}) as r:
+        await r.read()
+
+
+def test_a_moved_stream_resumes_before_requests_that_have_not_started(stack: Stack):
+    """Drain the instance under a stream onto one whose seats are full and where requests with
+    the earliest possible keys already wait: the moved stream takes the first seat that frees.
+    (A moved stream keyed like a new request, or on the HP behind everything for its passed
+    TTFT deadline, waited there while the queue was served: GPU round 3's 30 s stalls.)"""
+    body = {"model": MODEL, "prompt": "resume me first", "max_tokens": 600,
+            "ignore_eos": True, "temperature": 0}
+
+    async def run() -> tuple[dict, list[dict]]:
+        async with aiohttp.ClientSession() as http:
+            task = asyncio.create_task(_stream(http, stack.url, body, {
+                "X-Ascendra-TTFT-SLO": "60", "X-Ascendra-TBT-SLO": "60"}))
+            source = None
+            while source is None:
+                await asyncio.sleep(0.02)
+                streams = [i for i in stack.get("/ascendra/instances") if i["own_streams"]]
+                source = streams[0]["url"] if streams else None
+            target = next(i["url"] for i in stack.get("/ascendra/instances")
+                          if i["url"] != source)
+            opener = asyncio.create_task(_block(http, target, 300))
+            holders = [asyncio.create_task(_block(http, target, 2000))
+                       for _ in range(SEATS - 1)]
+            while engine_metric(target, "vllm:num_requests_running") < SEATS:
+                await asyncio.sleep(0.05)
+            queued = [asyncio.create_task(_stream(http, target, {
+                "model": MODEL, "prompt": [4, 5, 6], "max_tokens": 16, "ignore_eos": True,
+                "priority": 0})) for _ in range(3)]
+            while engine_metric(target, "vllm:num_requests_waiting") < 3:
+                await asyncio.sleep(0.05)
+            async with http.post(stack.url + "/ascendra/drain",
+                                 json={"instance": source}) as r:
+                assert await r.json() == {"moved": 1}
+            while engine_metric(target, "vllm:num_requests_waiting") < 4:
+                await asyncio.sleep(0.05)
+            assert not opener.done(), "a seat freed before the moved stream was queued"
+            res = await asyncio.gather(*queued)
+            moved = await task
+            for h in holders:  # a client that leaves makes vLLM abort its request
+                h.cancel()
+            await asyncio.gather(opener, *holders, return_exceptions=True)
+            return moved, res
+
+    moved, queued = asyncio.run(run())
+    deadline = time.monotonic() + 30
+    while sum(engine_metric(u, "vllm:num_requests_running")
+              for u in (stack.lp_engine, stack.hp_engine)) > 0:
+        assert time.monotonic() < deadline, "the dropped requests still run"
+        time.sleep(0.1)
+    assert len(moved["ids"]) == 600 and moved["finish"] == "length"
+    # The moved stream's longest silence is its wait for the seat; it ends before any of the
+    # queued requests starts.
+    gaps = [(b - a, b) for a, b in zip(moved["at"], moved["at"][1:], strict=False)]
+    resumed_at = max(gaps)[1]
+    assert resumed_at < min(q["first_at"] for q in queued), (resumed_at, queued)
 
 
 def test_priority_orders_waiting_requests_on_the_engine(stack: Stack):
