@@ -130,7 +130,7 @@ def _cmd_router(args: argparse.Namespace) -> int:
             raise AscendraError(str(e)) from None
         control = ControlConfig(partitioned=not args.baseline, priorities=not args.baseline,
                                 dispatch=args.dispatch, margin=args.margin,
-                                migrate=not args.no_migration,
+                                migrate=not (args.no_migration or args.baseline),
                                 offload_guard=not args.no_offload_guard,
                                 ticket_step_fraction=args.ticket_step_fraction or None)
         settings = RouterSettings(model_name=args.model_name, tokenizer=args.tokenizer,
@@ -421,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--predictor-dir", help="write each refitted predictor version here")
     ro.add_argument("--dispatch", default="round-robin", help="round-robin or least-delay")
     ro.add_argument("--baseline", action="store_true",
-                    help="no LP/HP policy: round-robin over alike instances (vllm, sarathi)")
+                    help="no LP/HP policy and no moves: round-robin over alike instances "
+                         "(vllm, sarathi)")
     ro.add_argument("--no-migration", action="store_true")
     ro.add_argument("--no-offload-guard", action="store_true",
                     help="offload at-risk requests even to an HP predicted to miss their "
