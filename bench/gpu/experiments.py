@@ -127,11 +127,13 @@ def execute(run: Run, model: Path, out: Path, port: int) -> dict[str, object]:
                             warmup=run.warmup)
         rep = report(bench, run_bench(bench))
         counters = _router_counters(stack.url)
+        engines = {u: _engine_counters(u) for u in stack.engine_urls}
     print(f"== {run.name} (ready in {ready_s:.0f} s)\n{table(rep)}", flush=True)
     return {"run": run.name, "system": run.system, "instances": run.instances,
             "direct_to_engine": run.direct, "engine_args": list(cfg.engine_args),
             "slo": {"ttft_s": run.slo.ttft, "tbt_mean_s": run.slo.tbt},
-            "startup_s": round(ready_s, 1), "router_counters": counters, "report": rep}
+            "startup_s": round(ready_s, 1), "router_counters": counters,
+            "engine_counters": engines, "report": rep}
 
 
 PROFILE_GRID = ProfileGrid(prefill_tokens=(32, 64, 128, 256, 512, 768, 1024, 1536, 2048),
@@ -160,6 +162,22 @@ def _router_counters(url: str) -> dict[str, float]:
     keep = ("ascendra_offloads_total", "ascendra_migrations_total", "ascendra_slo_requests_total")
     return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
             if line.startswith(keep)}
+
+
+def _engine_counters(url: str) -> dict[str, float]:
+    """Each engine's own totals after the run: preemptions (KV ran short: a running request
+    was pushed back to recompute) and the prompt tokens it prefilled (re-prefills of moved
+    requests included)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    keep = ("vllm:num_preemptions_total", "vllm:prompt_tokens_total",
+            "vllm:generation_tokens_total", "vllm:request_success_total")
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(keep):
+            name = line.split("{")[0].split(" ")[0]
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
 
 
 def main() -> None:
