@@ -89,6 +89,11 @@ RUNS = [
         SHARED, warmup=300),
     Run("gpu1-ascendra1024-sustained", "ascendra", 2, SHAREGPT, SLO_SHAREGPT, (24, 32, 40),
         1500, (*SHARED, "--max-num-seqs", "1024"), warmup=300),
+    # Round 4: the router after moved streams were made to resume first
+    # (ascendra.core.priority.engine_priority), shortened to fit a session's last minutes of
+    # device time: 1000 requests a rate after 200 warm-up, at round 3's two lower rates.
+    Run("gpu1-ascendra-resume", "ascendra", 2, SHAREGPT, SLO_SHAREGPT, (24, 32), 1000, SHARED,
+        warmup=200),
     Run("anchor-vllm-longbench", "vllm", 1, LONGBENCH, SLO_LONGBENCH, (5, 8, 11), 150,
         ("--max-num-seqs", "128"), direct=True),
     Run("anchor-sarathi-longbench", "sarathi", 1, LONGBENCH, SLO_LONGBENCH, (5, 8, 11), 150,
