@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -86,7 +88,8 @@ def test_tbt_migration_moves_streams_off_the_slower_instance_once_and_loses_no_t
     reqs = [RequestSpec(i, 0.0, 200, 300) for i in range(100)]
     runs = {}
     for migrate in (False, True):
-        cfg = ClusterConfig(system("ascendra"), instances=2, hp_instances=1, migrate=migrate)
+        cfg = ClusterConfig(replace(system("ascendra"), migrate=migrate), instances=2,
+                            hp_instances=1)
         runs[migrate] = Simulation(cfg, LM, FixedMarginPredictor(LM, 0.7),
                                    Slo(10.0, 0.008)).run(reqs)
     moved = runs[True]

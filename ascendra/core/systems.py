@@ -55,6 +55,12 @@ class SystemSpec:
     # Requests reach the engines with the router's vLLM priority integers
     # (ascendra.core.priority.engine_priority), which order them instead of a value key.
     engine_priorities: bool = False
+    # The router's rules beyond the paper (partitioned systems): TBT migration by token replay
+    # (ascendra.core.migration, once per request), the offload guard (core.dispatch) and the
+    # ticket's step-time fraction (core.hp.TicketRule). The router's defaults: on, on, 0.5.
+    migrate: bool = False
+    offload_guard: bool = False
+    ticket_step_fraction: float | None = None
 
     @property
     def partitioned(self) -> bool:
@@ -74,10 +80,10 @@ SYSTEMS: dict[str, SystemSpec] = {
             "ascendra-v1",
             EngineSpec("chunked-priority", 8192, 128),
             EngineSpec("chunked-priority", 8192, 128),
-            engine_priorities=True,
+            engine_priorities=True, migrate=True, offload_guard=True, ticket_step_fraction=0.5,
             description="Ascendra as the router deploys it: stock vLLM v1 engines (chunked "
                         "prefill, budget 8192, 128 seats, priority policy) in both roles, "
-                        "ordered by the router's priority integers",
+                        "ordered by the router's priority integers, with its default rules",
         ),
         SystemSpec("vllm-v0", EngineSpec("prefill-first", 8192, 128),
                    description="FCFS, prefill-first, whole prompts (vLLM v0 / the paper's vLLM)"),

@@ -52,13 +52,6 @@ class ClusterConfig:
     offload_delay: float = 0.01  # a move (offload, migration): abort here → enqueued there, s
     jitter_cv: float = 0.0  # multiplicative noise on step times
     drain_timeout: float = 120.0  # stop this long after the last arrival; unfinished = missed
-    # The router's options beyond the paper (partitioned systems; the router's defaults are
-    # migrate, guard and 0.5). TBT migration: a running request over its mean-TBT target moves
-    # once by token replay when the core's rule says it helps. The offload guard and the ticket
-    # step fraction: see ascendra.core.dispatch.AscendraRouting and ascendra.core.hp.TicketRule.
-    migrate: bool = False
-    offload_guard: bool = False
-    ticket_step_fraction: float | None = None
     # Live LP:HP resizing by the core's split policy (partitioned systems): bounds and period.
     resize: SplitConfig | None = None
 
@@ -147,8 +140,8 @@ class Simulation:
         spec = config.system
         dispatcher = make_dispatcher(spec.dispatch, predictor)
         self.routing: AscendraRouting | BaselineRouting = (
-            AscendraRouting(dispatcher, TicketRule(max_step_fraction=config.ticket_step_fraction),
-                            predictor if config.offload_guard else None)
+            AscendraRouting(dispatcher, TicketRule(max_step_fraction=spec.ticket_step_fraction),
+                            predictor if spec.offload_guard else None)
             if spec.partitioned else BaselineRouting(dispatcher)
         )
         self.instances: list[_Instance] = []
@@ -369,7 +362,7 @@ class Simulation:
                 inst.busy, inst.current = False, None
                 if inst.next_role is not None:
                     self._swap_role(inst, inst.next_role)
-                if self.config.migrate and self.config.system.partitioned:
+                if self.config.system.migrate:
                     self._migrate(inst, now)
                 self._kick(inst, now)
             elif kind == _RESIZE:

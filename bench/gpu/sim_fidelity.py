@@ -4,9 +4,9 @@ For every ``RUN.json`` that ``experiments.py`` wrote, simulate the same system, 
 seats, KV size, SLOs, workload, rates, request count and seed (the load generator's) with the
 calibrated H100 / Llama-3.1-8B latency model, and compare goodput, p50/p99 TTFT and p50 mean TBT.
 
-An Ascendra run is simulated as what ran: the router (today's defaults: TBT migration, offload
-guard, ticket step fraction 0.5) over stock vLLM v1 engines ordered by its priority integers
-(system ``ascendra-v1``), not the paper's LP/HP schedulers (``--paper`` simulates those).
+An Ascendra run is simulated as what ran, system ``ascendra-v1``: the router (today's defaults:
+TBT migration, offload guard, ticket step fraction 0.5) over stock vLLM v1 engines ordered by its
+priority integers, not the paper's LP/HP schedulers (``--paper`` simulates those).
 Baselines are round-robin over vLLM v1 engines, no moves.
 
 Two engines sharing one GPU are simulated as two instances with half the GPU's compute and
@@ -72,8 +72,6 @@ def predict(run: dict[str, Any], profile: Path | None = None, paper: bool = Fals
     hp = 1 if run["system"] == "ascendra" else 0
     name = "ascendra-v1" if run["system"] == "ascendra" and not paper else run["system"]
     spec = system(name, max_seqs=int(seats) if seats else None)
-    router = {"migrate": True, "offload_guard": True, "ticket_step_fraction": 0.5} \
-        if spec.partitioned and not paper else {}
     lm = model_for(instances, profile, slowdown)
     slo = Slo(rep["slo"]["ttft_s"], rep["slo"]["tbt_mean_s"])
     work = WORKLOADS[rep["workload"]]
@@ -82,7 +80,7 @@ def predict(run: dict[str, Any], profile: Path | None = None, paper: bool = Fals
     for rate in rep["rates"]:
         reqs = work.requests(float(rate), rep["requests_per_rate"], 1)  # loadgen's seed
         res = Simulation(ClusterConfig(spec, instances=instances, hp_instances=hp,
-                                       kv_tokens=kv, **router), lm,
+                                       kv_tokens=kv), lm,
                          FixedMarginPredictor(lm), slo, seed=1).run(reqs)
         out["offloads"] += res.offloads
         out["migrations"] += res.migrations
