@@ -421,8 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--predictor-dir", help="write each refitted predictor version here")
     ro.add_argument("--dispatch", default="round-robin", help="round-robin or least-delay")
     ro.add_argument("--baseline", action="store_true",
-                    help="no LP/HP policy and no moves: round-robin over alike instances "
-                         "(vllm, sarathi)")
+                    help="no LP/HP policy, offloads or TBT migrations: round-robin over "
+                         "alike instances (vllm, sarathi)")
     ro.add_argument("--no-migration", action="store_true")
     ro.add_argument("--no-offload-guard", action="store_true",
                     help="offload at-risk requests even to an HP predicted to miss their "
