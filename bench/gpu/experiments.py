@@ -17,16 +17,22 @@ finished run is written at once to ``OUT/NAME.json``, so a run cut short loses o
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
 import sys
+import threading
 import time
 import traceback
 import urllib.request
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import aiohttp
 
 from ascendra.core.request import Slo
 from ascendra.loadgen import BenchConfig, report, run_bench, table
@@ -45,6 +51,17 @@ DUMMY = ["--load-format", "dummy", "--skip-tokenizer-init"]
 
 
 @dataclass(frozen=True)
+class Neighbor:
+    """A steady load on the other engine sharing the GPU while one engine is profiled, to
+    measure what sharing costs: ``streams`` concurrent requests of ``prompt`` tokens that
+    decode ``tokens`` each, sent again as they finish (so prefills keep coming too)."""
+
+    streams: int = 96
+    prompt: int = 256
+    tokens: int = 256
+
+
+@dataclass(frozen=True)
 class Run:
     name: str
     system: str  # ascendra | vllm | sarathi
@@ -57,6 +74,7 @@ class Run:
     direct: bool = False  # benchmark the engine itself, not the router
     profile: bool = False  # run ``ascendra profile`` on the one idle engine instead of a load
     warmup: int = 50  # requests at the first rate before measuring
+    neighbor: Neighbor | None = None  # with ``profile``: load the other engine meanwhile
     notes: dict[str, str] = field(default_factory=dict)
 
 
@@ -66,6 +84,12 @@ RUNS = [
     # engine, the anchor's seats, prefills up to the default token budget (one step each).
     Run("profile-h100", "vllm", 1, SHAREGPT, SLO_SHAREGPT, (), 0, ("--max-num-seqs", "128"),
         direct=True, profile=True),
+    # What sharing the GPU costs: the same profile on one of two engines that share it (the
+    # round-3 runs' memory split) while the other serves a steady load. Its ratio to
+    # profile-h100 replaces sim_fidelity's fitted --shared-gpu-slowdown.
+    Run("profile-h100-shared", "vllm", 2, SHAREGPT, SLO_SHAREGPT, (), 0,
+        (*SHARED, "--max-num-seqs", "128"), direct=True, profile=True,
+        neighbor=Neighbor()),
     Run("anchor-vllm-sharegpt", "vllm", 1, SHAREGPT, SLO_SHAREGPT, (22, 28, 34), 300,
         ("--max-num-seqs", "128"), direct=True),
     Run("gpu1-ascendra-sharegpt", "ascendra", 2, SHAREGPT, SLO_SHAREGPT, (20, 26, 32), 300,
@@ -125,7 +149,11 @@ def execute(run: Run, model: Path, out: Path, port: int) -> dict[str, object]:
     with LocalStack(cfg) as stack:
         ready_s = time.time() - started
         if run.profile:
-            return _profile(run, stack.engine_urls[0], stack.name, out, ready_s)
+            if run.neighbor is None:
+                return _profile(run, stack.engine_urls[0], stack.name, out, ready_s)
+            with _neighbor_load(stack.engine_urls[1], stack.name, run.neighbor) as done:
+                result = _profile(run, stack.engine_urls[0], stack.name, out, ready_s)
+            return {**result, "neighbor": {**asdict(run.neighbor), "completed": done[0]}}
         url = (stack.engine_urls[0] if run.direct else stack.url) + "/v1"
         bench = BenchConfig(url=url, model=stack.name, workload=run.workload,
                             rates=list(run.rates), requests=run.requests, slo=run.slo,
@@ -157,6 +185,34 @@ def _profile(run: Run, url: str, model: str, out: Path, ready_s: float) -> dict[
                      "decode_contexts": PROFILE_GRID.decode_contexts,
                      "decode_tokens": PROFILE_GRID.decode_tokens,
                      "repeat": PROFILE_GRID.repeat}}
+
+
+@contextlib.contextmanager
+def _neighbor_load(url: str, model: str, load: Neighbor) -> Iterator[list[int]]:
+    """Keep ``load`` running on the engine at ``url`` (in a thread of its own) for the body of
+    the ``with``; yields a one-item list that holds the requests it completed."""
+    done = [0]
+    stop = threading.Event()
+    body = {"model": model, "prompt": [7 + i % 900 for i in range(load.prompt)],
+            "max_tokens": load.tokens, "ignore_eos": True}
+
+    async def worker(http: aiohttp.ClientSession) -> None:
+        while not stop.is_set():
+            async with http.post(url + "/v1/completions", json=body) as r:
+                await r.read()
+                done[0] += r.status == 200
+
+    async def main() -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http:
+            await asyncio.gather(*(worker(http) for _ in range(load.streams)))
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    try:
+        yield done
+    finally:
+        stop.set()  # each worker ends after its request in flight
+        thread.join(timeout=600)
 
 
 def _router_counters(url: str) -> dict[str, float]:

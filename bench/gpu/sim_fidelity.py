@@ -12,8 +12,10 @@ Baselines are round-robin over vLLM v1 engines, no moves.
 Two engines sharing one GPU are simulated as two instances with half the GPU's compute and
 bandwidth each (the calibrated fixed overheads unchanged), divided once more by
 ``--shared-gpu-slowdown`` (default 1: a fair split with no cost of sharing). Two processes on
-one GPU without MPS are time-sliced, which costs more than a fair split; that factor has not
-been measured on its own yet (fit it on one run, check it on the others).
+one GPU without MPS are time-sliced, which costs more than a fair split. ``--shared-profile``
+replaces both with a profile measured on one engine while another shares the GPU under load
+(``experiments.py --only profile-h100-shared``): engines of multi-engine runs then step as that
+profile says, with no split.
 
     python bench/gpu/sim_fidelity.py docs/results/gpu --json docs/results/gpu/sim-fidelity.json
     python bench/gpu/sim_fidelity.py docs/results/gpu/round3 \
@@ -48,8 +50,10 @@ def _arg(args: list[str], flag: str) -> str | None:
     return args[args.index(flag) + 1] if flag in args else None
 
 
-def model_for(instances: int, profile: Path | None = None,
-              slowdown: float = 1.0) -> RooflineLatencyModel:
+def model_for(instances: int, profile: Path | None = None, slowdown: float = 1.0,
+              shared_profile: Path | None = None) -> RooflineLatencyModel:
+    if instances > 1 and shared_profile is not None:
+        return latency_model(profile=shared_profile)
     lm = latency_model(profile=profile)
     if instances == 1:
         return lm
@@ -61,7 +65,7 @@ def model_for(instances: int, profile: Path | None = None,
 
 
 def predict(run: dict[str, Any], profile: Path | None = None, paper: bool = False,
-            slowdown: float = 1.0) -> dict[str, Any]:
+            slowdown: float = 1.0, shared_profile: Path | None = None) -> dict[str, Any]:
     rep = run["report"]
     args = run["engine_args"]
     seats = _arg(args, "--max-num-seqs")
@@ -72,7 +76,7 @@ def predict(run: dict[str, Any], profile: Path | None = None, paper: bool = Fals
     hp = 1 if run["system"] == "ascendra" else 0
     name = "ascendra-v1" if run["system"] == "ascendra" and not paper else run["system"]
     spec = system(name, max_seqs=int(seats) if seats else None)
-    lm = model_for(instances, profile, slowdown)
+    lm = model_for(instances, profile, slowdown, shared_profile)
     slo = Slo(rep["slo"]["ttft_s"], rep["slo"]["tbt_mean_s"])
     work = WORKLOADS[rep["workload"]]
     out: dict[str, Any] = {"rates": {}, "offloads": 0, "migrations": 0}
@@ -100,6 +104,8 @@ def main() -> None:
                     "profile instead of the anchor-calibrated constants")
     ap.add_argument("--shared-gpu-slowdown", type=float, default=1.0, help="engines sharing "
                     "a GPU run this much slower than a fair split of it (≥ 1)")
+    ap.add_argument("--shared-profile", type=Path, help="profile measured on one of two "
+                    "engines sharing the GPU: multi-engine runs use it instead of a split")
     ap.add_argument("--only", help="simulate only the runs whose name contains this")
     ap.add_argument("--paper", action="store_true", help="simulate Ascendra runs with the "
                     "paper's LP/HP schedulers and rules instead of what the router deploys")
@@ -111,8 +117,8 @@ def main() -> None:
         run = json.loads(f.read_text())
         if "report" not in run or (args.only and args.only not in run["run"]):
             continue
-        measured, predicted = run["report"], predict(run, args.profile, args.paper,
-                                                      args.shared_gpu_slowdown)
+        measured, predicted = run["report"], predict(
+            run, args.profile, args.paper, args.shared_gpu_slowdown, args.shared_profile)
         rows[run["run"]] = {"measured_goodput": measured["goodput_qps"],
                             "predicted_goodput": predicted["goodput_qps"],
                             "measured": {r: {k: v[k] for k in ("attainment", "ttft_p50",
