@@ -72,7 +72,7 @@ class Run:
     requests: int
     engine_args: tuple[str, ...] = ()
     direct: bool = False  # benchmark the engine itself, not the router
-    profile: bool = False  # run ``ascendra profile`` on the one idle engine instead of a load
+    profile: bool = False  # run ``ascendra profile`` on the first engine instead of a load
     warmup: int = 50  # requests at the first rate before measuring
     neighbor: Neighbor | None = None  # with ``profile``: load the other engine meanwhile
     notes: dict[str, str] = field(default_factory=dict)
