@@ -211,11 +211,7 @@ def test_migration_by_replay_keeps_exact_tokens(stack: Stack):
             # drain does (either made the drain find nothing to move on a busy machine).
             task = asyncio.create_task(_stream(http, stack.url, body, {
                 "X-Ascendra-TTFT-SLO": "60", "X-Ascendra-TBT-SLO": "60"}))
-            instance = None
-            while instance is None:
-                await asyncio.sleep(0.02)
-                streams = [i for i in stack.get("/ascendra/instances") if i["own_streams"]]
-                instance = streams[0]["url"] if streams else None
+            instance = await _stream_instance(stack)
             await asyncio.sleep(0.3)
             async with http.post(stack.url + "/ascendra/drain",
                                  json={"instance": instance}) as r:
@@ -226,6 +222,23 @@ def test_migration_by_replay_keeps_exact_tokens(stack: Stack):
     assert drained == {"moved": 1}
     assert len(moved["ids"]) == 400 and moved["finish"] == "length"
     assert moved["ids"] == reference["ids"]
+
+
+async def _stream_instance(stack: Stack) -> str:
+    """The instance under this router's one stream, once it has one."""
+    while True:
+        streams = [i for i in stack.get("/ascendra/instances") if i["own_streams"]]
+        if streams:
+            return streams[0]["url"]
+        await asyncio.sleep(0.02)
+
+
+def _wait_idle(*engines: str, timeout: float = 30.0) -> None:
+    """Wait until the engines run nothing (requests a test dropped are aborted by then)."""
+    deadline = time.monotonic() + timeout
+    while sum(engine_metric(u, "vllm:num_requests_running") for u in engines) > 0:
+        assert time.monotonic() < deadline, "the dropped requests still run"
+        time.sleep(0.1)
 
 
 async def _block(http: aiohttp.ClientSession, engine: str, n: int) -> None:
@@ -248,11 +261,7 @@ def test_a_moved_stream_resumes_before_requests_that_have_not_started(stack: Sta
         async with aiohttp.ClientSession() as http:
             task = asyncio.create_task(_stream(http, stack.url, body, {
                 "X-Ascendra-TTFT-SLO": "60", "X-Ascendra-TBT-SLO": "60"}))
-            source = None
-            while source is None:
-                await asyncio.sleep(0.02)
-                streams = [i for i in stack.get("/ascendra/instances") if i["own_streams"]]
-                source = streams[0]["url"] if streams else None
+            source = await _stream_instance(stack)
             target = next(i["url"] for i in stack.get("/ascendra/instances")
                           if i["url"] != source)
             opener = asyncio.create_task(_block(http, target, 300))
@@ -279,11 +288,7 @@ def test_a_moved_stream_resumes_before_requests_that_have_not_started(stack: Sta
             return moved, res
 
     moved, queued = asyncio.run(run())
-    deadline = time.monotonic() + 30
-    while sum(engine_metric(u, "vllm:num_requests_running")
-              for u in (stack.lp_engine, stack.hp_engine)) > 0:
-        assert time.monotonic() < deadline, "the dropped requests still run"
-        time.sleep(0.1)
+    _wait_idle(stack.lp_engine, stack.hp_engine)
     assert len(moved["ids"]) == 600 and moved["finish"] == "length"
     # The moved stream's longest silence is its wait for the seat; it ends before any of the
     # queued requests starts.
@@ -304,14 +309,9 @@ def test_priority_orders_waiting_requests_on_the_engine(stack: Stack):
 
         async def run() -> list[float]:
             async with aiohttp.ClientSession() as http:
-                async def block(n: int) -> None:  # non-streaming: cheap for the client
-                    async with http.post(stack.lp_engine + "/v1/completions", json={
-                            "model": MODEL, "prompt": [1, 2, 3], "max_tokens": n,
-                            "ignore_eos": True, "priority": -(10**15)}) as r:
-                        await r.read()
-
-                opener = asyncio.create_task(block(400))
-                holders = [asyncio.create_task(block(2000)) for _ in range(SEATS - 1)]
+                opener = asyncio.create_task(_block(http, stack.lp_engine, 400))
+                holders = [asyncio.create_task(_block(http, stack.lp_engine, 2000))
+                           for _ in range(SEATS - 1)]
                 while engine_metric(stack.lp_engine, "vllm:num_requests_running") < SEATS:
                     await asyncio.sleep(0.05)
                 queued = []
@@ -332,10 +332,7 @@ def test_priority_orders_waiting_requests_on_the_engine(stack: Stack):
                 return [r["first_at"] for r in res]
 
         firsts = asyncio.run(run())
-        deadline = time.monotonic() + 30
-        while engine_metric(stack.lp_engine, "vllm:num_requests_running") > 0:
-            assert time.monotonic() < deadline, "the dropped requests still run"
-            time.sleep(0.1)
+        _wait_idle(stack.lp_engine)
     finally:
         os.killpg(router.pid, signal.SIGTERM)
         router.wait()
