@@ -28,7 +28,7 @@ from ascendra.core.dispatch import (
 )
 from ascendra.core.hp import TicketRule
 from ascendra.core.latency import BatchShape
-from ascendra.core.migration import StreamProgress, migration_helps, tbt_at_risk
+from ascendra.core.migration import StreamProgress, migration_target
 from ascendra.core.offload import (
     DeadlinePredictor,
     FixedMarginPredictor,
@@ -241,14 +241,14 @@ class Controller:
             self.recorder.forget(session.id)
             return
         obs = self.recorder.first_token(session.id, session.first_token_at)
-        if obs and self.on_observations is not None:
+        if obs:
             self.on_observations(obs)
 
     def migration_candidates(self, now: float) -> list[tuple[Session, Instance]]:
         out = []
-        live = self.pool.routable()
-        for inst in live:
-            source_step = instance_step_time(inst, self.model.step_time)
+        steps = [(i, instance_step_time(i, self.model.step_time)) for i in self.pool.routable()]
+        for inst, source_step in steps:
+            targets = [(i, step) for i, step in steps if i is not inst]
             for s in list(inst.sessions.values()):
                 if not s.generated or s.done or s.moves >= self.cfg.max_moves \
                         or s.tbt_moves >= self.cfg.max_tbt_moves \
@@ -256,16 +256,11 @@ class Controller:
                     continue
                 p = StreamProgress(s.first_token_at, s.last_token_at, len(s.generated),
                                    s.remaining)
-                if not tbt_at_risk(p, now, source_step, s.request.slo.tbt):
-                    continue
-                others = [i for i in live if i is not inst]
-                if not others:
-                    continue
-                target = min(others, key=lambda i: instance_step_time(i, self.model.step_time))
-                prefill = self.model.prefill_time(len(s.prompt_ids) + len(s.generated))
-                if migration_helps(p, now, source_step=source_step,
-                                   target_step=instance_step_time(target, self.model.step_time),
-                                   target_prefill=prefill, slo_tbt=s.request.slo.tbt):
+                target = migration_target(
+                    p, now, source_step=source_step, targets=targets,
+                    slo_tbt=s.request.slo.tbt, prefill_time=lambda s=s: self.model.prefill_time(
+                        len(s.prompt_ids) + len(s.generated)))
+                if target is not None:
                     out.append((s, target))
         return out
 

@@ -9,6 +9,7 @@ from ascendra.core.dispatch import Role
 from ascendra.core.migration import (
     StreamProgress,
     migration_helps,
+    migration_target,
     observed_mean_tbt,
     projected_mean_tbt,
     tbt_at_risk,
@@ -74,3 +75,28 @@ def test_migration_helps_only_when_it_meets_the_target_and_beats_staying():
     # Barely better than staying is not worth a move.
     assert not migration_helps(p, 11.0, source_step=0.05, target_step=0.048,
                                target_prefill=0.0, slo_tbt=1.0)
+
+
+def test_migration_target_is_the_fastest_target_when_moving_helps():
+    p = StreamProgress(first_token_at=10.0, last_token_at=11.0, tokens=11, remaining=10)
+    calls = []
+
+    def prefill() -> float:
+        calls.append(1)
+        return 0.1
+
+    targets = [("slow", 0.09), ("fast", 0.05)]
+    # At risk at a 0.2 s step (0.1 observed, 0.15 projected, over 0.095); moving to "fast":
+    # (1 + 0.1 + 0.5)/20 = 0.08 (to "slow" it would be (1 + 0.1 + 0.9)/20 = 0.1, over).
+    assert migration_target(p, 11.0, source_step=0.2, targets=targets, slo_tbt=0.095,
+                            prefill_time=prefill) == "fast"
+    # Not at risk: no target, and the re-prefill is never estimated.
+    calls.clear()
+    assert migration_target(p, 11.0, source_step=0.05, targets=targets, slo_tbt=0.12,
+                            prefill_time=prefill) is None
+    assert not calls
+    assert migration_target(p, 11.0, source_step=0.2, targets=[], slo_tbt=0.095,
+                            prefill_time=prefill) is None
+    # At risk, but a slow re-prefill makes no move help.
+    assert migration_target(p, 11.0, source_step=0.2, targets=targets, slo_tbt=0.095,
+                            prefill_time=lambda: 1.5) is None

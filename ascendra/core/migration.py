@@ -9,7 +9,11 @@ projected mean TBT after the move is within the target and better than staying.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,3 +55,17 @@ def migration_helps(p: StreamProgress, now: float, *, source_step: float, target
     stay = projected_mean_tbt(p, now, source_step)
     move = projected_mean_tbt(p, now, target_step, extra_delay=target_prefill)
     return move <= slo_tbt and move < stay * (1 - min_gain)
+
+
+def migration_target(p: StreamProgress, now: float, *, source_step: float,
+                     targets: Sequence[tuple[T, float]], slo_tbt: float,
+                     prefill_time: Callable[[], float]) -> T | None:
+    """Where a running stream moves for its TBT, if anywhere: only when it is at risk where it
+    is, to the target with the fastest step (``targets``: each with its step time), and only if
+    the move, its re-prefill included, helps. ``prefill_time`` is called only then."""
+    if not targets or not tbt_at_risk(p, now, source_step, slo_tbt):
+        return None
+    target, step = min(targets, key=lambda t: t[1])
+    helps = migration_helps(p, now, source_step=source_step, target_step=step,
+                            target_prefill=prefill_time(), slo_tbt=slo_tbt)
+    return target if helps else None

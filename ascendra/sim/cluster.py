@@ -27,7 +27,7 @@ from ascendra.core.dispatch import (
 from ascendra.core.hp import TicketRule
 from ascendra.core.kv import KvCache
 from ascendra.core.latency import BatchShape, LatencyModel
-from ascendra.core.migration import StreamProgress, migration_helps, tbt_at_risk
+from ascendra.core.migration import StreamProgress, migration_target
 from ascendra.core.offload import DeadlinePredictor, QueueSnapshot, at_risk, queue_snapshot
 from ascendra.core.priority import engine_priority
 from ascendra.core.request import Request, Slo
@@ -291,19 +291,16 @@ class Simulation:
         """The router's TBT migration, as its control loop runs it: a running request whose
         mean TBT is over target and would stay over moves to the instance with the fastest
         step, if the core's rule says the move (a re-prefill there) helps; once per request."""
-        others = [i for i in self.instances if i is not inst]
-        if not others:
-            return
-        target = min(others, key=lambda i: i.last_step)
+        targets = [(i, i.last_step) for i in self.instances if i is not inst]
         for req in list(inst.scheduler.running):
             tr = self._tracks[req.id]
             if req.id in self._migrated or tr.tokens == 0:
                 continue
             p = StreamProgress(tr.first, tr.last, tr.tokens, req.max_tokens - req.num_generated)
-            if not tbt_at_risk(p, now, inst.last_step, req.slo.tbt) or not migration_helps(
-                    p, now, source_step=inst.last_step, target_step=target.last_step,
-                    target_prefill=self.predictor.prefill_time(req.num_tokens),
-                    slo_tbt=req.slo.tbt):
+            target = migration_target(
+                p, now, source_step=inst.last_step, targets=targets, slo_tbt=req.slo.tbt,
+                prefill_time=lambda r=req: self.predictor.prefill_time(r.num_tokens))
+            if target is None:
                 continue
             inst.scheduler.remove(req)
             req.num_computed = 0  # token replay: prompt + output so far is prefilled again
