@@ -2,8 +2,8 @@
 
 Counts (running, waiting, KV use) are gauges. Speeds come from counter deltas between two
 scrapes: the mean inter-token latency over the window is the engine's current step time, and
-prefill seconds per prompt token its current prefill rate. Both are what the engine measured,
-so they hold on any hardware without a profile.
+prefill seconds per prompt token, beyond the one step each prefill rides in, its current prefill
+rate. Both are what the engine measured, so they hold on any hardware without a profile.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class MetricsSample:
     itl_sum: float = 0.0
     itl_count: float = 0.0
     prefill_sum: float = 0.0
+    prefill_count: float = 0.0
     prefill_tokens_sum: float = 0.0
 
 
@@ -65,6 +66,7 @@ def parse_metrics(text: str) -> MetricsSample:
         itl_sum=values.get("itl_sum", 0.0),
         itl_count=values.get("itl_count", 0.0),
         prefill_sum=values.get("prefill_sum", 0.0),
+        prefill_count=values.get("prefill_count", 0.0),
         prefill_tokens_sum=values.get("prefill_tokens_sum", 0.0),
     )
 
@@ -81,7 +83,8 @@ class EngineState:
     kv_capacity_tokens: int = 0
     max_seqs: int | None = None  # the engine's seat limit, when known
     step_time: float | None = None  # recent mean gap between an engine's tokens, s
-    prefill_s_per_token: float | None = None  # recent prefill time per prompt token, s
+    prefill_s_per_token: float | None = None  # recent prefill time per prompt token, s,
+    # beyond one step (the latency model's batch time is step_time + tokens × this)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -109,5 +112,10 @@ class RateTracker:
                                           (sample.itl_sum - last.itl_sum) / d_count)
         d_tokens = sample.prefill_tokens_sum - last.prefill_tokens_sum
         if d_tokens > 0:
-            self.prefill_s_per_token = self._smooth(
-                self.prefill_s_per_token, (sample.prefill_sum - last.prefill_sum) / d_tokens)
+            # Each prefill took at least the step it rode in; only the rest scales with its
+            # tokens. Taken whole, one short prompt (a 1-token prefill of 30 ms reads as 30 ms a
+            # token) inflated the rate 30-fold, and the router's offload guard, predicting every
+            # HP too slow, stopped offloading until the HP happened to prefill again.
+            fixed = (sample.prefill_count - last.prefill_count) * (self.step_time or 0.0)
+            per_token = max(sample.prefill_sum - last.prefill_sum - fixed, 0.0) / d_tokens
+            self.prefill_s_per_token = self._smooth(self.prefill_s_per_token, per_token)

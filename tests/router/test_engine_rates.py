@@ -1,0 +1,59 @@
+"""Engine speed from vLLM's /metrics counters: step time and prefill rate between scrapes."""
+
+from __future__ import annotations
+
+import pytest
+
+from ascendra.runtime.engine_state import RateTracker, parse_metrics
+
+
+def _scrape(itl_sum: float, itl_count: int, prefill_sum: float, prefills: int,
+            prefill_tokens: int) -> str:
+    """The families the tracker reads, as vLLM's /metrics writes them (two engines of a
+    data-parallel server, which parse_metrics sums)."""
+    histograms = {"inter_token_latency_seconds": (itl_sum, itl_count),
+                  "request_prefill_time_seconds": (prefill_sum, prefills),
+                  "request_prefill_kv_computed_tokens": (prefill_tokens, prefills)}
+    lines = []
+    for name, (total, count) in histograms.items():
+        lines.append(f"# TYPE vllm:{name} histogram")
+        for engine in ("0", "1"):
+            labels = f'{{engine="{engine}",model_name="m"}}'
+            lines += [f"vllm:{name}_sum{labels} {total / 2}",
+                      f"vllm:{name}_count{labels} {count / 2}"]
+    lines.append("# TYPE vllm:num_requests_running gauge")
+    lines += [f'vllm:num_requests_running{{engine="{e}",model_name="m"}} 1' for e in "01"]
+    return "\n".join(lines) + "\n"
+
+
+def test_parse_sums_the_engines():
+    s = parse_metrics(_scrape(1.0, 100, 0.5, 4, 400))
+    assert (s.running, s.itl_sum, s.itl_count) == (2, 1.0, 100)
+    assert (s.prefill_sum, s.prefill_count, s.prefill_tokens_sum) == (0.5, 4, 400)
+
+
+def test_step_time_is_the_mean_gap_between_tokens_in_the_window():
+    rates = RateTracker()
+    rates.observe(parse_metrics(_scrape(1.0, 100, 0, 0, 0)))
+    assert rates.step_time is None  # one scrape is no window
+    rates.observe(parse_metrics(_scrape(3.0, 200, 0, 0, 0)))
+    assert rates.step_time == pytest.approx(0.02)
+
+
+def test_prefill_rate_leaves_out_the_step_each_prefill_rides_in():
+    # Steps of 30 ms; one prefill of 2 tokens took 31 ms, then four of 500 tokens took 230 ms
+    # each: 0.5 ms and 0.4 ms a token beyond the step, not the 15.5 ms a token the short
+    # prompt reads as when its whole time is put on its tokens.
+    rates = RateTracker(alpha=1.0)
+    rates.observe(parse_metrics(_scrape(0.0, 0, 0.0, 0, 0)))
+    rates.observe(parse_metrics(_scrape(0.3, 10, 0.031, 1, 2)))
+    assert rates.prefill_s_per_token == pytest.approx(0.0005)
+    rates.observe(parse_metrics(_scrape(0.6, 20, 0.031 + 4 * 0.23, 5, 2002)))
+    assert rates.prefill_s_per_token == pytest.approx(0.0004)
+
+
+def test_a_prefill_faster_than_the_step_reads_as_free_tokens_not_negative_ones():
+    rates = RateTracker(alpha=1.0)
+    rates.observe(parse_metrics(_scrape(0.0, 0, 0.0, 0, 0)))
+    rates.observe(parse_metrics(_scrape(0.3, 10, 0.02, 1, 3)))
+    assert rates.prefill_s_per_token == 0.0
