@@ -290,6 +290,7 @@ def _cmd_predictor(args: argparse.Namespace) -> int:
         TtftModel,
         load_predictor,
         save_predictor,
+        trained_quantiles,
     )
     from ascendra.predict.observations import read_observations
 
@@ -306,7 +307,7 @@ def _cmd_predictor(args: argparse.Namespace) -> int:
             raise AscendraError("predictor train: give --observations (JSONL from the router's "
                                 "--observations or the simulator)")
         q = args.quantile or 0.9
-        ttft = TtftModel.fit(observations(0), quantiles=tuple(sorted({0.5, q})))
+        ttft = TtftModel.fit(observations(0), quantiles=trained_quantiles(q))
         iteration = IterationModel.fit(load_profile(args.profile), shape(), args.gpu) \
             if args.profile else None
         sources = [*(args.observations or []), *([args.profile] if args.profile else [])]

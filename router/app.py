@@ -74,11 +74,10 @@ class Router:
         learning = settings.observations is not None or settings.refit_every > 0
         self.controller = Controller(settings.control, self.pool, self.model,
                                      on_observations=self._observed if learning else None)
-        predictor, version = initial_predictor(settings.predictor, settings.model_name,
-                                               self.model, self.controller.analytic)
-        self.controller.predictor = predictor
+        learned = initial_predictor(settings.predictor, settings.model_name, self.model)
+        self.controller.predictor = learned or self.controller.analytic
         self.learner = OnlineLearner(settings.model_name, self.model, settings.refit_every,
-                                     save_dir=settings.predictor_dir, version=version)
+                                     save_dir=settings.predictor_dir, start=learned)
         self.metrics = RouterMetrics(settings.slo.ttft, settings.slo.tbt)
         self._refit: asyncio.Task[None] | None = None  # held: the loop keeps tasks weakly
         self._unwritten: list[Observation] = []  # for the observation log, flushed per tick

@@ -3,6 +3,8 @@ it fits the served model), and refits from the requests it observes.
 
 A refit trains a new TTFT model on the most recent observations in a worker thread, so the
 event loop keeps serving; the new model replaces the old one in one assignment when it is done.
+What the refit does not learn (the step-time model, the quantile) is kept from the predictor
+the router started with.
 Each version can be written to a directory, so what served is on disk next to what it learned
 from. Any failure keeps the predictor that was serving: a router never stops over its predictor.
 """
@@ -12,43 +14,51 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 
 from ascendra.core.latency import LatencyModel
-from ascendra.core.offload import DeadlinePredictor
 from ascendra.predict.learned import (
     LearnedPredictor,
     PredictorError,
     TtftModel,
     load_predictor,
     save_predictor,
+    trained_quantiles,
 )
 from ascendra.predict.observations import Observation
 
 log = logging.getLogger("ascendra.router")
 
 
-def initial_predictor(path: Path | None, model: str, fallback: LatencyModel,
-                      analytic: DeadlinePredictor) -> tuple[DeadlinePredictor, int]:
-    """The predictor a router starts with and its version (0: the analytic one)."""
+def initial_predictor(path: Path | None, model: str,
+                      fallback: LatencyModel) -> LearnedPredictor | None:
+    """The learned predictor a router starts with; None (serve with the analytic one) when no
+    file is given or the file does not fit the served model."""
     if path is None:
-        return analytic, 0
+        return None
     try:
         p = load_predictor(path, model, fallback)
     except PredictorError as e:
         log.error("predictor refused, serving with the analytic one: %s", e)
-        return analytic, 0
+        return None
     log.info("predictor %s v%d loaded (%d observations, quantile %.2f)", path, p.version,
              p.ttft.rows, p.quantile)
-    return p, p.version
+    return p
 
 
 class OnlineLearner:
+    """``start``: the learned predictor the router started with, if any; each refit is it with
+    a new TTFT model."""
+
     def __init__(self, model: str, fallback: LatencyModel, every: int, keep: int = 20_000,
-                 quantile: float = 0.9, save_dir: Path | None = None, version: int = 0) -> None:
+                 quantile: float = 0.9, save_dir: Path | None = None,
+                 start: LearnedPredictor | None = None) -> None:
         self.model, self.fallback = model, fallback
-        self.every, self.quantile, self.save_dir = every, quantile, save_dir
-        self.version = version
+        self.every, self.save_dir = every, save_dir
+        self.quantile = start.quantile if start else quantile
+        self.start = start
+        self.version = start.version if start else 0
         self.recent: deque[Observation] = deque(maxlen=keep)
         self._since = 0
         self._busy = False
@@ -63,9 +73,12 @@ class OnlineLearner:
         self._busy, self._since = True, 0
         data = list(self.recent)
         try:
-            ttft = await asyncio.to_thread(TtftModel.fit, data)
-            p = LearnedPredictor(self.model, ttft, self.fallback, quantile=self.quantile,
-                                 version=self.version + 1, source="online refit")
+            ttft = await asyncio.to_thread(TtftModel.fit, data,
+                                           trained_quantiles(self.quantile))
+            version, source = self.version + 1, "online refit"
+            p = replace(self.start, ttft=ttft, version=version, source=source) if self.start \
+                else LearnedPredictor(self.model, ttft, self.fallback, quantile=self.quantile,
+                                      version=version, source=source)
             if self.save_dir is not None:
                 await asyncio.to_thread(save_predictor,
                                         self.save_dir / f"predictor-v{p.version}.json", p)
@@ -77,3 +90,4 @@ class OnlineLearner:
         self.version = p.version
         log.info("predictor refit: v%d from %d observations", p.version, len(data))
         return p
+

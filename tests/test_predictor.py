@@ -238,13 +238,13 @@ def test_controller_falls_back_when_the_predictor_fails():
 
 
 def test_router_starts_with_the_analytic_predictor_when_the_file_is_unfit(tmp_path):
-    from ascendra.router.control import EngineRateModel, FixedMarginPredictor
+    from ascendra.router.control import EngineRateModel
     from ascendra.router.learning import initial_predictor
 
     bad = tmp_path / "p.json"
     bad.write_text("{}")
-    analytic = FixedMarginPredictor(LM)
-    assert initial_predictor(bad, "llama", EngineRateModel(), analytic) == (analytic, 0)
+    assert initial_predictor(bad, "llama", EngineRateModel()) is None
+    assert initial_predictor(None, "llama", EngineRateModel()) is None
 
 
 def test_online_learner_refits_off_the_event_loop(tmp_path):
@@ -259,6 +259,22 @@ def test_online_learner_refits_off_the_event_loop(tmp_path):
     assert p is not None and p.version == 1 and p.ttft.rows == 120
     assert (tmp_path / "predictor-v1.json").exists()
     assert load_predictor(tmp_path / "predictor-v1.json", "llama", LM).version == 1
+
+
+def test_online_refit_keeps_the_starting_predictors_step_model_and_quantile():
+    import asyncio
+
+    from ascendra.router.learning import OnlineLearner
+
+    start = LearnedPredictor("llama", TtftModel.fit(synthetic(200), quantiles=(0.5, 0.8)), LM,
+                             IterationModel.fit(_profile(), SHAPE, "h100"), quantile=0.8,
+                             version=7, source="offline")
+    learner = OnlineLearner("llama", LM, every=100, start=start)
+    learner.add(synthetic(120))
+    p = asyncio.run(learner.refit())
+    assert p is not None and (p.version, p.quantile, p.source) == (8, 0.8, "online refit")
+    assert p.iteration is start.iteration and p.ttft is not start.ttft
+    assert p.ttft.quantiles == (0.5, 0.8)
 
 
 # -- the command -------------------------------------------------------------------------------

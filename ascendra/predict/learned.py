@@ -45,6 +45,12 @@ QUANTILES = (0.5, 0.9)
 _FLOOR = 1e-3  # s: times to first token are learned as log(max(t, floor))
 
 
+def trained_quantiles(bound: float) -> tuple[float, ...]:
+    """The TTFT quantiles a model is trained for: the median (accuracy reports) and the one the
+    offload rule bounds with."""
+    return tuple(sorted({0.5, bound}))
+
+
 class PredictorError(AscendraError):
     """A predictor file that cannot serve: the caller keeps the analytic predictor."""
 
