@@ -17,7 +17,9 @@ the client's end-to-end latency:
   from its start instead, where one prefill among M steps hardly matters.
 
 Rows use :data:`ascendra.perf.profile.PROFILE_COLUMNS`, so ``load_profile`` and the roofline fit
-read the file directly. Prompts are random token ids (no prefix-cache hits).
+read the file directly. Prompts are random token ids drawn afresh on every run: a second run
+against the same engine with the first run's prompts found them in vLLM's prefix cache and
+measured a 1,024-token prefill at 68 ms instead of 380 ms.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class Row:
 class _Engine:
     def __init__(self, http: aiohttp.ClientSession, url: str, model: str, vocab: int) -> None:
         self.http, self.url, self.model = http, url.rstrip("/"), model
-        self.rng = np.random.default_rng(0)
+        self.rng = np.random.default_rng()  # fresh entropy: no prefix-cache hits across runs
         self.vocab = vocab
 
     async def metrics(self) -> MetricsSample:

@@ -5,17 +5,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from serving_support import Stack
+from serving_support import Stack, engine_metric
 
 from ascendra.cli import main
 from ascendra.perf.profile import load_profile
 
 
+def _profile(stack: Stack, out: Path, *grid: str) -> None:
+    assert main(["profile", "--url", stack.lp_engine, "--model", "tiny-llama", "--out",
+                 str(out), *grid, "--quiet"]) == 0
+
+
 def test_profile_of_a_real_engine(stack: Stack, tmp_path: Path):
     out = tmp_path / "tiny-cpu.csv"
-    assert main(["profile", "--url", stack.lp_engine, "--model", "tiny-llama", "--out",
-                 str(out), "--prefill", "32,512", "--decodes", "1,4", "--contexts", "32",
-                 "--decode-tokens", "16", "--repeat", "2", "--quiet"]) == 0
+    hits = engine_metric(stack.lp_engine, "vllm:prefix_cache_hits_total")
+    _profile(stack, out, "--prefill", "32,512", "--decodes", "1,4", "--contexts", "32",
+             "--decode-tokens", "16", "--repeat", "2")
     rows = load_profile(out)
     prefill = {r.shape.num_prefill_tokens: r.time_s for r in rows if r.shape.num_prefill_tokens}
     decode = [r for r in rows if r.shape.num_decodes]
@@ -24,3 +29,9 @@ def test_profile_of_a_real_engine(stack: Stack, tmp_path: Path):
     assert prefill[512] > 2 * prefill[32] > 0
     assert all(0 < r.time_s < 5 for r in decode)
     assert decode[1].shape.decode_context == 4 * (32 + 8)
+
+    # A second run against the same engine draws new prompts: none of its 512-token prefills
+    # (four full cache blocks) may be served from the first run's prefix cache.
+    _profile(stack, tmp_path / "again.csv", "--prefill", "512", "--decodes", "1", "--contexts",
+             "32", "--decode-tokens", "4", "--repeat", "1")
+    assert engine_metric(stack.lp_engine, "vllm:prefix_cache_hits_total") == hits
