@@ -269,7 +269,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     grid = ProfileGrid(prefill_tokens=_ints(args.prefill, "--prefill"),
                        decode_batches=_ints(args.decodes, "--decodes"),
                        decode_contexts=_ints(args.contexts, "--contexts"),
-                       decode_tokens=args.decode_tokens, repeat=args.repeat, vocab=args.vocab)
+                       decode_tokens=args.decode_tokens, samples=args.samples,
+                       repeat=args.repeat, vocab=args.vocab)
     say = (lambda _: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     rows = profile_engine(args.url.rstrip("/").removesuffix("/v1"), args.model, grid,
                           Path(args.out), args.max_model_len, say)
@@ -283,7 +284,12 @@ def _cmd_predictor(args: argparse.Namespace) -> int:
     from ascendra.perf import latency_model
     from ascendra.perf.hardware import ModelShape
     from ascendra.perf.profile import load_profile
-    from ascendra.predict.evaluate import iteration_cv, split_blocks, ttft_eval
+    from ascendra.predict.evaluate import (
+        iteration_cv,
+        iteration_holdout,
+        split_blocks,
+        ttft_eval,
+    )
     from ascendra.predict.learned import (
         IterationModel,
         LearnedPredictor,
@@ -320,8 +326,13 @@ def _cmd_predictor(args: argparse.Namespace) -> int:
               f"{', iteration model' if iteration else ''}) written to {args.out}")
         return 0
     report: dict[str, object] = {}
+    if args.test_profile and not args.profile:
+        raise AscendraError("predictor eval: --test-profile needs --profile to train on")
     if args.profile:
-        report["iteration"] = asdict(iteration_cv(load_profile(args.profile), shape(), args.gpu))
+        rows = load_profile(args.profile)
+        report["iteration"] = asdict(
+            iteration_holdout(rows, load_profile(args.test_profile), shape(), args.gpu)
+            if args.test_profile else iteration_cv(rows, shape(), args.gpu))
     if args.observations:
         if not args.predictor:
             raise AscendraError("predictor eval: --observations needs --predictor")
@@ -349,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--split", action="store_true", help="train on 4 of every 5 blocks of "
                     "observations, evaluate on the fifth (the same split both ways)")
     pd.add_argument("--profile", help="profile CSV (ascendra profile) for the step-time model")
+    pd.add_argument("--test-profile", help="eval: score the step-time model fitted to --profile "
+                    "on this other run of the same engine (default: cross-validate --profile)")
     pd.add_argument("--model-config", default="llama-3.1-8b",
                     help="built-in model name or config.json path, for the roofline")
     pd.add_argument("--gpu", default="h100", help="GPU spec for the roofline")
@@ -493,7 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--decodes", default="1,4,16,64", help="decode batch sizes")
     pr.add_argument("--contexts", default="64,512", help="decode prompt lengths")
     pr.add_argument("--decode-tokens", type=int, default=32, help="tokens per decode request")
-    pr.add_argument("--repeat", type=int, default=2)
+    pr.add_argument("--samples", type=int, default=1,
+                    help="measurements of a composition whose median is its row")
+    pr.add_argument("--repeat", type=int, default=2, help="rows per composition")
     pr.add_argument("--vocab", type=int, default=1000, help="token ids are drawn from [16, N)")
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=_cmd_profile)

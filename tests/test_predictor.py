@@ -18,7 +18,13 @@ from ascendra.core.systems import system
 from ascendra.perf import latency_model
 from ascendra.perf.hardware import ModelShape
 from ascendra.perf.profile import ProfileRow, write_profile
-from ascendra.predict.evaluate import iteration_cv, score_rule, split_blocks, ttft_eval
+from ascendra.predict.evaluate import (
+    iteration_cv,
+    iteration_holdout,
+    score_rule,
+    split_blocks,
+    ttft_eval,
+)
 from ascendra.predict.learned import (
     IterationModel,
     LearnedPredictor,
@@ -108,9 +114,9 @@ def test_ttft_model_needs_data():
         TtftModel.fit(synthetic(10))
 
 
-def _profile(scale: float = 1.3) -> list[ProfileRow]:
+def _profile(scale: float = 1.3, seed: int = 0) -> list[ProfileRow]:
     """Steps of a GPU that is uniformly 1.3× slower than the calibrated roofline, ±3%."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     shapes = [replace(LM_SHAPE(p), num_decodes=d, decode_context=d * c)
               for p in (0, 64, 512, 2048) for d in (0, 8, 64) for c in (256, 1024)
               if p or d]
@@ -126,8 +132,17 @@ def LM_SHAPE(prefill: int):
 
 def test_iteration_model_cross_validates_within_the_noise():
     report = iteration_cv(_profile(), SHAPE, "h100", folds=4)
-    assert report.rows == len(_profile())
+    assert (report.train_rows, report.test_rows) == (22, 22)
     assert report.mdape_learned < 0.06  # the profile's own noise is ±3%
+
+
+def test_iteration_model_on_a_held_out_run_scores_against_the_noise_floor():
+    report = iteration_holdout(_profile(seed=0) + _profile(seed=1), _profile(seed=2), SHAPE,
+                               "h100")
+    assert (report.method, report.train_rows, report.test_rows) == ("held-out run", 44, 22)
+    # uniform ±3% noise: a row is off the median of two others by about 1.5% (at most 6%)
+    assert 0.005 < report.mdape_same_composition < 0.03
+    assert report.mdape_learned < 2 * report.mdape_same_composition
 
 
 def test_iteration_model_refuses_a_tiny_profile():
@@ -296,7 +311,13 @@ def test_cli_trains_and_evaluates(tmp_path):
              "--split", "--profile", str(prof), "--json", str(tmp_path / "r.json"))
     assert p.returncode == 0, p.stderr
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["ttft"]["observations"] == 200 and report["iteration"]["rows"] == len(_profile())
+    assert report["ttft"]["observations"] == 200
+    assert report["iteration"]["method"] == "5-fold cross-validation"
+    held = tmp_path / "held-out.csv"
+    write_profile(held, _profile(seed=1))
+    p = _cli("eval", "--model", "llama", "--profile", str(prof), "--test-profile", str(held))
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["iteration"]["test_rows"] == len(_profile())
     # a predictor trained for another model
     p = _cli("eval", "--model", "qwen", "--predictor", str(model), "--observations", str(obs))
     assert p.returncode == 2 and "trained for model 'llama', not 'qwen'" in p.stderr
@@ -311,6 +332,8 @@ def test_cli_bad_input(tmp_path):
     assert p.returncode == 2 and "lacks columns" in p.stderr
     p = _cli("eval", "--model", "llama")
     assert p.returncode == 2 and "give --profile and/or --observations" in p.stderr
+    p = _cli("eval", "--model", "llama", "--test-profile", str(bad))
+    assert p.returncode == 2 and "--test-profile needs --profile" in p.stderr
     obs = tmp_path / "obs.jsonl"
     obs.write_text("nonsense\n")
     p = _cli("train", "--model", "llama", "--observations", str(obs), "--out",

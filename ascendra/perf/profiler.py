@@ -4,9 +4,9 @@ It drives one otherwise idle vLLM engine through controlled batch compositions a
 times the engine itself measured from its ``/metrics`` (deltas of vLLM's own histograms), not
 the client's end-to-end latency:
 
-* prefill rows: one request of P prompt tokens and one output token; the engine's
+* a prefill sample: one request of P prompt tokens and one output token; the engine's
   ``vllm:request_prefill_time_seconds`` for it is the time of a step that prefills P tokens;
-* decode rows: N requests of C prompt tokens started together (streamed), each generating M
+* a decode sample: N requests of C prompt tokens started together (streamed), each generating M
   tokens; once every one has its first token (all prefills done, so every later step decodes
   only), the mean of ``vllm:inter_token_latency_seconds`` until they finish is the time of a
   step decoding N sequences at a mean context of C + M/2. (Averaging from the start instead
@@ -15,6 +15,11 @@ the client's end-to-end latency:
   batch needs, or the first requests finish before the last start. A batch that finishes before
   the engine has published any of those steps' stats (a small one on a fast engine) is timed
   from its start instead, where one prefill among M steps hardly matters.
+
+Each row is the median of S samples of its composition taken one after another (``samples``),
+and the grid is walked ``repeat`` times. On this project's 2-core CPU machine one prefill
+varied by ±20% and an occasional one took half as long again; the median of a few is what a
+latency model can learn, and what it is checked against in a held-out run.
 
 Rows use :data:`ascendra.perf.profile.PROFILE_COLUMNS`, so ``load_profile`` and the roofline fit
 read the file directly. Prompts are random token ids drawn afresh on every run: a second run
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,12 +49,13 @@ class ProfileGrid:
     decode_batches: Sequence[int] = (1, 4, 16, 64)
     decode_contexts: Sequence[int] = (64, 512)
     decode_tokens: int = 32  # M: output tokens of each decode request
+    samples: int = 1  # S: measurements of a composition whose median is its row
     repeat: int = 2
     vocab: int = 1000  # token ids drawn from [16, vocab)
 
     def check(self, max_model_len: int) -> None:
         values = [*self.prefill_tokens, *self.decode_batches, *self.decode_contexts,
-                  self.decode_tokens, self.repeat]
+                  self.decode_tokens, self.samples, self.repeat]
         if not values or min(values) <= 0:
             raise AscendraError("profile grid values must be positive")
         longest = max([*self.prefill_tokens, max(self.decode_contexts) + self.decode_tokens])
@@ -92,12 +98,11 @@ class _Engine:
                                     f"{(await r.text())[:200]}")
             await r.read()
 
-    async def prefill_row(self, tokens: int) -> Row:
+    async def prefill_time(self, tokens: int) -> float:
         before = await self.metrics()
         await self.complete(tokens, 1)
         after = await self.metrics()
-        t = after.prefill_sum - before.prefill_sum
-        return Row(tokens, 1, tokens * (tokens + 1) / 2, 0, 0, t)
+        return after.prefill_sum - before.prefill_sum
 
     async def stream(self, prompt_len: int, max_tokens: int,
                      started: Callable[[], None]) -> None:
@@ -118,7 +123,7 @@ class _Engine:
             if first:
                 started()
 
-    async def decode_row(self, batch: int, context: int, tokens: int) -> Row:
+    async def decode_time(self, batch: int, context: int, tokens: int) -> float:
         all_in = asyncio.Event()
         count = 0
 
@@ -139,8 +144,11 @@ class _Engine:
             before, gaps = start, after.itl_count - start.itl_count
         if gaps <= 0:
             raise AscendraError("the engine reported no inter-token latencies; is it vLLM?")
-        mean_ctx = context + tokens // 2
-        return Row(0, 0, 0.0, batch, batch * mean_ctx, (after.itl_sum - before.itl_sum) / gaps)
+        return (after.itl_sum - before.itl_sum) / gaps
+
+
+async def _median(samples: int, measure: Callable[[], Awaitable[float]]) -> float:
+    return float(np.median([await measure() for _ in range(samples)]))
 
 
 async def _profile(url: str, model: str, grid: ProfileGrid,
@@ -159,12 +167,15 @@ async def _profile(url: str, model: str, grid: ProfileGrid,
         rows: list[Row] = []
         for _ in range(grid.repeat):
             for p in grid.prefill_tokens:
-                rows.append(await engine.prefill_row(p))
-                progress(f"prefill {p} tokens: {rows[-1].time_s * 1e3:.1f} ms")
+                t = await _median(grid.samples, lambda p=p: engine.prefill_time(p))
+                rows.append(Row(p, 1, p * (p + 1) / 2, 0, 0, t))
+                progress(f"prefill {p} tokens: {t * 1e3:.1f} ms")
             for c in grid.decode_contexts:
                 for n in grid.decode_batches:
-                    rows.append(await engine.decode_row(n, c, grid.decode_tokens))
-                    progress(f"decode ×{n} at context {c}: {rows[-1].time_s * 1e3:.1f} ms")
+                    t = await _median(grid.samples, lambda n=n, c=c: engine.decode_time(
+                        n, c, grid.decode_tokens))
+                    rows.append(Row(0, 0, 0.0, n, n * (c + grid.decode_tokens // 2), t))
+                    progress(f"decode ×{n} at context {c}: {t * 1e3:.1f} ms")
         return rows
 
 

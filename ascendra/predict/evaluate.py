@@ -1,8 +1,10 @@
 """Accuracy of the learned predictor on held-out data (``ascendra predictor eval``).
 
-* Step time: k-fold cross-validation over a profile (each fold's models are fitted on the other
-  folds): median absolute percentage error (MdAPE) of the learned model and, for comparison, of
-  the roofline fitted to the same rows.
+* Step time: fitted on one profiling run and scored on another run of the same engine, or, for
+  an engine profiled once, k-fold cross-validation over its profile (each fold's models fitted
+  on the other folds): median absolute percentage error (MdAPE) of the learned model and, for
+  comparison, of the roofline fitted to the same rows and of the training runs' own median of
+  the same batch composition (the measurement's noise floor).
 * Time to first token of queued requests: MdAPE of ``waited + predicted median remaining``
   against the measured TTFT, next to the analytic estimate (``waited + ahead_prefill``).
 * Offload decisions, per snapshot: the rule "waited + bound > TTFT target" against an oracle
@@ -49,32 +51,75 @@ def split_blocks(observations: Sequence[Observation], test_every: int = 5,
 
 @dataclass(frozen=True)
 class IterationReport:
-    rows: int
-    folds: int
+    method: str  # "held-out run" or "k-fold cross-validation"
+    train_rows: int  # cross-validation: the profile's rows (each fold fits on the others)
+    test_rows: int
     mdape_learned: float
     mdape_roofline: float
     p90ape_learned: float
+    # The measurement's own noise: each test row predicted by the median of the training rows
+    # of the same composition (over the test rows that have some). No model of the batch
+    # shape can beat it by much.
+    mdape_same_composition: float | None
+
+
+def _composition(r: ProfileRow) -> tuple[int, int, float, int, int]:
+    s = r.shape
+    return (s.num_prefill_tokens, s.num_prefill_seqs, s.prefill_attn_pairs, s.num_decodes,
+            s.decode_context)
+
+
+def _fold(train: Sequence[ProfileRow], test: Sequence[ProfileRow], model: ModelShape,
+          gpu_name: str) -> tuple[list[float], list[float], list[float | None]]:
+    """Predictions for ``test`` of the learned model and the roofline fitted to ``train``,
+    and the training median of each test row's composition (None where it has none)."""
+    it = IterationModel.fit(train, model, gpu_name)
+    rf = RooflineLatencyModel(model, gpu_spec(gpu_name),
+                              fit_roofline(model, gpu_spec(gpu_name), list(train)).coefficients)
+    seen: dict[tuple[int, int, float, int, int], list[float]] = {}
+    for r in train:
+        seen.setdefault(_composition(r), []).append(r.time_s)
+    same = [float(np.median(seen[c])) if (c := _composition(r)) in seen else None for r in test]
+    return (it.batch_times([r.shape for r in test]).tolist(),
+            [rf.batch_time(r.shape) for r in test], same)
+
+
+def _report(method: str, train_rows: int, actual: list[float], learned: list[float],
+            roofline: list[float], same: list[float | None]) -> IterationReport:
+    ape = np.abs(np.array(learned) / np.array(actual) - 1)
+    pairs = [(s, a) for s, a in zip(same, actual, strict=True) if s is not None]
+    return IterationReport(method, train_rows, len(actual), float(np.median(ape)),
+                           mdape(roofline, actual), float(np.percentile(ape, 90)),
+                           mdape(*zip(*pairs, strict=True)) if pairs else None)
+
+
+def iteration_holdout(train: Sequence[ProfileRow], test: Sequence[ProfileRow],
+                      model: ModelShape, gpu_name: str) -> IterationReport:
+    """Fit on one profiling run, score on another run of the same engine."""
+    learned, roofline, same = _fold(train, test, model, gpu_name)
+    return _report("held-out run", len(train), [r.time_s for r in test], learned, roofline,
+                   same)
 
 
 def iteration_cv(rows: Sequence[ProfileRow], model: ModelShape, gpu_name: str,
                  folds: int = 5, seed: int = 0) -> IterationReport:
+    """k-fold cross-validation over one profile, for an engine profiled once."""
     order = np.random.default_rng(seed).permutation(len(rows))
     learned: list[float] = []
     roofline: list[float] = []
+    same: list[float | None] = []
     actual: list[float] = []
     for k in range(folds):
         held = set(order[k::folds].tolist())
         test = [rows[i] for i in sorted(held)]
-        train = [rows[i] for i in range(len(rows)) if i not in held]
-        it = IterationModel.fit(train, model, gpu_name)
-        rf = RooflineLatencyModel(model, gpu_spec(gpu_name),
-                                  fit_roofline(model, gpu_spec(gpu_name), train).coefficients)
-        learned += it.batch_times([r.shape for r in test]).tolist()
-        roofline += [rf.batch_time(r.shape) for r in test]
+        fit, fitted_roofline, composition = _fold(
+            [rows[i] for i in range(len(rows)) if i not in held], test, model, gpu_name)
+        learned += fit
+        roofline += fitted_roofline
+        same += composition
         actual += [r.time_s for r in test]
-    ape = np.abs(np.array(learned) / np.array(actual) - 1)
-    return IterationReport(len(rows), folds, float(np.median(ape)), mdape(roofline, actual),
-                           float(np.percentile(ape, 90)))
+    return _report(f"{folds}-fold cross-validation", len(rows), actual, learned, roofline,
+                   same)
 
 
 @dataclass(frozen=True)
