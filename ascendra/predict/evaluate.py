@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ascendra.core.latency import BatchShape
 from ascendra.core.offload import paper_bound
 from ascendra.perf.hardware import ModelShape
 from ascendra.perf.hardware import gpu as gpu_spec
@@ -63,12 +64,6 @@ class IterationReport:
     mdape_same_composition: float | None
 
 
-def _composition(r: ProfileRow) -> tuple[int, int, float, int, int]:
-    s = r.shape
-    return (s.num_prefill_tokens, s.num_prefill_seqs, s.prefill_attn_pairs, s.num_decodes,
-            s.decode_context)
-
-
 def _fold(train: Sequence[ProfileRow], test: Sequence[ProfileRow], model: ModelShape,
           gpu_name: str) -> tuple[list[float], list[float], list[float | None]]:
     """Predictions for ``test`` of the learned model and the roofline fitted to ``train``,
@@ -76,10 +71,10 @@ def _fold(train: Sequence[ProfileRow], test: Sequence[ProfileRow], model: ModelS
     it = IterationModel.fit(train, model, gpu_name)
     rf = RooflineLatencyModel(model, gpu_spec(gpu_name),
                               fit_roofline(model, gpu_spec(gpu_name), list(train)).coefficients)
-    seen: dict[tuple[int, int, float, int, int], list[float]] = {}
+    seen: dict[BatchShape, list[float]] = {}
     for r in train:
-        seen.setdefault(_composition(r), []).append(r.time_s)
-    same = [float(np.median(seen[c])) if (c := _composition(r)) in seen else None for r in test]
+        seen.setdefault(r.shape, []).append(r.time_s)
+    same = [float(np.median(seen[r.shape])) if r.shape in seen else None for r in test]
     return (it.batch_times([r.shape for r in test]).tolist(),
             [rf.batch_time(r.shape) for r in test], same)
 
