@@ -34,8 +34,9 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     from ascendra.core.request import Slo
     from ascendra.experiments import report as rep
     from ascendra.experiments.presets import PRESETS, preset
-    from ascendra.experiments.sweep import run_sweep
+    from ascendra.experiments.sweep import offload_predictor, run_sweep
     from ascendra.perf import latency_model
+    from ascendra.predict.observations import write_observations
     from ascendra.workloads.spec import TraceWorkload
 
     if args.list:
@@ -54,6 +55,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         "qps": _rates(args.qps) if args.qps else None,
         "instances": args.instances, "hp_instances": args.hp, "max_seqs": args.max_seqs,
         "gpu": args.gpu, "model": args.model, "profile": args.profile,
+        "predictor": args.predictor, "observe": args.observations is not None,
     }
     if args.duration is not None:
         if args.duration < 0:
@@ -66,8 +68,9 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     if args.ttft is not None or args.tbt is not None:
         overrides["slo"] = Slo(args.ttft or p.slo.ttft, args.tbt or p.slo.tbt)
     p = p.with_overrides(**overrides)
-    # An unknown GPU, a bad model config or a bad profile fails here, once.
-    latency_model(p.model, p.gpu, p.profile)
+    # An unknown GPU, a bad model config, a bad profile or an unfit predictor fails here, once.
+    offload_predictor(p, latency_model(p.model, p.gpu, p.profile))
+    observations = _writable(args.observations) if args.observations else None
     if p.instances <= 0 or not 0 <= p.hp_instances < p.instances:
         raise AscendraError(
             f"need ≥ 1 instance and 0 ≤ HP < instances, got {p.instances} and {p.hp_instances}")
@@ -80,6 +83,12 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     sweeps = run_sweep(p, systems, jobs=args.jobs, progress=bar)
     report = rep.to_json(p, sweeps)
     print(rep.table(report))
+    if observations is not None:
+        seen = [o for sw in sweeps.values() for pt in sw.points.values() for o in pt.observations]
+        observations.unlink(missing_ok=True)
+        write_observations(observations, seen)
+        print(f"ascendra: observe-only (no offloads): {len(seen)} observations written to "
+              f"{observations}")
     if args.json:
         rep.write_json(report, args.json)
     if args.plot:
@@ -381,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--systems", help="comma-separated subset of the preset's systems")
     sim.add_argument("--profile", help="measured profile CSV (ascendra profile) to fit the "
                      "latency model to, instead of the calibrated constants")
+    sim.add_argument("--predictor", help="learned predictor file (ascendra predictor train, "
+                     "for --model's name): the offload rule bounds with it instead of the "
+                     "preset's margin")
+    sim.add_argument("--observations", help="observe only: no offloads, and every queued "
+                     "request's snapshots and time to first token (JSONL, ascendra predictor "
+                     "train's input) are written here")
     sim.add_argument("--qps", help="comma-separated request rates to start the sweep with")
     sim.add_argument("--requests", type=int, help="requests per rate (at least)")
     sim.add_argument("--duration", type=float,

@@ -339,3 +339,32 @@ def test_cli_bad_input(tmp_path):
     p = _cli("train", "--model", "llama", "--observations", str(obs), "--out",
              str(tmp_path / "p.json"))
     assert p.returncode == 2 and "obs.jsonl:1: not an observation" in p.stderr
+
+
+def test_simulator_cli_observes_trains_and_simulates_with_the_learned_predictor(tmp_path):
+    obs, model = tmp_path / "sim.observations.jsonl.gz", tmp_path / "p.json"
+    sim = ["sim", "--preset", "paper-sharegpt", "--systems", "ascendra", "--requests", "600",
+           "--duration", "0", "--jobs", "1", "--quiet"]
+    p = subprocess.run([sys.executable, "-m", "ascendra.cli", *sim, "--qps", "110",
+                        "--observations", str(obs)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "observe-only (no offloads)" in p.stdout
+    seen = read_observations(obs)
+    assert len(seen) > 100 and any(o.missed for o in seen)
+    assert _cli("train", "--model", "llama-3.1-8b", "--observations", str(obs), "--out",
+                str(model)).returncode == 0
+    report = tmp_path / "r.json"
+    p = subprocess.run([sys.executable, "-m", "ascendra.cli", *sim, "--qps", "60",
+                        "--predictor", str(model), "--json", str(report)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    setup = json.loads(report.read_text())["setup"]
+    assert setup["predictor"] == str(model) and setup["offloads"] is True
+    # a predictor for another model, and a damaged file: one clear line, exit 2
+    p = subprocess.run([sys.executable, "-m", "ascendra.cli", *sim, "--model", "tiny-llama",
+                        "--predictor", str(model)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "trained for model 'llama-3.1-8b', not 'tiny-llama'" in p.stderr
+    model.write_text("{not json")
+    p = subprocess.run([sys.executable, "-m", "ascendra.cli", *sim, "--predictor", str(model)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "not readable JSON" in p.stderr

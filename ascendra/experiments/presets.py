@@ -31,6 +31,12 @@ class Preset:
     kv_tokens: int = 451_840
     max_seqs: int | None = None  # None: each system's own seat limit
     margin: float = 0.7  # the paper's Δ for Llama-3.1-8B
+    # A learned predictor file (ascendra predictor train): the offload rule bounds with it
+    # instead of the margin.
+    predictor: str | None = None
+    # Record every queued request's observations with offloads off, so that each outcome is
+    # what staying cost (the predictor's training data and its oracle).
+    observe: bool = False
     jitter_cv: float = 0.03
     seed: int = 1
 

@@ -57,6 +57,7 @@ def to_json(preset: Preset, sweeps: dict[str, SystemSweep]) -> dict[str, Any]:
                   "instances": preset.instances,
                   "hp_instances": preset.hp_instances, "kv_tokens": preset.kv_tokens,
                   "max_seqs": preset.max_seqs, "margin_s": preset.margin,
+                  "predictor": preset.predictor, "offloads": not preset.observe,
                   "jitter_cv": preset.jitter_cv, "seed": preset.seed},
         "goodput_target": GOODPUT_TARGET,
         "saturation_bound_qps": round(bound, 3),

@@ -14,11 +14,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from ascendra.core.offload import FixedMarginPredictor
+from ascendra.core.latency import LatencyModel
+from ascendra.core.offload import DeadlinePredictor, FixedMarginPredictor
 from ascendra.core.systems import system
 from ascendra.experiments.presets import Preset
 from ascendra.metrics import GOODPUT_TARGET, LatencySummary, brackets, goodput, summarize
 from ascendra.perf import latency_model
+from ascendra.predict.learned import load_predictor
+from ascendra.predict.observations import Observation, ObservationRecorder
 from ascendra.sim.cluster import ClusterConfig, Simulation
 
 
@@ -30,6 +33,7 @@ class PointResult:
     wall_s: float
     sim_duration_s: float
     utilization: list[float]
+    observations: list[Observation] = field(default_factory=list, repr=False)
 
 
 @dataclass
@@ -52,18 +56,28 @@ class SystemSweep:
         return ok[-1] if ok else None
 
 
+def offload_predictor(preset: Preset, truth: LatencyModel) -> DeadlinePredictor:
+    """The preset's learned predictor file if it names one (refused with a PredictorError if
+    it does not fit the preset's model), else the paper's fixed margin."""
+    if preset.predictor is None:
+        return FixedMarginPredictor(truth, preset.margin)
+    return load_predictor(preset.predictor, preset.model, truth)
+
+
 def run_point(preset: Preset, system_name: str, qps: float) -> PointResult:
     truth = latency_model(preset.model, preset.gpu, preset.profile)
-    predictor = FixedMarginPredictor(truth, preset.margin)
+    predictor = offload_predictor(preset, truth)
     spec = system(system_name, max_seqs=preset.max_seqs)
     config = ClusterConfig(spec, instances=preset.instances, hp_instances=preset.hp_instances,
                            kv_tokens=preset.kv_tokens, jitter_cv=preset.jitter_cv)
     requests = preset.workload.requests(qps, preset.request_count(qps), preset.seed)
     start = time.perf_counter()
-    result = Simulation(config, truth, predictor, preset.slo, seed=preset.seed).run(requests)
+    result = Simulation(config, truth, predictor, preset.slo, seed=preset.seed,
+                        recorder=ObservationRecorder() if preset.observe else None,
+                        offload=not preset.observe).run(requests)
     wall = time.perf_counter() - start
     return PointResult(system_name, qps, summarize(result.outcomes, result.gaps), wall,
-                       result.duration, result.utilization)
+                       result.duration, result.utilization, result.observations)
 
 
 def _run_task(args: tuple[Preset, str, float]) -> PointResult:

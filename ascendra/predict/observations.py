@@ -58,7 +58,8 @@ class ObservationRecorder:
 
 
 def write_observations(path: Path, observations: Iterable[Observation]) -> None:
-    with path.open("a") as f:
+    """Append (a .gz file gains a gzip member; readers see one stream)."""
+    with (gzip.open(path, "at") if path.suffix == ".gz" else path.open("a")) as f:
         for ob in observations:
             f.write(ob.to_json() + "\n")
 
