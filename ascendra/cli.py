@@ -201,8 +201,6 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
 
 def _bench_workload(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from dataclasses import replace
-
     from ascendra.workloads.lengths import LENGTHS
     from ascendra.workloads.spec import SyntheticWorkload, TraceWorkload, builtin_trace
 
@@ -222,17 +220,7 @@ def _bench_workload(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                             "azure-conv, azure-code, trace:PATH)")
     lengths = LENGTHS[name]
     if args.length_scale != 1:
-        scale = args.length_scale
-        if name == "sharegpt":
-            lengths = replace(lengths, prompt_median=lengths.prompt_median * scale,  # type: ignore[arg-type]
-                              output_median=lengths.output_median * scale,
-                              max_total=max(16, int(lengths.max_total * scale)))
-        else:
-            lengths = replace(lengths, prompt_min=max(1, int(lengths.prompt_min * scale)),  # type: ignore[arg-type]
-                              prompt_max=max(1, int(lengths.prompt_max * scale)),
-                              output_median=lengths.output_median * scale,
-                              output_min=max(1, int(lengths.output_min * scale)),
-                              output_max=max(1, int(lengths.output_max * scale)))
+        lengths = lengths.scaled(args.length_scale)
     return SyntheticWorkload(lengths, process=args.arrivals, cv=args.cv)
 
 

@@ -48,8 +48,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=18500)
     args = ap.parse_args()
     s = args.length_scale
-    work = SyntheticWorkload(ShareGptLike(prompt_median=500 * s, output_median=220 * s,
-                                          max_total=int(2048 * s)))
+    work = SyntheticWorkload(ShareGptLike().scaled(s))
     slo = Slo(args.ttft, args.tbt)
     reports = {}
     for item in args.systems.split(","):

@@ -45,9 +45,7 @@ def main() -> None:
     ap.add_argument("--length-scale", type=float, default=0.5)
     ap.add_argument("--port", type=int, default=18950)
     args = ap.parse_args()
-    s = args.length_scale
-    work = SyntheticWorkload(ShareGptLike(prompt_median=500 * s, output_median=220 * s,
-                                          max_total=int(2048 * s)))
+    work = SyntheticWorkload(ShareGptLike().scaled(args.length_scale))
     slo = Slo(args.ttft, args.tbt)
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "observations.jsonl"

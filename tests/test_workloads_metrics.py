@@ -31,6 +31,14 @@ def test_longbench_like_lengths():
     assert o.min() >= 100 and o.max() <= 1200 and 300 < np.median(o) < 460
 
 
+def test_scaled_lengths_keep_their_shape():
+    half = ShareGptLike().scaled(0.5)
+    p, o = np.array(half.sample(np.random.default_rng(0), 20_000)).T
+    assert (p + o < 1024).all() and 250 < p.mean() < 310 and 125 < o.mean() < 155
+    lb = LongBenchLike().scaled(0.25)
+    assert (lb.prompt_min, lb.prompt_max, lb.output_min, lb.output_max) == (475, 512, 25, 300)
+
+
 def test_arrivals_poisson_and_gamma():
     rng = np.random.default_rng(1)
     t = arrival_times(rng, 20.0, 20_000)

@@ -10,8 +10,8 @@ contexts to a random length in that range); outputs log-normal (median 380, σ 0
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Protocol, Self
 
 import numpy as np
 
@@ -22,6 +22,10 @@ class LengthDistribution(Protocol):
     name: str
 
     def sample(self, rng: np.random.Generator, n: int) -> list[tuple[int, int]]: ...
+
+    def scaled(self, s: float) -> Self:
+        """Every length ×s (small models on slow machines: the tiny CPU engine)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,11 @@ class ShareGptLike:
                 "ShareGPT-like lengths: medians and max_total must exceed 2·min_len")
         if self.prompt_sigma < 0 or self.output_sigma < 0:
             raise AscendraError("ShareGPT-like lengths: sigmas must be ≥ 0")
+
+    def scaled(self, s: float) -> ShareGptLike:
+        return replace(self, prompt_median=self.prompt_median * s,
+                       output_median=self.output_median * s,
+                       max_total=max(16, int(self.max_total * s)))
 
     def sample(self, rng: np.random.Generator, n: int) -> list[tuple[int, int]]:
         out: list[tuple[int, int]] = []
@@ -68,6 +77,13 @@ class LongBenchLike:
             raise AscendraError("LongBench-like lengths: need 0 < prompt_min ≤ prompt_max")
         if not 0 < self.output_min <= self.output_max:
             raise AscendraError("LongBench-like lengths: need 0 < output_min ≤ output_max")
+
+    def scaled(self, s: float) -> LongBenchLike:
+        return replace(self, prompt_min=max(1, int(self.prompt_min * s)),
+                       prompt_max=max(1, int(self.prompt_max * s)),
+                       output_median=self.output_median * s,
+                       output_min=max(1, int(self.output_min * s)),
+                       output_max=max(1, int(self.output_max * s)))
 
     def sample(self, rng: np.random.Generator, n: int) -> list[tuple[int, int]]:
         p = rng.integers(self.prompt_min, self.prompt_max + 1, n)
