@@ -18,6 +18,40 @@ class _Parser(argparse.ArgumentParser):
         raise AscendraError(f"{message} (see '{self.prog} --help')")
 
 
+def _add_policy_flags(parser: argparse.ArgumentParser, applies: str) -> None:
+    """One flag per policy field (ascendra.core.policy.FIELDS), as the config file and the
+    CRD name them, in kebab case."""
+    from ascendra.core.policy import FIELDS
+
+    group = parser.add_argument_group(f"policy ({applies}; camelCase in config files and "
+                                      "the CRD)")
+    for f in FIELDS:
+        group.add_argument(f.flag, dest=f"policy_{f.name}", metavar="VALUE", help=f.help)
+
+
+def _policy_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The policy flags given, by camelCase key, each checked here so that an error names the
+    flag."""
+    from ascendra.core.policy import FIELDS, parse_value
+
+    out: dict[str, object] = {}
+    for f in FIELDS:
+        raw = getattr(args, f"policy_{f.name}", None)
+        if raw is not None:
+            out[f.key] = parse_value(f, raw, "")
+    return out
+
+
+def _tbt_kind(text: str):  # type: ignore[no-untyped-def]
+    from ascendra.core.request import TbtKind
+
+    try:
+        return TbtKind(text)
+    except ValueError:
+        known = ", ".join(k.value for k in TbtKind)
+        raise AscendraError(f"--tbt-kind must be one of {known}, got {text!r}") from None
+
+
 def _rates(text: str) -> tuple[float, ...]:
     try:
         rates = tuple(float(x) for x in text.split(",") if x.strip())
@@ -32,6 +66,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ascendra.core.request import Slo
+    from ascendra.core.systems import system
     from ascendra.experiments import report as rep
     from ascendra.experiments.presets import PRESETS, preset
     from ascendra.experiments.sweep import offload_predictor, run_sweep
@@ -50,12 +85,14 @@ def _cmd_sim(args: argparse.Namespace) -> int:
                         ("--max-seqs", args.max_seqs), ("--ttft", args.ttft), ("--tbt", args.tbt)):
         if value is not None and value <= 0:
             raise AscendraError(f"{flag} must be positive, got {value}")
+    policy = _policy_overrides(args)
     overrides: dict[str, object] = {
         "requests": args.requests, "seed": args.seed,
         "qps": _rates(args.qps) if args.qps else None,
         "instances": args.instances, "hp_instances": args.hp, "max_seqs": args.max_seqs,
         "gpu": args.gpu, "model": args.model, "profile": args.profile,
         "predictor": args.predictor, "observe": args.observations is not None,
+        "policy": tuple({**dict(p.policy), **policy}.items()) if policy else None,
     }
     if args.duration is not None:
         if args.duration < 0:
@@ -65,16 +102,19 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         workload = TraceWorkload(Path(args.trace), name=Path(args.trace).stem)
         workload.all_requests()  # a malformed trace fails here, before any simulation
         overrides["workload"] = workload
-    if args.ttft is not None or args.tbt is not None:
-        overrides["slo"] = Slo(args.ttft or p.slo.ttft, args.tbt or p.slo.tbt)
+    if args.ttft is not None or args.tbt is not None or args.tbt_kind is not None:
+        overrides["slo"] = Slo(args.ttft or p.slo.ttft, args.tbt or p.slo.tbt,
+                               _tbt_kind(args.tbt_kind) if args.tbt_kind else p.slo.tbt_kind)
     p = p.with_overrides(**overrides)
     # An unknown GPU, a bad model config, a bad profile or an unfit predictor fails here, once.
     offload_predictor(p, latency_model(p.model, p.gpu, p.profile))
     observations = _writable(args.observations) if args.observations else None
-    if p.instances <= 0 or not 0 <= p.hp_instances < p.instances:
+    if p.instances <= 0 or not 0 <= (p.hp_instances or 0) < p.instances:
         raise AscendraError(
             f"need ≥ 1 instance and 0 ≤ HP < instances, got {p.instances} and {p.hp_instances}")
     systems = args.systems.split(",") if args.systems else None
+    for name in systems or ():
+        system(name)  # an unknown name fails here, with the known ones
 
     def bar(total: int, desc: str) -> tqdm:
         return tqdm(total=total, desc=f"{p.name} {desc}", unit="run", disable=args.quiet,
@@ -105,7 +145,8 @@ def _cmd_runtime(args: argparse.Namespace) -> int:
     if args.role not in ROLES:
         raise AscendraError(f"--role must be one of {', '.join(ROLES)}, got {args.role!r}")
     if args.system not in SYSTEM_ARGS:
-        raise AscendraError(f"--system must be one of {', '.join(SYSTEM_ARGS)}")
+        raise AscendraError(f"--system must be one of {', '.join(SYSTEM_ARGS)} (the systems "
+                            f"that run on vLLM), got {args.system!r}")
     if not Path(args.model).exists():
         raise AscendraError(f"model path not found: {args.model}")
     launch = EngineLaunch(model=args.model, port=args.port, system=args.system, host=args.host,
@@ -121,13 +162,17 @@ def _cmd_router(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ascendra.core.request import Slo
+    from ascendra.core.systems import system
     from ascendra.router.app import Router, RouterSettings
-    from ascendra.router.control import ControlConfig
     from ascendra.router.instances import InstanceSpec
 
+    policy = _policy_overrides(args)
     if args.config:
         from ascendra.router.config import load_settings
 
+        if policy or args.system:
+            raise AscendraError("router: --config carries the system and the policy; give "
+                                "them there, not as flags")
         settings = load_settings(args.config)
     else:
         if not (args.instance and args.model_name and args.tokenizer and args.max_model_len):
@@ -137,14 +182,15 @@ def _cmd_router(args: argparse.Namespace) -> int:
             specs = [InstanceSpec.parse(x) for x in args.instance]
         except ValueError as e:
             raise AscendraError(str(e)) from None
-        control = ControlConfig(partitioned=not args.baseline, priorities=not args.baseline,
-                                dispatch=args.dispatch, margin=args.margin,
-                                migrate=not (args.no_migration or args.baseline),
-                                offload_guard=not args.no_offload_guard,
-                                ticket_step_fraction=args.ticket_step_fraction or None)
-        settings = RouterSettings(model_name=args.model_name, tokenizer=args.tokenizer,
-                                  max_model_len=args.max_model_len, instances=specs,
-                                  slo=Slo(args.ttft, args.tbt), control=control)
+        name = args.system or "ascendra"
+        spec = system(name)
+        if not spec.deployable:
+            raise AscendraError(f"--system {name!r} runs in the simulator only")
+        settings = RouterSettings(
+            model_name=args.model_name, tokenizer=args.tokenizer,
+            max_model_len=args.max_model_len, instances=specs,
+            slo=Slo(args.ttft, args.tbt, _tbt_kind(args.tbt_kind)), system=name,
+            policy=spec.policy.with_values(policy))
     if args.observations:
         settings.observations = _writable(args.observations)
     if args.predictor:
@@ -172,14 +218,17 @@ def _writable(path: str) -> Path:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    from ascendra.runtime.engine_args import SYSTEM_ARGS
     from ascendra.runtime.local_stack import StackConfig, run
 
-    if args.system not in ("ascendra", "vllm", "sarathi"):
-        raise AscendraError(f"--system must be ascendra, vllm or sarathi, got {args.system!r}")
+    if args.system not in SYSTEM_ARGS:
+        raise AscendraError(f"--system must be one of {', '.join(SYSTEM_ARGS)}, got "
+                            f"{args.system!r}")
     if args.model and not Path(args.model, "config.json").is_file():
         raise AscendraError(f"--model {args.model}: no config.json there")
     engine_args = ["--max-num-seqs", str(args.max_num_seqs)] if args.max_num_seqs else []
-    cfg = StackConfig(model=Path(args.model) if args.model else None, lp=args.lp, hp=args.hp,
+    cfg = StackConfig(model=Path(args.model) if args.model else None,
+                      instances=args.instances, hp=args.hp,
                       system=args.system, port=args.port, base_port=args.base_port,
                       ttft=args.ttft, tbt=args.tbt, engine_args=engine_args,
                       max_model_len=args.max_model_len, log_dir=Path(args.log_dir))
@@ -389,16 +438,19 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", type=float,
                      help="arrivals span at least this many seconds (0: exactly --requests)")
     sim.add_argument("--instances", type=int, help="instances in the cluster")
-    sim.add_argument("--hp", type=int, help="HP instances (partitioned systems)")
+    sim.add_argument("--hp", type=int, help="HP instances of the systems that may split "
+                     "(ascendra, ascendra-paper); default: each system's own")
     sim.add_argument("--max-seqs", type=int, help="seat limit for every system's engines")
     sim.add_argument("--model", help="built-in model name or a Hugging Face config.json path")
     sim.add_argument("--gpu", help="h100, h200 or a100")
     sim.add_argument("--ttft", type=float, help="TTFT SLO in seconds")
-    sim.add_argument("--tbt", type=float, help="mean TBT SLO in seconds")
+    sim.add_argument("--tbt", type=float, help="TBT SLO in seconds")
+    sim.add_argument("--tbt-kind", help="what the TBT SLO bounds: mean, p99 or max (every gap)")
     sim.add_argument("--trace", help="replay this CSV (timestamp, prompt, output tokens) instead")
     sim.add_argument("--seed", type=int)
     sim.add_argument("--jobs", type=int, help="worker processes (default: all cores)")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_policy_flags(sim, "override every simulated system's")
     sim.set_defaults(func=_cmd_sim)
 
     rt = sub.add_parser("runtime", help="run one vLLM engine in its LP/HP role with its agent")
@@ -427,8 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--host", default="127.0.0.1")
     ro.add_argument("--port", type=int, default=8000)
     ro.add_argument("--ttft", type=float, default=1.0, help="default TTFT SLO, s")
-    ro.add_argument("--tbt", type=float, default=0.15, help="default mean-TBT SLO, s")
-    ro.add_argument("--margin", type=float, default=0.7, help="offload safety margin, s")
+    ro.add_argument("--tbt", type=float, default=0.15, help="default TBT SLO, s")
+    ro.add_argument("--tbt-kind", default="mean", help="what the TBT SLO bounds: mean, p99 or "
+                    "max (every gap)")
+    ro.add_argument("--system", help="the registry's system whose policy this router runs "
+                    "(default ascendra; vllm, vllm-lb, vllm-shed and sarathi are the baselines)")
     ro.add_argument("--observations", help="append queued requests' snapshots and times to "
                     "first token (JSONL, the deadline predictor's data) to this file")
     ro.add_argument("--predictor", help="learned deadline predictor file (ascendra predictor "
@@ -436,24 +491,16 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--refit-every", type=int, default=0, help="refit the TTFT model from "
                     "the router's own observations after this many new ones (0: never)")
     ro.add_argument("--predictor-dir", help="write each refitted predictor version here")
-    ro.add_argument("--dispatch", default="round-robin", help="round-robin or least-delay")
-    ro.add_argument("--baseline", action="store_true",
-                    help="no LP/HP policy, offloads or TBT migrations: round-robin over "
-                         "alike instances (vllm, sarathi)")
-    ro.add_argument("--no-migration", action="store_true")
-    ro.add_argument("--no-offload-guard", action="store_true",
-                    help="offload at-risk requests even to an HP predicted to miss their "
-                         "deadline too (the paper's rule)")
-    ro.add_argument("--ticket-step-fraction", type=float, default=0.5,
-                    help="HP tickets need its step time ≤ this × the request's TBT target "
-                         "(0: the paper's rule)")
+    _add_policy_flags(ro, "override the system's")
     ro.set_defaults(func=_cmd_router)
 
-    up = sub.add_parser("up", help="start the local stack: vLLM LP/HP instances and the router")
+    up = sub.add_parser("up", help="start the local stack: vLLM instances and the router")
     up.add_argument("--model", help="model directory (default: the tiny random-weight Llama)")
-    up.add_argument("--lp", type=int, default=1)
-    up.add_argument("--hp", type=int, default=1)
-    up.add_argument("--system", default="ascendra", help="ascendra, vllm or sarathi")
+    up.add_argument("--instances", type=int, default=2, help="vLLM engines (one per core)")
+    up.add_argument("--hp", type=int, default=0, help="of them HP (ascendra only)")
+    up.add_argument("--system", default="ascendra",
+                    help="a system that runs on vLLM: ascendra, vllm, vllm-lb, vllm-shed, "
+                         "sarathi")
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--ttft", type=float, default=1.0)
     up.add_argument("--tbt", type=float, default=0.15)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ascendra.core.request import Slo
+from ascendra.core.request import Slo, TbtKind
 
 GOODPUT_TARGET = 0.9
 
@@ -33,24 +33,40 @@ class RequestOutcome:
     finished: bool = False
     offloaded: bool = False
     error: str | None = None
+    gap_p99: float | None = None  # the 99th percentile of its gaps (when its SLO needs it)
+    relegated: bool = False  # served after the requests that could still meet their SLO
+    rejected: str | None = None  # why the service shed it (a RejectReason value)
 
     @property
     def met_ttft(self) -> bool:
         return self.ttft is not None and self.ttft <= self.slo.ttft
 
     @property
+    def tbt(self) -> float | None:
+        """The gap statistic its TBT target bounds (mean, p99 or max)."""
+        kind = self.slo.tbt_kind
+        if kind is TbtKind.MAX:
+            return self.max_gap
+        if kind is TbtKind.P99:
+            return self.gap_p99
+        return self.tbt_mean
+
+    @property
     def met_tbt(self) -> bool:
-        return self.tbt_mean is None or self.tbt_mean <= self.slo.tbt
+        tbt = self.tbt
+        return tbt is None or tbt <= self.slo.tbt
 
     @property
     def met(self) -> bool:
-        """Met SLO: finished, TTFT within its target and mean TBT within its target."""
+        """Met SLO: finished, TTFT within its target and TBT within its target."""
         return self.finished and self.error is None and self.met_ttft and self.met_tbt
 
     @property
     def miss_reason(self) -> str | None:
         if self.met:
             return None
+        if self.rejected is not None:
+            return "rejected"
         if self.error is not None:
             return "error"
         if not self.finished:
@@ -104,6 +120,13 @@ class LatencySummary:
     sent: int
     offloaded: int
     misses: dict[str, int]
+    relegated: int = 0
+    rejected: int = 0
+    # Who pays: mean prompt and output length of all requests and of those that missed.
+    prompt_mean: float | None = None
+    prompt_mean_missed: float | None = None
+    output_mean: float | None = None
+    output_mean_missed: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -122,6 +145,11 @@ def summarize(outcomes: Sequence[RequestOutcome], gaps: Sequence[float] = (),
     n = len(outcomes) if sent is None else sent
     if n > len(outcomes):
         misses["dropped"] = misses.get("dropped", 0) + n - len(outcomes)
+    missed = [o for o in outcomes if not o.met]
+
+    def mean(values: list[int]) -> float | None:
+        return round(float(np.mean(values)), 1) if values else None
+
     return LatencySummary(
         attainment=attainment(outcomes, n),
         ttft_p50=percentile(ttft, 50), ttft_p99=percentile(ttft, 99),
@@ -129,4 +157,10 @@ def summarize(outcomes: Sequence[RequestOutcome], gaps: Sequence[float] = (),
         max_gap_p99=percentile(mg, 99), gap_p99=percentile(gaps, 99),
         finished=sum(o.finished for o in outcomes), sent=n,
         offloaded=sum(o.offloaded for o in outcomes), misses=misses,
+        relegated=sum(o.relegated for o in outcomes),
+        rejected=sum(o.rejected is not None for o in outcomes),
+        prompt_mean=mean([o.prompt_len for o in outcomes]),
+        prompt_mean_missed=mean([o.prompt_len for o in missed]),
+        output_mean=mean([o.output_len for o in outcomes]),
+        output_mean_missed=mean([o.output_len for o in missed]),
     )

@@ -1,5 +1,6 @@
-"""The router's HTTP surface (FastAPI). Handlers validate, hand decisions to the controller and
-relay events; no scheduling rule lives here."""
+"""The router's HTTP surface (FastAPI). Handlers validate, hand each request to the control
+loop (which queues it until the cluster controller releases or sheds it) and relay events; no
+scheduling rule lives here."""
 
 from __future__ import annotations
 
@@ -16,18 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ascendra.core.dispatch import Role
+from ascendra.core.controller import Reject
+from ascendra.core.policy import Policy
 from ascendra.core.request import Request as CoreRequest
 from ascendra.core.request import Slo
+from ascendra.core.systems import system
 from ascendra.core.values import least_slack
+from ascendra.core.view import Role
 from ascendra.metrics import RequestOutcome
 from ascendra.predict.observations import Observation, write_observations
-from ascendra.router.control import ControlConfig, Controller, EngineRateModel
+from ascendra.router.control import ControlLoop, EngineRateModel
 from ascendra.router.discovery import KubernetesDiscovery
 from ascendra.router.formats import SSE_DONE, ResponseShape, sse
 from ascendra.router.instances import InstancePool, InstanceSpec
@@ -38,6 +43,7 @@ from ascendra.router.protocol import (
     ApiError,
     ChatBody,
     CompletionBody,
+    criticality_from_headers,
     parse_body,
     slo_from_headers,
 )
@@ -53,7 +59,9 @@ class RouterSettings:
     max_model_len: int
     instances: list[InstanceSpec]
     slo: Slo = field(default_factory=lambda: Slo(1.0, 0.15))
-    control: ControlConfig = field(default_factory=ControlConfig)
+    system: str = "ascendra"  # the registry's name: the engines' settings and the policy's base
+    policy: Policy = field(default_factory=Policy)
+    stall_timeout: float = 30.0  # an upstream that started and then stays silent this long fails
     poll_interval: float = 0.1
     discovery: KubernetesDiscovery | None = None
     default_step_time: float = 0.02
@@ -71,14 +79,19 @@ class Router:
         self.pool = InstancePool(settings.instances, poll_interval=settings.poll_interval)
         self.model = EngineRateModel(settings.default_step_time,
                                      settings.default_prefill_s_per_token)
+        self.metrics = RouterMetrics(settings.slo.ttft, settings.slo.tbt)
+        engine = system(settings.system).engine
         learning = settings.observations is not None or settings.refit_every > 0
-        self.controller = Controller(settings.control, self.pool, self.model,
-                                     on_observations=self._observed if learning else None)
+        self.control = ControlLoop(settings.policy, self.pool, self.model, self.metrics,
+                                   engine_priorities=engine.priorities,
+                                   token_budget=engine.token_budget,
+                                   stall_timeout=settings.stall_timeout,
+                                   on_observations=self._observed if learning else None)
         learned = initial_predictor(settings.predictor, settings.model_name, self.model)
-        self.controller.predictor = learned or self.controller.analytic
+        if learned is not None:
+            self.control.predictor = learned
         self.learner = OnlineLearner(settings.model_name, self.model, settings.refit_every,
                                      save_dir=settings.predictor_dir, start=learned)
-        self.metrics = RouterMetrics(settings.slo.ttft, settings.slo.tbt)
         self._refit: asyncio.Task[None] | None = None  # held: the loop keeps tasks weakly
         self._unwritten: list[Observation] = []  # for the observation log, flushed per tick
         self.http: aiohttp.ClientSession | None = None
@@ -100,19 +113,20 @@ class Router:
     async def _refit_predictor(self) -> None:
         p = await self.learner.refit()
         if p is not None:
-            self.controller.predictor = p
+            self.control.predictor = p
 
     # -- one request -------------------------------------------------------------------------
     def _session(self, body: CompletionBody | ChatBody, ids: list[int], max_tokens: int,
-                 slo: Slo, arrival: float) -> Session:
-        rid = f"{self._prefix}-{next(self._ids)}"
-        req = CoreRequest(id=hash(rid), arrival=arrival, prompt_len=len(ids),
+                 slo: Slo, criticality: int, arrival: float) -> Session:
+        n = next(self._ids)
+        req = CoreRequest(id=n, arrival=arrival, prompt_len=len(ids),
                           max_tokens=max_tokens, slo=slo,
                           predicted_prefill=self.model.prefill_time(len(ids)))
         req.priority = least_slack(req)
-        return Session(id=rid, request=req, prompt_ids=ids, max_tokens=max_tokens,
-                       sampling=body.sampling_params(), min_tokens=body.min_tokens,
-                       model=self.settings.model_name, decode=self.encoder.decode)
+        return Session(id=f"{self._prefix}-{n}", request=req, prompt_ids=ids,
+                       max_tokens=max_tokens, sampling=body.sampling_params(),
+                       min_tokens=body.min_tokens, model=self.settings.model_name,
+                       decode=self.encoder.decode, criticality=criticality)
 
     async def generate(self, request: Request, chat: bool) -> Response:
         arrival = time.time()
@@ -133,18 +147,18 @@ class Router:
             else:
                 ids, requested = self.encoder.completion_ids(body), body.max_tokens
             max_tokens = self.encoder.budget(len(ids), requested)
-            session = self._session(body, ids, max_tokens, slo, arrival)
-            try:
-                target = self.controller.place(session)
-            except LookupError:
+            criticality = criticality_from_headers(request.headers)
+            if not self.pool.routable():
                 raise ApiError(503, "no healthy engine instance is available",
-                               type_="server_error", code="no_instance") from None
+                               type_="server_error", code="no_instance")
         except ApiError as e:
             self.metrics.requests.labels(endpoint, str(e.status)).inc()
             return JSONResponse(e.body(), e.status)
-        assert self.http is not None
-        session.start(self.http, target, self.controller.priority(session, target, arrival))
-        self.controller.started(session, time.time())
+        session = self._session(body, ids, max_tokens, slo, criticality, arrival)
+        placed = await self._placement(request, session)
+        if placed is not None:
+            self.metrics.requests.labels(endpoint, str(placed.status_code)).inc()
+            return placed
         shape = ResponseShape(
             chat=chat, id=("chatcmpl-" if chat else "cmpl-") + session.id,
             model=self.settings.model_name, prompt_tokens=len(ids),
@@ -155,6 +169,32 @@ class Router:
             return StreamingResponse(self._stream(session, shape),
                                      media_type="text/event-stream")
         return await self._whole(request, session, shape)
+
+    async def _placement(self, request: Request, session: Session) -> Response | None:
+        """Queue the request and wait for the controller: None once it is released to an
+        engine (the response then streams), else the answer to send (shed: 429 or 503 with
+        Retry-After; the client left: 499)."""
+        self.control.submit(session)
+        if not session.placed.done():
+            watch = asyncio.create_task(_disconnected(request))
+            try:
+                await asyncio.wait({session.placed, watch}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                watch.cancel()
+            if not session.placed.done():
+                self.control.finished(session)
+                self._record(session, "client disconnected while queued")
+                return Response(status_code=499)
+        outcome = session.placed.result()
+        if isinstance(outcome, Reject):
+            self.control.finished(session)
+            self._record(session, outcome.message, rejected=outcome.reason.value)
+            code = "overloaded" if outcome.reason.status == 429 else "queue_dropped"
+            err = ApiError(outcome.reason.status, outcome.message, type_="server_error"
+                           if outcome.reason.status >= 500 else "rate_limit_error", code=code)
+            return JSONResponse(err.body(), err.status,
+                                headers={"Retry-After": f"{outcome.retry_after:.0f}"})
+        return None
 
     async def _next_batch(self, session: Session) -> list[TokenEvent]:
         """The token events ready for the client, once any failed instance is recovered from.
@@ -168,8 +208,7 @@ class Router:
             if not session.is_current(ev):
                 continue
             log.warning("stream %s failed on %s: %s", session.id, ev.instance.url, ev.error)
-            if await self.controller.recover(self.http, session, ev.instance):
-                self.metrics.migrations.labels("recovery").inc()
+            if await self.control.recover(session, ev.instance):
                 continue
             raise ApiError(502, f"the engine failed and no other instance could take the "
                                 f"request over: {ev.error}", type_="server_error",
@@ -208,12 +247,8 @@ class Router:
             return shape.whole("".join(texts), session.generated, session.finish_reason,
                                len(session.generated))
 
-        async def disconnected() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-
         work = asyncio.create_task(collect())
-        watch = asyncio.create_task(disconnected())
+        watch = asyncio.create_task(_disconnected(request))
         error: str | None = None
         try:
             await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -231,7 +266,7 @@ class Router:
             await session.stop()
             self._record(session, error)
 
-    def _record(self, s: Session, error: str | None) -> None:
+    def _record(self, s: Session, error: str | None, rejected: str | None = None) -> None:
         r = s.request
         n = len(s.generated)
         outcome = RequestOutcome(
@@ -242,15 +277,17 @@ class Router:
             tbt_mean=(s.last_token_at - s.first_token_at) / (n - 1)
             if n > 1 and s.first_token_at is not None and s.last_token_at is not None else None,
             max_gap=s.max_gap if n > 1 else None,
+            gap_p99=float(np.percentile(s.gaps, 99)) if s.gaps else None,
+            relegated=s.relegated, rejected=rejected,
         )
         self.metrics.observe(outcome, s.predicted_ttft)
-        self.controller.settle(s)
+        self.control.finished(s)
 
     # -- the app ---------------------------------------------------------------------------
     def app(self) -> FastAPI:
         @contextlib.asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-            self.http = aiohttp.ClientSession(
+            self.http = self.control.http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
             tasks = [asyncio.create_task(self.pool.poll_forever(self.http)),
@@ -321,34 +358,27 @@ class Router:
             inst = next((i for i in self.pool.instances if i.url == url), None)
             if inst is None:
                 return JSONResponse(ApiError(404, f"no instance {url}").body(), 404)
-            assert self.http is not None
-            moved = await self.controller.drain(self.http, inst)
-            self.metrics.migrations.labels("drain").inc(moved)
+            moved = await self.control.drain(inst)
             return JSONResponse({"moved": moved})
 
         return app
 
     async def _control_forever(self) -> None:
-        assert self.http is not None
-        before = (0, 0)
         while True:
             try:
-                await self.controller.tick(self.http)
-            except Exception:  # the loop must outlive any one bad tick
-                log.exception("control tick failed")
-            c = self.controller
+                self.control.tick()
+            except Exception:  # the loop must outlive any one bad pass
+                log.exception("control pass failed")
             self._flush_observations()
             # 0 whenever the analytic predictor serves, also after a learned one failed
-            self.metrics.predictor_version.set(getattr(c.predictor, "version", 0))
-            self.metrics.offloads.inc(c.offloads - before[0])
-            self.metrics.migrations.labels("tbt").inc(c.migrations - before[1])
-            before = (c.offloads, c.migrations)
-            await asyncio.sleep(self.settings.control.interval)
+            self.metrics.predictor_version.set(getattr(self.control.predictor, "version", 0))
+            await asyncio.sleep(self.settings.policy.tick)
 
     def _export_gauges(self) -> None:
         now = time.time()
-        slack = [s.request.slack(now) for i in self.pool.instances if i.role is Role.LP
-                 for s in i.sessions.values() if not s.generated]
+        slack = [r.slack(now) for r in self.control.core.queued_requests()]
+        slack += [s.request.slack(now) for i in self.pool.instances if i.role is not Role.HP
+                  for s in i.sessions.values() if s.first_token_at is None]
         self.metrics.lp_slack.set(min(slack) if slack else float("inf"))
         for m in (self.metrics.inflight, self.metrics.queue, self.metrics.step):
             m.clear()  # roles change: drop the series of the old role
@@ -360,3 +390,9 @@ class Router:
             self.metrics.queue.labels(i.url, role).set(i.state.waiting if i.state else 0)
             if i.state and i.state.step_time is not None:
                 self.metrics.step.labels(i.url, role).set(i.state.step_time)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone away."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

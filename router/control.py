@@ -1,17 +1,17 @@
-"""The router's decisions, each one a call into the policy core.
+"""The router's side of the cluster controller: build the view, carry out the decisions.
 
-* placing a new request (HP ticket or LP dispatch; round-robin for baselines),
-* its vLLM priority integer,
-* the offload loop: queued LP requests the core's rule says will miss their TTFT move to an HP,
-* migration: running requests whose mean TBT the core projects over target move by replay,
-* recovery: a stream whose instance fails or stalls resumes elsewhere.
-
-Timing inputs come from the engines' own measurements (step time, prefill rate), fed into a
-latency model the core functions accept.
+Each pass builds a :class:`~ascendra.core.view.ClusterView` from the pool (the engines' own
+reports plus this router's sessions), calls the core's
+:class:`~ascendra.core.controller.ClusterController`, and executes what it returns: a released
+session starts on its instance, a rejected one is answered, a moved one is replayed elsewhere.
+Passes run on events (an arrival, a first token, a finish; coalesced, one per loop turn) and
+every ``policy.tick`` with the streams, as the simulator runs them. No scheduling rule lives
+here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -19,26 +19,14 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from ascendra.core.dispatch import (
-    AscendraRouting,
-    BaselineRouting,
-    Role,
-    make_dispatcher,
-    predicted_delay,
-)
-from ascendra.core.hp import TicketRule
+from ascendra.core.controller import ClusterController, Decisions, Move, MoveReason, Reject
 from ascendra.core.latency import BatchShape
-from ascendra.core.migration import StreamProgress, migration_target
-from ascendra.core.offload import (
-    DeadlinePredictor,
-    FixedMarginPredictor,
-    QueueSnapshot,
-    at_risk,
-    queue_snapshot,
-)
-from ascendra.core.priority import engine_priority
+from ascendra.core.offload import DeadlinePredictor, FixedMarginPredictor, queue_snapshot
+from ascendra.core.policy import Policy
+from ascendra.core.view import ClusterView, InFlight, InstanceView
 from ascendra.predict.observations import Observation, ObservationRecorder
 from ascendra.router.instances import Instance, InstancePool
+from ascendra.router.metrics import RouterMetrics
 from ascendra.router.session import Session
 
 log = logging.getLogger("ascendra.router")
@@ -48,8 +36,8 @@ log = logging.getLogger("ascendra.router")
 class EngineRateModel:
     """A latency model from what the engines report: step time plus prefill time per token.
 
-    The values are the pool's latest measurements (mutable, updated by the controller); before
-    any are in, the configured defaults stand.
+    The values are the pool's latest measurements (mutable, updated every periodic pass);
+    before any are in, the configured defaults stand.
     """
 
     step_time: float = 0.02
@@ -71,241 +59,216 @@ class EngineRateModel:
             self.prefill_s_per_token = sum(rates) / len(rates)
 
 
-def _service_order(s: Session) -> tuple[int, float]:
-    """The order an engine serves its waiting requests: priority (lower first), then arrival
-    (sessions sent without a priority are all 0: first come, first served)."""
-    return (s.priority or 0, s.sent_at)
+def in_flight(s: Session, index: int) -> InFlight:
+    return InFlight(s.request, index, len(s.prompt_ids) + len(s.generated), len(s.generated),
+                    s.first_token_at, s.last_token_at, s.sent_at, s.priority, s.moves,
+                    s.tbt_moves)
 
 
-def instance_step_time(inst: Instance, fallback: float) -> float:
-    return inst.state.step_time if inst.state and inst.state.step_time else fallback
+class ControlLoop:
+    """``on_observations``: where the queued requests' snapshots and, at their first token,
+    the times they took go (an observation log, an online refit); None records nothing."""
 
-
-@dataclass
-class ControlConfig:
-    partitioned: bool = True  # Ascendra LP/HP; False: every instance alike (baselines)
-    priorities: bool = True  # send vLLM priorities (engines run --scheduling-policy priority)
-    dispatch: str = "round-robin"
-    margin: float = 0.7  # offload safety margin Δ, seconds
-    interval: float = 0.05  # control loop period, seconds
-    migrate: bool = True
-    max_moves: int = 3  # offloads + migrations + recoveries per request
-    max_tbt_moves: int = 1  # TBT-driven migrations per request (each costs a re-prefill)
-    stall_timeout: float = 30.0  # an upstream silent this long counts as failed
-    # HP tickets also need the HP's step time ≤ this fraction of the request's TBT target
-    # (None: the paper's seat-and-queue rule alone).
-    ticket_step_fraction: float | None = 0.5
-    # Offload only to an HP predicted to still meet the request's deadline (core's
-    # can_meet_ttft); False is the paper's unconditional offload.
-    offload_guard: bool = True
-
-
-class Controller:
-    """``predictor`` bounds queued requests' time to first token for the offload rule (default:
-    the paper's fixed margin over the engines' measured rates). With ``on_observations`` (an
-    observation log, an online refit), every queued request's snapshots and, at its first token,
-    the time they took go there; without it none are recorded (they cost time on every
-    request's path)."""
-
-    def __init__(self, cfg: ControlConfig, pool: InstancePool, model: EngineRateModel,
-                 predictor: DeadlinePredictor | None = None,
+    def __init__(self, policy: Policy, pool: InstancePool, model: EngineRateModel,
+                 metrics: RouterMetrics, *, engine_priorities: bool, token_budget: int,
+                 stall_timeout: float = 30.0,
                  on_observations: Callable[[list[Observation]], None] | None = None) -> None:
-        self.cfg = cfg
+        self.policy = policy
         self.pool = pool
         self.model = model
-        self.analytic = FixedMarginPredictor(model, cfg.margin)
-        self.predictor: DeadlinePredictor = predictor or self.analytic
+        self.metrics = metrics
+        self.token_budget = token_budget
+        self.stall_timeout = stall_timeout
+        self.analytic = FixedMarginPredictor(model, policy.offload_margin)
+        self.core = ClusterController(policy, self.analytic,
+                                      engine_priorities=engine_priorities)
+        self.sessions: dict[int, Session] = {}  # by request id: queued and in flight
         self.recorder = ObservationRecorder()
         self.on_observations = on_observations
-        dispatcher = make_dispatcher(cfg.dispatch, model)
-        tickets = TicketRule(max_step_fraction=cfg.ticket_step_fraction)
-        guard = model if cfg.offload_guard else None
-        self.routing = AscendraRouting(dispatcher, tickets, guard) if cfg.partitioned \
-            else BaselineRouting(dispatcher)
-        self.offloads = 0
-        self.migrations = 0
-        self.recoveries = 0
+        self.http: aiohttp.ClientSession | None = None
+        self._pass_due = False
+        self._moves: set[asyncio.Task[None]] = set()  # held: the loop keeps tasks weakly
 
-    # -- placement -------------------------------------------------------------------------
-    def place(self, session: Session) -> Instance:
+    @property
+    def predictor(self) -> DeadlinePredictor:
+        return self.core.predictor
+
+    @predictor.setter
+    def predictor(self, p: DeadlinePredictor) -> None:
+        self.core.set_predictor(p)
+
+    # -- the view --------------------------------------------------------------------------
+    def view(self, now: float, periodic: bool) -> ClusterView:
         live = self.pool.routable()
-        if not live:
-            raise LookupError("no healthy instance")
-        loads = self.pool.loads(live)
-        route = self.routing.route_new(loads, session.request)
-        load = next(ld for ld in loads if ld.index == route.index)
-        session.predicted_ttft = predicted_delay(self.model, load, len(session.prompt_ids))
-        return self.pool.instances[route.index]
+        streams = None
+        if periodic:
+            streams = tuple(in_flight(s, i.index) for i in live for s in i.sessions.values()
+                            if not s.done and not s.moving) \
+                if self.core.needs_streams or self.on_observations else ()
+        return ClusterView(now, [i.view(self.pool.default_seats, self.token_budget)
+                                 for i in live], streams)
 
-    def priority(self, session: Session, target: Instance, now: float) -> int | None:
-        if not self.cfg.priorities:
-            return None
-        return engine_priority(session.request, target.role, now, started=bool(session.generated))
+    # -- passes ----------------------------------------------------------------------------
+    def submit(self, session: Session) -> None:
+        """A request arrived: queue it and decide at once (it may be released or shed)."""
+        self.sessions[session.request.id] = session
+        session.on_change = self.pass_soon
+        self.core.enqueue(session.request, session.criticality)
+        self.run_pass()
 
-    async def move(self, http: aiohttp.ClientSession, session: Session, target: Instance,
-                   why: str) -> bool:
+    def pass_soon(self) -> None:
+        """An engine gained room (a first token, a finish): one pass at the next loop turn,
+        however many such events this turn brings."""
+        if not self._pass_due:
+            self._pass_due = True
+            asyncio.get_running_loop().call_soon(self._deferred_pass)
+
+    def _deferred_pass(self) -> None:
+        self._pass_due = False
+        self.run_pass()
+
+    def run_pass(self, periodic: bool = False) -> None:
         now = time.time()
-        if why == "offload":
-            session.request.offloaded = session.offloaded = True
-        moved = await session.move(http, target, self.priority(session, target, now))
-        if moved:
-            self.recorder.forget(session.id)  # its wait there is no longer what it waits
-            log.info("moved %s to %s (%s, %d tokens so far)", session.id, target.url, why,
-                     len(session.generated))
-        return moved
+        view = self.view(now, periodic)
+        if periodic and self.on_observations is not None:
+            self._record(view, now)
+        self.execute(self.core.step(view), now)
 
-    # -- the control loop ------------------------------------------------------------------
-    def queued(self, inst: Instance, now: float) -> list[tuple[Session, QueueSnapshot]]:
-        """Snapshots of this router's requests on ``inst`` that have no token yet, in the order
-        the engine serves them (priority, then submission). "Not started" is "no token yet":
-        vLLM gives a request a seat long before it can serve it when compute rather than seats
-        runs out, so its own waiting count says little, and the first token is the start a
-        router can see."""
-        waiting = sorted((s for s in inst.sessions.values() if not s.generated),
-                         key=_service_order)
-        running, batch, kv_used = self._instance_state(inst)
-        out: list[tuple[Session, QueueSnapshot]] = []
-        ahead: list[int] = []
-        for s in waiting:
-            out.append((s, queue_snapshot(s.request, now, ahead, running, kv_used, batch,
-                                          self.model)))
-            ahead.append(len(s.prompt_ids) + len(s.generated))
-        return out
-
-    def _instance_state(self, inst: Instance) -> tuple[list[int], float, float]:
-        running = [len(s.prompt_ids) + len(s.generated)
-                   for s in inst.sessions.values() if s.generated]
-        return (running, instance_step_time(inst, self.model.step_time),
-                inst.state.kv_usage if inst.state else 0.0)
-
-    def offload_candidates(self, queued: list[tuple[Session, QueueSnapshot]],
-                           now: float) -> list[Session]:
-        """Those of an LP's queued requests the core's rule says will miss their TTFT. (A
-        request moved mid-prefill loses that prefill, which the bound is there to absorb.)"""
-        movable = [(s, snap) for s, snap in queued if s.moves < self.cfg.max_moves]
-        snaps = [snap for _, snap in movable]
-        try:
-            bounds = self.predictor.ttft_bounds(snaps)
-        except Exception:  # a learned model that cannot predict must not stop the offloads
-            log.exception("deadline predictor failed; back to the analytic one")
-            self.predictor = self.analytic
-            bounds = self.predictor.ttft_bounds(snaps)
-        return [s for (s, _), b in zip(movable, bounds, strict=True)
-                if at_risk(s.request, now, b)]
-
-    def observe(self, now: float) -> list[Session]:
-        """Snapshot every queued request, settle those with a first token, and return the LP
-        ones the offload rule picks."""
-        out: list[Session] = []
-        settled: list[Observation] = []
-        record = self.on_observations is not None
-        offloading = self.cfg.partitioned
-        for inst in self.pool.routable():
-            lp = offloading and inst.role is Role.LP
-            if not (record or lp):
-                continue
-            queued = self.queued(inst, now)
-            if record:
-                for s, snap in queued:
-                    self.recorder.snapshot(s.id, now, snap, s.request.slo.ttft)
-                for s in inst.sessions.values():
-                    if s.first_token_at is not None:
-                        settled += self.recorder.first_token(s.id, s.first_token_at)
-            if lp:
-                out += self.offload_candidates(queued, now)
-        if settled and self.on_observations is not None:
-            self.on_observations(settled)
-        return out
-
-    def started(self, session: Session, now: float) -> None:
-        """Snapshot a request as it joins its instance's queue, so that every request that
-        stays has at least its arrival observed (ticks alone miss the quick ones). One pass,
-        no sort: this is on every request's path."""
-        inst = session.instance
-        assert inst is not None
-        if self.on_observations is None:
-            return
-        mine = _service_order(session)
-        ahead = [len(s.prompt_ids) for s in inst.sessions.values()
-                 if not s.generated and s is not session and _service_order(s) < mine]
-        running, batch, kv_used = self._instance_state(inst)
-        self.recorder.snapshot(session.id, now, queue_snapshot(
-            session.request, now, ahead, running, kv_used, batch, self.model),
-            session.request.slo.ttft)
-
-    def settle(self, session: Session) -> None:
-        """A session ended: its snapshots become observations if it got a first token."""
-        if self.on_observations is None:
-            return
-        if session.first_token_at is None:
-            self.recorder.forget(session.id)
-            return
-        obs = self.recorder.first_token(session.id, session.first_token_at)
-        if obs:
-            self.on_observations(obs)
-
-    def migration_candidates(self, now: float) -> list[tuple[Session, Instance]]:
-        out = []
-        steps = [(i, instance_step_time(i, self.model.step_time)) for i in self.pool.routable()]
-        for inst, source_step in steps:
-            targets = [(i, step) for i, step in steps if i is not inst]
-            for s in list(inst.sessions.values()):
-                if not s.generated or s.done or s.moves >= self.cfg.max_moves \
-                        or s.tbt_moves >= self.cfg.max_tbt_moves \
-                        or s.first_token_at is None or s.last_token_at is None:
-                    continue
-                p = StreamProgress(s.first_token_at, s.last_token_at, len(s.generated),
-                                   s.remaining)
-                target = migration_target(
-                    p, now, source_step=source_step, targets=targets,
-                    slo_tbt=s.request.slo.tbt, prefill_time=lambda s=s: self.model.prefill_time(
-                        len(s.prompt_ids) + len(s.generated)))
-                if target is not None:
-                    out.append((s, target))
-        return out
-
-    async def tick(self, http: aiohttp.ClientSession) -> None:
+    def tick(self) -> None:
+        """The periodic pass: fresh engine rates, stalled streams, then moves and timeouts."""
         self.model.observe(self.pool.routable())
         now = time.time()
         for inst in self.pool.instances:
             for s in list(inst.sessions.values()):
-                s.check_stall(now, self.cfg.stall_timeout)
-        candidates = self.observe(now)
-        if candidates:
-            for s in candidates:
-                target = self.routing.route_offload(self.pool.loads(), s.request, now)
-                if target is None:
-                    continue
-                if await self.move(http, s, self.pool.instances[target], "offload"):
-                    self.offloads += 1
-        if self.cfg.migrate:
-            for s, target in self.migration_candidates(now):
-                if await self.move(http, s, target, "tbt"):
+                s.check_stall(now, self.stall_timeout)
+        self.run_pass(periodic=True)
+        relegated = self.core.relegated_count
+        self.metrics.router_queue.labels("waiting").set(len(self.core) - relegated)
+        self.metrics.router_queue.labels("relegated").set(relegated)
+
+    # -- executing decisions ---------------------------------------------------------------
+    def execute(self, d: Decisions, now: float) -> None:
+        assert self.http is not None
+        for req in d.relegated:
+            s = self.sessions.get(req.id)
+            if s is not None:
+                s.relegated = True
+                self.metrics.relegated.inc()
+        for rej in d.rejects:
+            self._reject(rej)
+        for rel in d.releases:
+            s = self.sessions.get(rel.request.id)
+            if s is None or s.placed.done():
+                continue
+            inst = self.pool.instance(rel.instance)
+            s.start(self.http, inst, rel.engine_priority)
+            s.predicted_ttft = rel.predicted_ttft
+            s.placed.set_result(None)
+            self.metrics.queue_wait.observe(now - s.request.arrival)
+            if self.on_observations is not None:
+                self._snapshot_release(s, inst, now)
+        for mv in d.moves:
+            s = self.sessions.get(mv.request.id)
+            if s is not None and not s.moving and not s.done:
+                self._start_move(s, mv)
+
+    def _reject(self, rej: Reject) -> None:
+        s = self.sessions.pop(rej.request.id, None)
+        self.metrics.rejected.labels(rej.reason.value).inc()
+        if s is not None and not s.placed.done():
+            s.placed.set_result(rej)
+
+    def _start_move(self, s: Session, mv: Move) -> None:
+        task = asyncio.get_running_loop().create_task(self.move(s, mv))
+        self._moves.add(task)
+        task.add_done_callback(self._moves.discard)
+
+    async def move(self, s: Session, mv: Move) -> bool:
+        assert self.http is not None
+        target = self.pool.instance(mv.target)
+        s.moving = True
+        try:
+            if mv.reason is MoveReason.OFFLOAD:
+                s.request.offloaded = s.offloaded = True
+            moved = await s.move(self.http, target, mv.engine_priority)
+        finally:
+            s.moving = False
+        if moved:
+            self.recorder.forget(s.id)  # its wait there is no longer what it waits
+            if mv.reason is MoveReason.OFFLOAD:
+                self.metrics.offloads.inc()
+            else:
+                if mv.reason is MoveReason.TBT:
                     s.tbt_moves += 1
-                    self.migrations += 1
+                self.metrics.migrations.labels(mv.reason.value).inc()
+            log.info("moved %s to %s (%s, %d tokens so far)", s.id, target.url,
+                     mv.reason.value, len(s.generated))
+        return moved
+
+    def finished(self, s: Session) -> None:
+        """A session ended (answered, failed or abandoned): it leaves the controller too."""
+        self.sessions.pop(s.request.id, None)
+        self.core.withdraw(s.request.id)
+        self.settle(s)
 
     # -- failures --------------------------------------------------------------------------
-    async def recover(self, http: aiohttp.ClientSession, session: Session,
-                      failed: Instance) -> bool:
+    async def recover(self, s: Session, failed: Instance) -> bool:
         """Resume a stream whose instance failed on another healthy one, if any is left."""
         failed.healthy = False
-        if session.moves >= self.cfg.max_moves:
-            return False
-        others = [i for i in self.pool.routable() if i is not failed]
-        if not others:
-            return False
-        target = min(others, key=lambda i: (i.state.waiting if i.state else 0,
-                                            len(i.sessions)))
-        moved = await self.move(http, session, target, "recovery")
-        self.recoveries += moved
+        now = time.time()
+        move = self.core.recovery(self.view(now, False), in_flight(s, failed.index),
+                                  failed.index)
+        return move is not None and await self.move(s, move)
+
+    async def drain(self, inst: Instance) -> int:
+        """Move every stream of this router off ``inst`` (before it is removed or restarted)."""
+        now = time.time()
+        view = self.view(now, False)
+        view = ClusterView(now, [v for v in view.instances if v.index != inst.index]
+                           + [inst.view(self.pool.default_seats, self.token_budget)])
+        moves = self.core.drain(view, inst.index, [in_flight(s, inst.index)
+                                                   for s in list(inst.sessions.values())])
+        moved = 0
+        for mv in moves:
+            s = self.sessions.get(mv.request.id)
+            if s is not None:
+                moved += await self.move(s, mv)
         return moved
 
-    async def drain(self, http: aiohttp.ClientSession, inst: Instance) -> int:
-        """Move every stream of this router off ``inst`` (before it is removed or restarted)."""
-        others = [i for i in self.pool.routable() if i is not inst]
-        if not others:
-            return 0
-        moved = 0
-        for i, s in enumerate(list(inst.sessions.values())):
-            moved += await self.move(http, s, others[i % len(others)], "drain")
-        return moved
+    # -- observations (the deadline predictor's data) ---------------------------------------
+    def _record(self, view: ClusterView, now: float) -> None:
+        settled: list[Observation] = []
+        for inst in view.instances:
+            for f, snap in self.core.engine_queue(view, inst):
+                s = self.sessions.get(f.request.id)
+                if s is not None:
+                    self.recorder.snapshot(s.id, now, snap, s.request.slo.ttft)
+        for s in self.sessions.values():
+            if s.first_token_at is not None:
+                settled += self.recorder.first_token(s.id, s.first_token_at)
+        if settled and self.on_observations is not None:
+            self.on_observations(settled)
+
+    def _snapshot_release(self, s: Session, inst: Instance, now: float) -> None:
+        """Its snapshot as it joins the engine's queue (after every unstarted one there), so
+        that quick requests are observed too: ticks alone miss them."""
+        v: InstanceView = inst.view(self.pool.default_seats, self.token_budget)
+        ahead = [len(o.prompt_ids) + len(o.generated) for o in inst.sessions.values()
+                 if o is not s and o.first_token_at is None]
+        running = [len(o.prompt_ids) + len(o.generated) for o in inst.sessions.values()
+                   if o.first_token_at is not None]
+        step = v.step_time if v.step_time is not None else self.model.step_time
+        self.recorder.snapshot(s.id, now, queue_snapshot(
+            s.request, now, ahead, running, 1.0 - v.kv_free_fraction, step, self.model),
+            s.request.slo.ttft)
+
+    def settle(self, s: Session) -> None:
+        """A session ended: its snapshots become observations if it got a first token."""
+        if self.on_observations is None:
+            return
+        if s.first_token_at is None:
+            self.recorder.forget(s.id)
+            return
+        obs = self.recorder.first_token(s.id, s.first_token_at)
+        if obs:
+            self.on_observations(obs)

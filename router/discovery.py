@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from ascendra.core.dispatch import Role
+from ascendra.core.view import Role
 from ascendra.router.instances import InstancePool, InstanceSpec
 
 log = logging.getLogger("ascendra.router")

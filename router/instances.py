@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from ascendra.core.dispatch import InstanceLoad, Role
+from ascendra.core.view import InstanceView, Role
 from ascendra.runtime.engine_state import EngineState, RateTracker, parse_metrics
 
 if TYPE_CHECKING:
@@ -71,24 +71,32 @@ class Instance:
                 return self.spec.role
         return self.spec.role
 
-    def load(self, default_seats: int) -> InstanceLoad:
+    def view(self, default_seats: int, default_budget: int) -> InstanceView:
+        """The controller's view: the engine's own counts, with this router's requests on it
+        in detail. Streams of other routers show in the engine's running count only; each is
+        taken to be as long as this router's average."""
         st = self.state or EngineState(role=self.role.value, ready=False)
-        waiting_own = [s for s in self.sessions.values() if not s.generated]
-        return InstanceLoad(
-            index=self.index, role=self.role, num_waiting=st.waiting, num_running=st.running,
-            waiting_tokens=sum(len(s.prompt_ids) for s in waiting_own),
-            decode_context=sum(len(s.prompt_ids) + len(s.generated)
-                               for s in self.sessions.values() if s.generated),
-            kv_free_fraction=1.0 - st.kv_usage, max_seqs=st.max_seqs or default_seats,
-            # Own requests still without a first token: sent, but not yet through prefill (a
-            # vLLM engine counts them as running as soon as they have a seat).
-            pending=len(waiting_own), step_time=st.step_time,
-        )
+        unstarted = [s for s in self.sessions.values() if s.unstarted]
+        streams = [s for s in self.sessions.values() if not s.unstarted]
+        context = sum(len(s.prompt_ids) + len(s.generated) for s in streams)
+        others = max(0, st.running - len(self.sessions))
+        if others:
+            context += others * (context // len(streams) if streams else 0)
+        return InstanceView(
+            index=self.index, role=self.role, unstarted=len(unstarted),
+            unstarted_tokens=sum(len(s.prompt_ids) + len(s.generated) for s in unstarted),
+            running=len(streams) + others, decode_context=context,
+            outstanding_tokens=sum(s.remaining for s in self.sessions.values())
+            + sum(len(s.prompt_ids) + len(s.generated) for s in unstarted),
+            kv_free_fraction=1.0 - st.kv_usage, kv_capacity_tokens=st.kv_capacity_tokens,
+            max_seqs=st.max_seqs or default_seats,
+            token_budget=st.token_budget or default_budget, step_time=st.step_time,
+            gpu=st.gpu)
 
 
 class InstancePool:
     def __init__(self, specs: list[InstanceSpec], *, poll_interval: float = 0.1,
-                 default_seats: int = 128) -> None:
+                 default_seats: int = 1024) -> None:
         self.instances = [Instance(i, s) for i, s in enumerate(specs)]
         self.poll_interval = poll_interval
         self.default_seats = default_seats
@@ -111,8 +119,8 @@ class InstancePool:
             if url not in known:
                 self.instances.append(Instance(len(self.instances), spec))
 
-    def loads(self, among: list[Instance] | None = None) -> list[InstanceLoad]:
-        return [i.load(self.default_seats) for i in (among or self.routable())]
+    def instance(self, index: int) -> Instance:
+        return self.instances[index]
 
     async def refresh(self, http: aiohttp.ClientSession, inst: Instance) -> None:
         try:

@@ -27,10 +27,12 @@ class RouterMetrics:
         self.ttft = Histogram("ascendra_ttft_seconds", "Time to first token (arrival at the "
                               "router to first token sent)", buckets=_buckets((ttft_slo,)),
                               registry=r)
-        self.tbt = Histogram("ascendra_tbt_mean_seconds", "Per-request mean time between tokens",
-                             buckets=_buckets((tbt_slo,)), registry=r)
+        self.tbt = Histogram("ascendra_tbt_mean_seconds", "Per-request time between tokens, "
+                             "as its TBT target measures it (the mean gap by default; p99 or "
+                             "max gap for gap targets)", buckets=_buckets((tbt_slo,)),
+                             registry=r)
         self.slo = Counter("ascendra_slo_requests", "Finished requests by SLO outcome: met, or "
-                           "missed by reason (ttft, tbt, dropped, error)", ["outcome"],
+                           "missed by reason (ttft, tbt, dropped, error, rejected)", ["outcome"],
                            registry=r)
         # One SLI per target, for burn-rate alerts: each request counts against its own target
         # (headers may override the service's), and a failed request misses both.
@@ -57,6 +59,17 @@ class RouterMetrics:
                                        registry=self.registry)
         self.offloads = Counter("ascendra_offloads", "Queued LP requests moved to an HP instance",
                                 registry=r)
+        self.relegated = Counter("ascendra_relegated_requests", "Requests predicted to miss "
+                                 "their TTFT on every instance, served after the rest",
+                                 registry=r)
+        self.rejected = Counter("ascendra_rejected_requests", "Requests the router shed, by "
+                                "reason: hopeless and queue_full (429), evicted and timeout "
+                                "(503)", ["reason"], registry=r)
+        self.router_queue = Gauge("ascendra_router_queue_requests", "Requests held in the "
+                                  "router's queue, waiting or relegated", ["state"], registry=r)
+        self.queue_wait = Histogram("ascendra_queue_wait_seconds", "Arrival at the router to "
+                                    "release to an engine", buckets=_LATENCY_BUCKETS,
+                                    registry=r)
         self.migrations = Counter("ascendra_migrations", "Requests moved by token replay, by "
                                   "reason (tbt, recovery, drain)", ["reason"], registry=r)
         self.inflight = Gauge("ascendra_inflight_requests", "Streams in flight on each "
@@ -69,8 +82,8 @@ class RouterMetrics:
             self.ttft.observe(outcome.ttft)
             if predicted_ttft is not None:
                 self.predictor_error.observe(outcome.ttft - predicted_ttft)
-        if outcome.tbt_mean is not None:
-            self.tbt.observe(outcome.tbt_mean)
+        if outcome.tbt is not None:
+            self.tbt.observe(outcome.tbt)
         self.slo.labels(outcome.miss_reason or "met").inc()
         ok = outcome.finished and outcome.error is None
         if ok:

@@ -122,6 +122,8 @@ def parse_body(raw: bytes, kind: type[_Sampling]) -> Any:
 
 TTFT_HEADER = "x-ascendra-ttft-slo"
 TBT_HEADER = "x-ascendra-tbt-slo"
+CRITICALITY_HEADER = "x-ascendra-criticality"
+_CRITICALITY = re.compile(r"^\s*[-+]?[0-9]{1,6}\s*$")
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s)?\s*$")
 
 
@@ -138,9 +140,24 @@ def _duration(value: str, header: str) -> float:
 
 
 def slo_from_headers(headers: Any, default: Slo) -> Slo:
-    """Per-request SLO overrides: ``X-Ascendra-TTFT-SLO`` and ``X-Ascendra-TBT-SLO``."""
+    """Per-request SLO overrides: ``X-Ascendra-TTFT-SLO`` and ``X-Ascendra-TBT-SLO`` (the TBT
+    target keeps the service's kind: mean, p99 or max gap)."""
     ttft, tbt = headers.get(TTFT_HEADER), headers.get(TBT_HEADER)
     return Slo(
         ttft=_duration(ttft, TTFT_HEADER) if ttft is not None else default.ttft,
         tbt=_duration(tbt, TBT_HEADER) if tbt is not None else default.tbt,
+        tbt_kind=default.tbt_kind,
     )
+
+
+def criticality_from_headers(headers: Any) -> int:
+    """``X-Ascendra-Criticality``: an integer, 0 by default, as Gateway API Inference
+    Extension's objective priority: higher is served first, and a negative one is sheddable
+    (answered 429 rather than relegated when it would miss its TTFT)."""
+    raw = headers.get(CRITICALITY_HEADER)
+    if raw is None:
+        return 0
+    if not _CRITICALITY.match(raw):
+        raise ApiError(400, f"header {CRITICALITY_HEADER} must be an integer within "
+                            f"[-999999, 999999], got {raw!r}", param=CRITICALITY_HEADER)
+    return int(raw)

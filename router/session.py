@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from ascendra.core.request import Request
+from ascendra.core.request import Request, TbtKind
 from ascendra.router.detokenize import IncrementalText
 from ascendra.router.instances import Instance
 from ascendra.router.upstream import UpstreamError, stream_tokens
@@ -55,6 +55,7 @@ class Session:
     first_token_at: float | None = None
     last_token_at: float | None = None
     max_gap: float = 0.0
+    gaps: list[float] = field(default_factory=list)  # between its tokens, for a p99 target
     finish_reason: str | None = None
     instance: Instance | None = None
     sent_at: float = 0.0
@@ -63,6 +64,14 @@ class Session:
     tbt_moves: int = 0
     offloaded: bool = False
     priority: int | None = None  # the vLLM priority it was sent with (its place in the queue)
+    criticality: int = 0  # the client's class: higher first, negative sheddable
+    relegated: bool = False
+    moving: bool = False  # a move is under way
+    tokens_here: int = 0  # tokens from its current instance (0: it waits there unstarted)
+    # Resolved when the controller releases it (None) or sheds it (the Reject).
+    placed: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop()
+                                        .create_future())
+    on_change: Callable[[], None] | None = None  # called at a first token here and at the end
     last_event_at: float = 0.0
     _attempt: int = 0
     _stalled: int = 0
@@ -78,6 +87,11 @@ class Session:
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def unstarted(self) -> bool:
+        """No token yet from the instance it was last sent to."""
+        return self.tokens_here == 0
 
     def _body(self, priority: int | None) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -95,6 +109,7 @@ class Session:
         self._attempt += 1
         self.instance = instance
         self.priority = priority
+        self.tokens_here = 0
         self.sent_at = self.last_event_at = time.time()
         instance.sessions[self.id] = self
         self._reader = asyncio.create_task(
@@ -107,11 +122,16 @@ class Session:
                 now = self.last_event_at = time.time()
                 if delta.token_ids:
                     if self.last_token_at is not None:
+                        if self.request.slo.tbt_kind is TbtKind.P99:
+                            self.gaps.append(now - self.last_token_at)
                         self.max_gap = max(self.max_gap, now - self.last_token_at)
                     if self.first_token_at is None:
                         self.first_token_at = now
                     self.last_token_at = now
                     self.generated.extend(delta.token_ids)
+                    self.tokens_here += len(delta.token_ids)
+                    if self.tokens_here == len(delta.token_ids) and self.on_change:
+                        self.on_change()  # room on the engine: the controller may release
                 text = delta.text
                 if self._text is not None:
                     text = self._text.step(delta.token_ids)
@@ -120,6 +140,8 @@ class Session:
                 if delta.finish_reason is not None:
                     self.finish_reason = delta.finish_reason
                     instance.sessions.pop(self.id, None)
+                    if self.on_change:
+                        self.on_change()
                 self._events.put_nowait(
                     TokenEvent(delta.token_ids, text, delta.finish_reason))
                 if self.done:

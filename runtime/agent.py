@@ -15,6 +15,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -66,6 +67,11 @@ class Agent:
         self.sample = parse_metrics("")
         self.proc: subprocess.Popen[bytes] | None = None
         self._http: aiohttp.ClientSession | None = None
+        env = {**os.environ, **(cfg.env or {})}
+        devices = env.get("CUDA_VISIBLE_DEVICES", "")
+        # Engines on one host given the same devices share a GPU: moves between them gain
+        # nothing. None given (a CPU engine, or every GPU of the pod): shared with no one.
+        self.gpu = f"{socket.gethostname()}:{devices}" if devices else ""
 
     def current_role(self) -> str:
         if self.cfg.role_file is not None:
@@ -79,7 +85,8 @@ class Agent:
         return EngineState(
             role=self.current_role(), ready=self.ready, running=s.running, waiting=s.waiting,
             kv_usage=s.kv_usage, kv_capacity_tokens=s.kv_capacity_tokens,
-            max_seqs=self.cfg.launch.max_seqs, step_time=self.rates.step_time,
+            max_seqs=self.cfg.launch.max_seqs, token_budget=self.cfg.launch.token_budget,
+            gpu=self.gpu, step_time=self.rates.step_time,
             prefill_s_per_token=self.rates.prefill_s_per_token,
         )
 

@@ -1,25 +1,22 @@
 """vLLM command lines per serving system: one pure function, shared by ``ascendra runtime``,
 ``ascendra up``, the benchmarks and the operator's pod specs.
 
-An instance's LP/HP role is not in its arguments: both roles run the same engine settings and
-differ only in the priorities the router sends and the traffic it routes. That is what lets the
-operator flip a role with a label, without restarting vLLM.
+The arguments come from the system registry (``ascendra.core.systems``), the same entry the
+simulator runs, so a system name means one engine everywhere. An instance's LP/HP role is not
+in its arguments: both roles run the same engine and differ only in what the router sends them.
+That is what lets the operator flip a role with a label, without restarting vLLM.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ascendra.core.systems import SYSTEMS
 from ascendra.errors import AscendraError
 
 SYSTEM_ARGS: dict[str, tuple[str, ...]] = {
-    # Priority scheduling realises the LP value order and the HP bands (ascendra.core.priority).
-    "ascendra": ("--scheduling-policy", "priority", "--max-num-seqs", "128",
-                 "--max-num-batched-tokens", "8192"),
-    # vLLM v1 defaults: nothing to add.
-    "vllm": (),
-    # Sarathi-Serve's setting on vLLM v1: chunked prefill within a 512-token budget, 128 seats.
-    "sarathi": ("--max-num-batched-tokens", "512", "--max-num-seqs", "128"),
+    name: args for name, spec in SYSTEMS.items()
+    if spec.deployable and (args := spec.engine.vllm_args()) is not None
 }
 
 
@@ -34,17 +31,28 @@ class EngineLaunch:
     dtype: str | None = None
     extra: tuple[str, ...] = field(default_factory=tuple)
 
+    def _last(self, flag: str) -> int | None:
+        """The value these arguments give ``flag`` (the last one wins), if an integer."""
+        args = list(SYSTEM_ARGS.get(self.system, ())) + list(self.extra)
+        values = [args[i + 1] for i, a in enumerate(args[:-1]) if a == flag]
+        values += [a.split("=", 1)[1] for a in args if a.startswith(flag + "=")]
+        return int(values[-1]) if values and values[-1].isdigit() else None
+
     @property
     def max_seqs(self) -> int | None:
-        """The seat limit these arguments give vLLM (the last ``--max-num-seqs`` wins)."""
-        args = list(SYSTEM_ARGS.get(self.system, ())) + list(self.extra)
-        values = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--max-num-seqs"]
-        return int(values[-1]) if values and values[-1].isdigit() else None
+        """The seat limit these arguments give vLLM."""
+        return self._last("--max-num-seqs")
+
+    @property
+    def token_budget(self) -> int | None:
+        """The per-step token budget these arguments give vLLM."""
+        return self._last("--max-num-batched-tokens")
 
     def argv(self, python: str) -> list[str]:
         if self.system not in SYSTEM_ARGS:
             raise AscendraError(
-                f"unknown system {self.system!r} (known: {', '.join(SYSTEM_ARGS)})")
+                f"system {self.system!r} does not run on vLLM engines (deployable: "
+                f"{', '.join(SYSTEM_ARGS)})")
         cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
                "--host", self.host, "--port", str(self.port)]
         if self.served_model_name:

@@ -82,6 +82,8 @@ class EngineState:
     kv_usage: float = 0.0
     kv_capacity_tokens: int = 0
     max_seqs: int | None = None  # the engine's seat limit, when known
+    token_budget: int | None = None  # the engine's per-step token budget, when known
+    gpu: str = ""  # which GPU(s) it runs on; engines that share one report the same
     step_time: float | None = None  # recent mean gap between an engine's tokens, s
     prefill_s_per_token: float | None = None  # recent prefill time per prompt token, s,
     # beyond one step (the latency model's batch time is step_time + tokens × this)

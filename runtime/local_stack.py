@@ -29,16 +29,16 @@ from ascendra.runtime.tiny_model import build_tiny_model
 @dataclass
 class StackConfig:
     model: Path | None = None  # None: the project's tiny random-weight Llama
-    lp: int = 1
-    hp: int = 1
-    system: str = "ascendra"  # ascendra (LP/HP) | vllm | sarathi (round-robin baselines)
+    instances: int = 2
+    hp: int = 0  # of the instances, HP ones (ascendra only)
+    system: str = "ascendra"  # a deployable registry system (ascendra, vllm, vllm-lb, ...)
     port: int = 8000
     base_port: int = 8100
     max_model_len: int = 2048
     kv_cache_gib: float = 1.0
     ttft: float = 1.0
     tbt: float = 0.15
-    margin: float | None = None
+    tbt_kind: str = "mean"
     startup_timeout: float = 600.0
     engine_args: list[str] = field(default_factory=list)
     router_args: list[str] = field(default_factory=list)
@@ -47,8 +47,8 @@ class StackConfig:
     @property
     def roles(self) -> list[str]:
         if self.system == "ascendra":
-            return ["lp"] * self.lp + ["hp"] * self.hp
-        return ["mixed"] * (self.lp + self.hp)
+            return ["lp"] * (self.instances - self.hp) + ["hp"] * self.hp
+        return ["mixed"] * self.instances
 
 
 def _model_name(model: Path) -> str:
@@ -68,10 +68,13 @@ class LocalStack:
     """The processes of a local stack; a context manager that always stops them."""
 
     def __init__(self, cfg: StackConfig) -> None:
-        if cfg.lp < 0 or cfg.hp < 0 or cfg.lp + cfg.hp == 0:
+        if cfg.instances < 1:
             raise AscendraError("the stack needs at least one instance")
-        if cfg.system == "ascendra" and cfg.lp == 0:
-            raise AscendraError("an Ascendra stack needs at least one LP instance")
+        if not 0 <= cfg.hp < cfg.instances:
+            raise AscendraError(f"--hp must be within 0..{cfg.instances - 1} (at least one "
+                                f"instance stays LP), got {cfg.hp}")
+        if cfg.hp and cfg.system != "ascendra":
+            raise AscendraError(f"--hp applies to ascendra only; {cfg.system} has no HP")
         self.cfg = cfg
         self.model = cfg.model or build_tiny_model()
         if not (self.model / "config.json").is_file():
@@ -104,17 +107,15 @@ class LocalStack:
             self._spawn(f"runtime-{i}-{role}", [
                 py, "-m", "ascendra.cli", "runtime", "--model", str(self.model),
                 "--served-model-name", self.name, "--port", str(port), "--agent-port", str(agent),
-                "--role", role, "--system", "ascendra" if cfg.system == "ascendra" else cfg.system,
+                "--role", role, "--system", cfg.system,
                 "--max-model-len", str(self.max_model_len), "--", *cfg.engine_args], env)
             self.engine_urls.append(f"http://127.0.0.1:{port}")
             instances += ["--instance", f"http://127.0.0.1:{port},agent=http://127.0.0.1:{agent}"]
-        policy = [] if cfg.system == "ascendra" else ["--baseline"]
-        margin = [] if cfg.margin is None else ["--margin", str(cfg.margin)]
         self._spawn("router", [
             py, "-m", "ascendra.cli", "router", "--model-name", self.name, "--tokenizer",
             str(self.model), "--max-model-len", str(self.max_model_len), "--port",
-            str(cfg.port), "--ttft", str(cfg.ttft), "--tbt", str(cfg.tbt), *policy, *margin,
-            *instances, *cfg.router_args])
+            str(cfg.port), "--ttft", str(cfg.ttft), "--tbt", str(cfg.tbt), "--tbt-kind",
+            cfg.tbt_kind, "--system", cfg.system, *instances, *cfg.router_args])
 
     def dead(self) -> str | None:
         for name, p in self.procs:

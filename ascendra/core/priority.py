@@ -13,9 +13,9 @@ requests from several router replicas order correctly on one engine.
 
 from __future__ import annotations
 
-from ascendra.core.dispatch import Role
 from ascendra.core.request import Request
 from ascendra.core.values import ValueKey, least_slack
+from ascendra.core.view import Role
 
 _MS = 1000.0
 BAND = 1 << 50  # ≈ 35,000 years of milliseconds: bands never overlap real keys

@@ -16,12 +16,22 @@ from dataclasses import dataclass, field
 from ascendra.errors import AscendraError
 
 
+class TbtKind(enum.Enum):
+    """Which of a request's gaps between tokens its TBT target bounds."""
+
+    MEAN = "mean"  # the mean gap (the paper's definition)
+    P99 = "p99"  # the 99th percentile of its gaps
+    MAX = "max"  # every gap: what users feel as stutter
+
+
 @dataclass(frozen=True, slots=True)
 class Slo:
-    """Latency targets of a request, in seconds. TBT applies to the per-request mean gap."""
+    """Latency targets of a request, in seconds: TTFT, and TBT over the gaps ``tbt_kind``
+    names."""
 
     ttft: float
     tbt: float
+    tbt_kind: TbtKind = TbtKind.MEAN
 
     def __post_init__(self) -> None:
         if not (self.ttft > 0 and self.tbt > 0):

@@ -97,11 +97,12 @@ class Scheduler(ABC):
         """Apply an executed step: advance computed tokens, sample, retire finished requests."""
         sampled: list[Request] = []
         finished: list[Request] = []
+        running = Status.RUNNING
         for req, n in out.scheduled:
-            if req.status is not Status.RUNNING:
+            if req.status is not running:
                 continue  # removed while the step ran; its output is dropped
             req.num_computed += n
-            if req.num_computed == req.num_tokens:
+            if req.num_computed == req.prompt_len + req.num_generated:
                 req.num_generated += 1
                 sampled.append(req)
                 if req.num_generated >= req.max_tokens:
@@ -154,13 +155,33 @@ class Scheduler(ABC):
         itself, it waits for the next step.
         """
         i, end = 0, len(order)
+        kv, size = self.kv, self.kv.block_size
+        scheduled = out.scheduled
         while i < end and budget > 0:
             req = order[i]
             i += 1
-            if decodes_only and not req.is_decode:
+            # Inlined Request.remaining / is_decode and KvCache.try_allocate: this loop runs
+            # once per running request per step, the simulator's hottest path.
+            total = req.prompt_len + req.num_generated
+            remaining = total - req.num_computed
+            decode = req.num_generated > 0 and remaining == 1
+            if decodes_only and not decode:
                 continue
-            n = min(req.remaining, budget)
-            while not self.kv.try_allocate(req, n):
+            n = min(remaining, budget)
+            need = -(-(req.num_computed + n) // size) - req.kv_blocks
+            if need <= 0 or need <= kv.free_blocks:
+                if need > 0:
+                    kv.free_blocks -= need
+                    req.kv_blocks += need
+                if decode:
+                    b.decodes += 1
+                    b.ctx += total
+                else:
+                    b.add_prefill(n, req.num_computed)
+                scheduled.append((req, n))
+                budget -= n
+                continue
+            while not kv.try_allocate(req, n):
                 end -= 1
                 victim = order[end]
                 self._preempt(victim)
@@ -168,6 +189,6 @@ class Scheduler(ABC):
                 if victim is req:
                     break
             else:
-                self._add_to_batch(b, out.scheduled, req, n)
+                self._add_to_batch(b, scheduled, req, n)
                 budget -= n
         return budget

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from ascendra.core.request import Slo
+from ascendra.core.request import Slo, TbtKind
 from ascendra.errors import AscendraError
 from ascendra.workloads.lengths import LongBenchLike, ShareGptLike
 from ascendra.workloads.spec import SyntheticWorkload, TraceWorkload, Workload, builtin_trace
@@ -20,7 +20,7 @@ class Preset:
     systems: tuple[str, ...]
     qps: tuple[float, ...]
     instances: int = 3
-    hp_instances: int = 1
+    hp_instances: int | None = None  # None: each system's own split (the baselines have none)
     requests: int = 2000  # per rate, at least
     # Arrivals span at least this long, so that a high rate is a sustained load and not a burst
     # the engines can absorb in memory (2,000 requests last only ~10 s at 200 QPS).
@@ -31,6 +31,7 @@ class Preset:
     kv_tokens: int = 451_840
     max_seqs: int | None = None  # None: each system's own seat limit
     margin: float = 0.7  # the paper's Δ for Llama-3.1-8B
+    policy: tuple[tuple[str, object], ...] = ()  # policy overrides (camelCase) for every system
     # A learned predictor file (ascendra predictor train): the offload rule bounds with it
     # instead of the margin.
     predictor: str | None = None
@@ -52,28 +53,48 @@ class Preset:
         return replace(self, **keep)  # type: ignore[arg-type]
 
 
-_PAPER_SYSTEMS = ("ascendra", "vllm-v0", "sarathi", "vllm")
+# Ascendra as deployed, the paper's design, and every baseline a user would pick.
+_SYSTEMS = ("ascendra", "ascendra-paper", "vllm", "vllm-lb", "vllm-shed", "sarathi", "vllm-v0")
+# One instance: no dispatch to choose, no partition.
+_ONE_GPU = ("ascendra", "vllm", "vllm-shed", "sarathi")
 
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         Preset(
             "paper-sharegpt",
-            "Llama-3.1-8B on 3×H100; ShareGPT-like, Poisson; TTFT 1.0 s / TBT 0.15 s; "
-            "Ascendra 2 LP + 1 HP",
+            "Llama-3.1-8B on 3×H100; ShareGPT-like, Poisson; TTFT 1.0 s / mean TBT 0.15 s",
             SyntheticWorkload(ShareGptLike()),
             Slo(1.0, 0.15),
-            _PAPER_SYSTEMS,
+            _SYSTEMS,
             qps=(45, 55, 65, 75, 85, 95),
         ),
         Preset(
             "paper-longbench",
-            "Llama-3.1-8B on 3×H100; LongBench-like, Poisson; TTFT 2.5 s / TBT 0.15 s; "
-            "Ascendra 2 LP + 1 HP",
+            "Llama-3.1-8B on 3×H100; LongBench-like, Poisson; TTFT 2.5 s / mean TBT 0.15 s",
             SyntheticWorkload(LongBenchLike()),
             Slo(2.5, 0.15),
-            _PAPER_SYSTEMS,
+            _SYSTEMS,
             qps=(12, 16, 20, 24, 28, 32),
+        ),
+        Preset(
+            "one-h100-sharegpt",
+            "Llama-3.1-8B on one H100; ShareGPT-like, Poisson; TTFT 1.0 s / mean TBT 0.15 s",
+            SyntheticWorkload(ShareGptLike()),
+            Slo(1.0, 0.15),
+            _ONE_GPU,
+            qps=(25, 30, 35, 40, 45),
+            instances=1,
+        ),
+        Preset(
+            "one-h100-longbench-gaps",
+            "Llama-3.1-8B on one H100; LongBench-like, Poisson; TTFT 2.5 s / every gap between "
+            "tokens ≤ 150 ms (what users feel as stutter)",
+            SyntheticWorkload(LongBenchLike()),
+            Slo(2.5, 0.15, TbtKind.MAX),
+            _ONE_GPU,
+            qps=(3, 5, 7, 9, 11),
+            instances=1,
         ),
         Preset(
             "anchor-h100",
@@ -95,7 +116,7 @@ PRESETS: dict[str, Preset] = {
             "TTFT 0.5 s / TBT 0.1 s (the authors' trace SLOs)",
             TraceWorkload(builtin_trace("azure-llm-2023/conv"), name="azure-conv"),
             Slo(0.5, 0.1),
-            _PAPER_SYSTEMS,
+            _SYSTEMS,
             qps=(10, 15, 20, 25, 30),
         ),
         Preset(
@@ -104,7 +125,7 @@ PRESETS: dict[str, Preset] = {
             "TTFT 1.5 s / TBT 0.3 s (the authors' trace SLOs)",
             TraceWorkload(builtin_trace("azure-llm-2023/code"), name="azure-code"),
             Slo(1.5, 0.3),
-            _PAPER_SYSTEMS,
+            _SYSTEMS,
             qps=(4, 6, 8, 10, 12),
         ),
     )

@@ -12,11 +12,11 @@ import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ascendra.core.latency import LatencyModel
 from ascendra.core.offload import DeadlinePredictor, FixedMarginPredictor
-from ascendra.core.systems import system
+from ascendra.core.systems import SystemSpec, system
 from ascendra.experiments.presets import Preset
 from ascendra.metrics import GOODPUT_TARGET, LatencySummary, brackets, goodput, summarize
 from ascendra.perf import latency_model
@@ -64,17 +64,28 @@ def offload_predictor(preset: Preset, truth: LatencyModel) -> DeadlinePredictor:
     return load_predictor(preset.predictor, preset.model, truth)
 
 
+def preset_system(preset: Preset, name: str) -> SystemSpec:
+    """The registry's system as the preset runs it: its seats, its policy overrides, and in
+    observe-only runs no moves (so that each outcome is what staying cost)."""
+    spec = system(name, max_seqs=preset.max_seqs)
+    policy = spec.policy.with_values(dict(preset.policy)) if preset.policy else spec.policy
+    if preset.observe:
+        policy = replace(policy, offload=False, migration=False)
+    return replace(spec, policy=policy)
+
+
 def run_point(preset: Preset, system_name: str, qps: float) -> PointResult:
     truth = latency_model(preset.model, preset.gpu, preset.profile)
     predictor = offload_predictor(preset, truth)
-    spec = system(system_name, max_seqs=preset.max_seqs)
-    config = ClusterConfig(spec, instances=preset.instances, hp_instances=preset.hp_instances,
+    spec = preset_system(preset, system_name)
+    hp = preset.hp_instances if spec.splittable and preset.hp_instances is not None else None
+    config = ClusterConfig(spec, instances=preset.instances, hp_instances=hp,
                            kv_tokens=preset.kv_tokens, jitter_cv=preset.jitter_cv)
     requests = preset.workload.requests(qps, preset.request_count(qps), preset.seed)
     start = time.perf_counter()
     result = Simulation(config, truth, predictor, preset.slo, seed=preset.seed,
-                        recorder=ObservationRecorder() if preset.observe else None,
-                        offload=not preset.observe).run(requests)
+                        recorder=ObservationRecorder() if preset.observe else None
+                        ).run(requests)
     wall = time.perf_counter() - start
     return PointResult(system_name, qps, summarize(result.outcomes, result.gaps), wall,
                        result.duration, result.utilization, result.observations)

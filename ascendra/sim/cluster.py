@@ -1,11 +1,12 @@
-"""A discrete-event simulator of a serving cluster that runs the policy core unchanged.
+"""A discrete-event simulator of a serving pool that executes the cluster controller's decisions.
 
-Events are request arrivals at the router, engine steps finishing, and moved requests (offloaded
-before their first token, or migrated mid-stream for their TBT) reaching their new instance.
-Each instance is a policy-core scheduler whose steps take the time a latency model gives for
-the batch (optionally with seeded jitter, so the scheduler's own predictor is not an oracle).
-The router side is the core's routing policy fed with instance snapshots. Everything is
-deterministic for a seed.
+The router side is :class:`~ascendra.core.controller.ClusterController`, called as the router
+calls it: on every arrival, first token and finish (event passes) and every ``policy.tick``
+(periodic passes, with the streams). Its releases and moves reach their instance after the
+router's hop; each instance is a policy-core scheduler driven like a vLLM engine core
+(``schedule``, run the batch, ``update``) whose steps take what a latency model gives for the
+batch, times a seeded log-normal jitter so that the controller's own model is not an oracle.
+Everything is deterministic for a seed. No scheduling rule lives here.
 """
 
 from __future__ import annotations
@@ -13,58 +14,31 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ascendra.core.dispatch import (
-    AscendraRouting,
-    BaselineRouting,
-    InstanceLoad,
-    Role,
-    make_dispatcher,
-)
-from ascendra.core.hp import TicketRule
+from ascendra.core.controller import ClusterController, Decisions, Move, Release
 from ascendra.core.kv import KvCache
 from ascendra.core.latency import BatchShape, LatencyModel
-from ascendra.core.migration import StreamProgress, migration_target
-from ascendra.core.offload import DeadlinePredictor, QueueSnapshot, at_risk, queue_snapshot
-from ascendra.core.priority import engine_priority
-from ascendra.core.request import Request, Slo
+from ascendra.core.offload import DeadlinePredictor
+from ascendra.core.request import Request, Slo, TbtKind
 from ascendra.core.scheduler import Scheduler, SchedulerOutput
-from ascendra.core.split import SplitPolicy, SplitSignals, decide_split
+from ascendra.core.split import SplitPolicy, SplitSignals
 from ascendra.core.systems import SystemSpec
+from ascendra.core.view import ClusterView, InFlight, InstanceView, Role, SplitQuery
 from ascendra.errors import AscendraError
 from ascendra.metrics import RequestOutcome
 from ascendra.predict.observations import Observation, ObservationRecorder
-from ascendra.sim.planner import PlannerConfig, WorkloadMix, plan_split
 from ascendra.workloads.spec import RequestSpec
 
-_ARRIVAL, _STEP_DONE, _MOVED, _RESIZE = 0, 1, 2, 3
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    system: SystemSpec
-    instances: int = 3
-    hp_instances: int = 1  # used by partitioned systems only
-    kv_tokens: int = 451_840  # per instance (H100 80GB, Llama-3.1-8B, 0.9 memory)
-    offload_delay: float = 0.01  # a move (offload, migration): abort here → enqueued there, s
-    jitter_cv: float = 0.0  # multiplicative noise on step times
-    drain_timeout: float = 120.0  # stop this long after the last arrival; unfinished = missed
-    # Live LP:HP resizing by the core's split policy (partitioned systems): bounds and period.
-    resize: SplitConfig | None = None
-
-    def roles(self) -> list[Role]:
-        if not self.system.partitioned:
-            return [Role.MIXED] * self.instances
-        if not 0 <= self.hp_instances <= self.instances:
-            raise AscendraError(f"HP instances must be within 0..{self.instances}")
-        return [Role.LP] * (self.instances - self.hp_instances) + [Role.HP] * self.hp_instances
+_ARRIVAL, _STEP_DONE, _AT_ENGINE, _TICK = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
 class SplitConfig:
+    """Live LP:HP resizing, as the operator runs it: bounds, period and the split policy."""
+
     hp_min: int
     hp_max: int
     interval: float = 10.0
@@ -75,13 +49,51 @@ class SplitConfig:
     planner_requests: int = 1500  # simulated per candidate split
 
 
+@dataclass(frozen=True)
+class ClusterConfig:
+    system: SystemSpec
+    instances: int = 3
+    hp_instances: int | None = None  # None: the system's own split
+    kv_tokens: int = 451_840  # per instance (H100 80GB, Llama-3.1-8B, 0.9 memory)
+    release_delay: float = 0.002  # router → engine for a released request, s
+    offload_delay: float = 0.01  # a move (abort here, resend there), s
+    jitter_cv: float = 0.0  # multiplicative noise on step times
+    drain_timeout: float = 120.0  # stop this long after the last arrival; unfinished = missed
+    resize: SplitConfig | None = None
+
+    @property
+    def hp(self) -> int:
+        return self.system.hp_instances if self.hp_instances is None else self.hp_instances
+
+    def roles(self) -> list[Role]:
+        if not 0 <= self.hp <= self.instances:
+            raise AscendraError(f"HP instances must be within 0..{self.instances}")
+        if self.hp == 0:
+            return [Role.MIXED] * self.instances
+        return [Role.LP] * (self.instances - self.hp) + [Role.HP] * self.hp
+
+
 @dataclass(slots=True)
 class _Track:
+    """One request's life as the router sees it."""
+
+    request: Request
+    instance: int = -1  # where it runs or is headed; -1 while queued at the router
+    attempt: int = 0  # bumped by every send, so a superseded arrival at an engine is dropped
+    at_engine: bool = False  # in its instance's scheduler (not on the way there)
+    sent_at: float = 0.0
+    engine_priority: int | None = None
     first: float = -1.0
     last: float = -1.0
     tokens: int = 0
     max_gap: float = 0.0
+    gaps: list[float] | None = None
     finished: bool = False
+    moves: int = 0
+    tbt_moves: int = 0
+    offloaded: bool = False
+    relegated: bool = False
+    rejected: str | None = None
 
 
 @dataclass(slots=True)
@@ -91,21 +103,26 @@ class _Instance:
     scheduler: Scheduler
     busy: bool = False
     current: SchedulerOutput | None = None
-    pending: int = 0
     steps: int = 0
     busy_time: float = 0.0
     next_role: Role | None = None  # a role change waiting for the running step to end
     last_step: float = 0.0  # the last step's duration: the step time the router sees
+    # What the router knows of it, kept up to date as requests come and go.
+    unstarted: dict[int, int] = field(default_factory=dict)  # id → tokens to prefill
+    unstarted_tokens: int = 0
+    streams: set[int] = field(default_factory=set)
+    context: int = 0  # Σ tokens of its streams
+    outstanding: int = 0  # tokens still to compute for everything sent here
 
-    def load(self) -> InstanceLoad:
+    def view(self) -> InstanceView:
         s = self.scheduler
-        return InstanceLoad(
-            index=self.index, role=self.role, num_waiting=len(s.waiting),
-            num_running=len(s.running), waiting_tokens=s.waiting_tokens,
-            decode_context=sum(r.num_tokens for r in s.running),
-            kv_free_fraction=s.kv.free_fraction, max_seqs=s.max_seqs, pending=self.pending,
-            step_time=self.last_step,
-        )
+        return InstanceView(
+            index=self.index, role=self.role, unstarted=len(self.unstarted),
+            unstarted_tokens=self.unstarted_tokens, running=len(self.streams),
+            decode_context=self.context, outstanding_tokens=self.outstanding,
+            kv_free_fraction=s.kv.free_fraction, kv_capacity_tokens=s.kv.capacity_tokens,
+            max_seqs=s.max_seqs,
+            token_budget=s.token_budget, step_time=self.last_step)
 
 
 @dataclass
@@ -122,99 +139,185 @@ class SimResult:
 
 
 class Simulation:
-    """``recorder``: also record queued requests' snapshots and times to first token (the TTFT
-    predictor's data); ``offload=False`` keeps every request where it was placed, so that those
-    times are what staying would have cost (the oracle of offload decisions)."""
+    """``recorder``: also record the engine-queued requests' snapshots and times to first token
+    on every periodic pass (the TTFT predictor's data; pair it with a policy without moves so
+    that each outcome is what staying cost)."""
 
     def __init__(self, config: ClusterConfig, truth: LatencyModel, predictor: DeadlinePredictor,
-                 slo: Slo, seed: int = 0, recorder: ObservationRecorder | None = None,
-                 offload: bool = True) -> None:
+                 slo: Slo, seed: int = 0, recorder: ObservationRecorder | None = None) -> None:
         self.config = config
-        self.recorder = recorder
-        self.offload = offload
-        self._observations: list[Observation] = []
         self.truth = truth
         self.predictor = predictor
         self.slo = slo
+        self.recorder = recorder
         self.rng = np.random.default_rng(seed)
         spec = config.system
-        dispatcher = make_dispatcher(spec.dispatch, predictor)
-        self.routing: AscendraRouting | BaselineRouting = (
-            AscendraRouting(dispatcher, TicketRule(max_step_fraction=spec.ticket_step_fraction),
-                            predictor if spec.offload_guard else None)
-            if spec.partitioned else BaselineRouting(dispatcher)
-        )
-        self.instances: list[_Instance] = []
-        idle_step = predictor.batch_time(BatchShape(num_decodes=1, decode_context=1))
-        for i, role in enumerate(config.roles()):
-            engine = spec.hp_engine if role is Role.HP and spec.hp_engine else spec.engine
-            kv = KvCache.from_tokens(config.kv_tokens)
-            self.instances.append(_Instance(i, role, engine.build(kv), last_step=idle_step))
+        self.controller = ClusterController(spec.policy, predictor,
+                                            engine_priorities=spec.engine.priorities)
+        self.instances = [
+            _Instance(i, role, spec.engine_for(role is Role.HP).build(
+                KvCache.from_tokens(config.kv_tokens)),
+                last_step=predictor.batch_time(BatchShape(num_decodes=1, decode_context=1)))
+            for i, role in enumerate(config.roles())]
         self._events: list[tuple[float, int, int, object]] = []
         self._seq = itertools.count()
         self._tracks: dict[int, _Track] = {}
         self._gaps: list[float] = []
-        self._offloaded: set[int] = set()
-        self._migrated: set[int] = set()
-        self._window = [0, 0]  # arrivals and offloads since the last resize check
-        # (prompt, output) of requests finished in the window, kept only for the planner.
-        self._finished: list[tuple[int, int]] | None = \
-            [] if config.resize is not None and config.resize.planner else None
+        self._observations: list[Observation] = []
+        self._offloads = 0
+        self._migrations = 0
         self._last_resize: float | None = None
+        self._next_resize = config.resize.interval if config.resize else None
+        self._window = [0, 0]  # arrivals and offloads since the last resize check
+        self._finished: list[tuple[int, int]] = []  # (prompt, output) in the window
         self._resizes: list[tuple[float, int, str]] = []
+        self._keep_gaps = slo.tbt_kind is TbtKind.P99
 
-    def _swap_role(self, inst: _Instance, role: Role) -> None:
-        """Hand an instance's requests (and their KV) to the other role's scheduler: the
-        engine keeps running them, only the policy changes, as on a real label flip."""
-        spec = self.config.system
-        engine = spec.hp_engine if role is Role.HP and spec.hp_engine else spec.engine
-        old, new = inst.scheduler, engine.build(inst.scheduler.kv)
-        new.running.extend(old.running)
-        for req in old.waiting:  # an engine keeps the priority a request was sent with
-            new.add(req, req.priority if spec.engine_priorities else None)
-        inst.scheduler, inst.role, inst.next_role = new, role, None
+    # -- the controller's view ---------------------------------------------------------------
+    def _view(self, now: float, periodic: bool) -> ClusterView:
+        streams: tuple[InFlight, ...] | None = None
+        if periodic:
+            streams = self._streams() if self.controller.needs_streams or self.recorder \
+                else ()
+        return ClusterView(now, [i.view() for i in self.instances], streams,
+                           self._split_query(now) if periodic else None)
 
-    def _resize(self, now: float) -> None:
+    def _streams(self) -> tuple[InFlight, ...]:
+        out = []
+        for t in self._tracks.values():
+            if t.instance < 0 or t.finished or t.rejected:
+                continue
+            r = t.request
+            out.append(InFlight(
+                r, t.instance, r.prompt_len + t.tokens, t.tokens,
+                t.first if t.tokens else None, t.last if t.tokens else None, t.sent_at,
+                t.engine_priority, t.moves, t.tbt_moves))
+        return tuple(out)
+
+    def _split_query(self, now: float) -> SplitQuery | None:
         cfg = self.config.resize
-        assert cfg is not None
+        if cfg is None or self._next_resize is None or now < self._next_resize \
+                or not any(i.role is not Role.MIXED for i in self.instances):
+            return None
+        self._next_resize = now + cfg.interval
         hps = [i for i in self.instances if i.role is Role.HP]
         lps = [i for i in self.instances if i.role is Role.LP]
         arrivals, offloads = self._window
         self._window = [0, 0]
-        steps = [self.predictor.batch_time(BatchShape(
-            num_decodes=len(i.scheduler.running),
-            decode_context=sum(r.num_tokens for r in i.scheduler.running)))
-            for i in hps if i.scheduler.running]
-        slack = [r.slack(now) for i in lps for r in i.scheduler.waiting]
+        steps = [i.last_step for i in hps if i.streams]
+        slack = [self._tracks[k].request.slack(now) for i in lps for k in i.unstarted]
         signals = SplitSignals(
             requests=arrivals, offload_fraction=offloads / arrivals if arrivals else None,
-            hp_queue=sum(len(i.scheduler.waiting) for i in hps) / len(hps) if hps else None,
+            hp_queue=sum(len(i.unstarted) for i in hps) / len(hps) if hps else None,
             hp_step_time=sum(steps) / len(steps) if steps else None,
             lp_min_slack=min(slack) if slack else None, tbt_slo=self.slo.tbt)
         plan = None
-        finished, self._finished = self._finished, ([] if cfg.planner else None)
-        if finished is not None and arrivals and len(finished) >= cfg.policy.min_requests:
+        finished, self._finished = self._finished, []
+        if cfg.planner and arrivals and len(finished) >= cfg.policy.min_requests:
+            from ascendra.sim.planner import PlannerConfig, WorkloadMix, plan_split
+
             mix = WorkloadMix(arrivals / cfg.interval, tuple(p for p, _ in finished),
                               tuple(o for _, o in finished))
             plan = plan_split(mix, self.truth, self.slo, PlannerConfig(
                 len(self.instances), cfg.hp_min, cfg.hp_max, self.config.kv_tokens,
-                requests=cfg.planner_requests))
-        decision = decide_split(signals, len(hps), cfg.hp_min, cfg.hp_max, now,
-                                self._last_resize, cfg.policy, plan)
-        if decision.moved(len(hps)):
-            self._last_resize = now
-            self._resizes.append((now, decision.hp, decision.reason))
-            target, role = (lps[-1], Role.HP) if decision.hp > len(hps) else (hps[-1], Role.LP)
-            if target.busy:
-                target.next_role = role
-            else:
-                self._swap_role(target, role)
+                system=self.config.system.name, requests=cfg.planner_requests))
+        return SplitQuery(signals, len(hps), cfg.hp_min, cfg.hp_max, self._last_resize,
+                          cfg.policy, plan)
 
+    # -- executing decisions -----------------------------------------------------------------
+    def _pass(self, now: float, periodic: bool = False) -> None:
+        view = self._view(now, periodic)
+        if periodic and self.recorder is not None:
+            for inst in view.instances:
+                for f, snap in self.controller.engine_queue(view, inst):
+                    self.recorder.snapshot(f.request.id, now, snap, f.request.slo.ttft)
+        self._execute(self.controller.step(view), now)
+
+    def _execute(self, d: Decisions, now: float) -> None:
+        for req in d.relegated:
+            self._tracks[req.id].relegated = True
+        for rej in d.rejects:
+            self._tracks[rej.request.id].rejected = rej.reason.value
+        for rel in d.releases:
+            self._release(rel, now)
+        for mv in d.moves:
+            self._move(mv, now)
+        if d.split is not None and d.split.moved(sum(i.role is Role.HP for i in self.instances)):
+            self._resplit(d.split.hp, d.split.reason, now)
+
+    def _send(self, t: _Track, inst: _Instance, tokens: int, priority: int | None,
+              at: float) -> None:
+        """``t`` goes to ``inst``: unstarted there (as the router counts it) from now, in its
+        engine's queue after the hop."""
+        t.instance, t.sent_at, t.engine_priority = inst.index, at, priority
+        t.attempt += 1
+        inst.unstarted[t.request.id] = tokens
+        inst.unstarted_tokens += tokens
+        inst.outstanding += tokens + t.request.max_tokens - t.tokens
+        self._push(at, _AT_ENGINE, (inst, t, t.attempt))
+
+    def _release(self, rel: Release, now: float) -> None:
+        t = self._tracks[rel.request.id]
+        self._send(t, self.instances[rel.instance], rel.request.prompt_len,
+                   rel.engine_priority, now + self.config.release_delay)
+
+    def _leave(self, t: _Track, inst: _Instance) -> None:
+        """``t`` is no longer on ``inst`` (moved, finished, dropped)."""
+        req = t.request
+        tokens = inst.unstarted.pop(req.id, None)
+        if tokens is not None:
+            inst.unstarted_tokens -= tokens
+            inst.outstanding -= tokens
+        if req.id in inst.streams:
+            inst.streams.discard(req.id)
+            inst.context -= req.num_tokens
+        inst.outstanding -= req.max_tokens - t.tokens
+        if t.at_engine:
+            inst.scheduler.remove(req)
+            t.at_engine = False
+
+    def _move(self, mv: Move, now: float) -> None:
+        t = self._tracks[mv.request.id]
+        if t.finished or t.instance != mv.source:
+            return
+        self._leave(t, self.instances[mv.source])
+        req = t.request
+        req.num_computed = 0  # token replay: prompt + output so far is prefilled again
+        t.moves += 1
+        if mv.reason.value == "offload":
+            req.offloaded = t.offloaded = True
+            self._offloads += 1
+            self._window[1] += 1
+        elif mv.reason.value == "tbt":
+            t.tbt_moves += 1
+            self._migrations += 1
+        self._send(t, self.instances[mv.target], req.num_tokens, mv.engine_priority,
+                   now + self.config.offload_delay)
+
+    def _resplit(self, hp: int, reason: str, now: float) -> None:
+        hps = [i for i in self.instances if i.role is Role.HP]
+        lps = [i for i in self.instances if i.role is Role.LP]
+        self._last_resize = now
+        self._resizes.append((now, hp, reason))
+        target, role = (lps[-1], Role.HP) if hp > len(hps) else (hps[-1], Role.LP)
+        if target.busy:
+            target.next_role = role
+        else:
+            self._swap_role(target, role)
+
+    def _swap_role(self, inst: _Instance, role: Role) -> None:
+        """Hand an instance's requests (and their KV) to the other role's scheduler: the
+        engine keeps running them, only the policy changes, as on a real label flip."""
+        engine = self.config.system.engine_for(role is Role.HP)
+        old, new = inst.scheduler, engine.build(inst.scheduler.kv)
+        new.running.extend(old.running)
+        for req in old.waiting:  # an engine keeps the priority a request was sent with
+            new.add(req, req.priority if engine.priorities else None)
+        inst.scheduler, inst.role, inst.next_role = new, role, None
+
+    # -- the engines -------------------------------------------------------------------------
     def _push(self, t: float, kind: int, payload: object) -> None:
         heapq.heappush(self._events, (t, next(self._seq), kind, payload))
-
-    def _loads(self) -> list[InstanceLoad]:
-        return [inst.load() for inst in self.instances]
 
     def _jitter(self) -> float:
         cv = self.config.jitter_cv
@@ -231,21 +334,14 @@ class Simulation:
         out = s.schedule(now)
         if out.is_empty and out.preempted:
             out = s.schedule(now)  # preemption freed KV for the requests it put back
-        lp = inst.role is Role.LP and self.offload and any(
-            i.role is Role.HP for i in self.instances)
-        if lp or self.recorder is not None:
-            queued = self._queued(inst, out, now)
-            if self.recorder is not None:
-                for req, snap in queued:
-                    self.recorder.snapshot(req.id, now, snap, req.slo.ttft)
-            if lp:
-                self._offload(inst, queued, now)
         if out.is_empty:
             if not s.running and s.waiting:
                 # Nothing runs and nothing fits: the head can never be served here.
+                t = self._tracks[s.waiting[0].id]
+                self._leave(t, inst)
+                t.instance = -1
                 if self.recorder is not None:
-                    self.recorder.forget(s.waiting[0].id)
-                s.remove(s.waiting[0])
+                    self.recorder.forget(t.request.id)
             return
         dur = self.truth.batch_time(out.shape) * self._jitter()
         inst.busy, inst.current, inst.last_step = True, out, dur
@@ -253,67 +349,46 @@ class Simulation:
         inst.busy_time += dur
         self._push(now + dur, _STEP_DONE, inst)
 
-    def _queued(self, inst: _Instance, out: SchedulerOutput,
-                now: float) -> list[tuple[Request, QueueSnapshot]]:
-        """Snapshots of the instance's unstarted waiting requests as this step starts."""
-        s = inst.scheduler
-        running = [r.num_tokens for r in s.running]
-        batch_time = self.predictor.batch_time(out.shape)
-        kv_used = 1.0 - s.kv.free_fraction
-        out_: list[tuple[Request, QueueSnapshot]] = []
-        ahead: list[int] = []
-        for req in s.waiting:  # in service order
-            if not req.ever_scheduled:
-                out_.append((req, queue_snapshot(req, now, ahead, running, kv_used, batch_time,
-                                                 self.predictor)))
-            ahead.append(req.remaining)
-        return out_
-
-    def _offload(self, inst: _Instance, queued: list[tuple[Request, QueueSnapshot]],
-                 now: float) -> None:
-        bounds = self.predictor.ttft_bounds([snap for _, snap in queued])
-        for (req, _), bound in zip(queued, bounds, strict=True):
-            if not at_risk(req, now, bound):
-                continue
-            target = self.routing.route_offload(self._loads(), req, now)
-            if target is None:
-                continue
-            inst.scheduler.remove(req)
-            if self.recorder is not None:
-                self.recorder.forget(req.id)
-            req.offloaded = True
-            self._offloaded.add(req.id)
-            self._window[1] += 1
-            self.instances[target].pending += 1
-            self._push(now + self.config.offload_delay, _MOVED, (target, req))
-
-    def _migrate(self, inst: _Instance, now: float) -> None:
-        """The router's TBT migration, as its control loop runs it: a running request whose
-        mean TBT is over target and would stay over moves to the instance with the fastest
-        step, if the core's rule says the move (a re-prefill there) helps; once per request."""
-        targets = [(i, i.last_step) for i in self.instances if i is not inst]
-        for req in list(inst.scheduler.running):
-            tr = self._tracks[req.id]
-            if req.id in self._migrated or tr.tokens == 0:
-                continue
-            p = StreamProgress(tr.first, tr.last, tr.tokens, req.max_tokens - req.num_generated)
-            target = migration_target(
-                p, now, source_step=inst.last_step, targets=targets, slo_tbt=req.slo.tbt,
-                prefill_time=lambda r=req: self.predictor.prefill_time(r.num_tokens))
-            if target is None:
-                continue
-            inst.scheduler.remove(req)
-            req.num_computed = 0  # token replay: prompt + output so far is prefilled again
-            self._migrated.add(req.id)
-            target.pending += 1
-            self._push(now + self.config.offload_delay, _MOVED, (target.index, req))
-
-    def _enqueue(self, inst: _Instance, req: Request, now: float) -> None:
-        """A request reaches an instance: with engine priorities, the one the router sends."""
-        prio = engine_priority(req, inst.role, now, started=req.num_generated > 0) \
-            if self.config.system.engine_priorities else None
-        inst.scheduler.add(req, prio)
-        self._kick(inst, now)
+    def _step_done(self, inst: _Instance, now: float) -> bool:
+        """Apply the step; True when a request started or finished (the router's events)."""
+        assert inst.current is not None
+        result = inst.scheduler.update(inst.current)
+        inst.busy, inst.current = False, None
+        changed = bool(result.finished)
+        for req in result.sampled:
+            t = self._tracks[req.id]
+            inst.outstanding -= 1
+            if t.tokens:
+                gap = now - t.last
+                self._gaps.append(gap)
+                if t.gaps is not None:
+                    t.gaps.append(gap)
+                if gap > t.max_gap:
+                    t.max_gap = gap
+            else:
+                t.first = now
+                if self._keep_gaps:
+                    t.gaps = []
+                if self.recorder is not None:
+                    self._observations += self.recorder.first_token(req.id, now)
+            if req.id in inst.unstarted:  # a first token, or a moved stream's first here
+                inst.unstarted_tokens -= inst.unstarted.pop(req.id)
+                inst.streams.add(req.id)
+                inst.context += req.num_tokens
+                changed = True
+            else:
+                inst.context += 1
+            t.last = now
+            t.tokens += 1
+        for req in result.finished:
+            t = self._tracks[req.id]
+            t.finished = True
+            inst.streams.discard(req.id)
+            inst.context -= req.num_tokens
+            self._finished.append((req.prompt_len, req.max_tokens))
+        if inst.next_role is not None:
+            self._swap_role(inst, inst.next_role)
+        return changed
 
     def _fresh(self, spec: RequestSpec) -> Request:
         return Request(
@@ -325,11 +400,10 @@ class Simulation:
     def run(self, requests: Sequence[RequestSpec]) -> SimResult:
         for spec in requests:
             self._push(spec.arrival, _ARRIVAL, spec)
-        if self.config.resize is not None and self.config.system.partitioned:
-            self._push(self.config.resize.interval, _RESIZE, None)
-        horizon = (max((r.arrival for r in requests), default=0.0)
-                   + self.config.drain_timeout)
-        tracks, gaps = self._tracks, self._gaps
+        tick = self.config.system.policy.tick
+        self._push(tick, _TICK, None)
+        last_arrival = max((r.arrival for r in requests), default=0.0)
+        horizon = last_arrival + self.config.drain_timeout
         now = 0.0
         while self._events:
             now, _, kind, payload = heapq.heappop(self._events)
@@ -337,68 +411,51 @@ class Simulation:
                 break
             if kind == _STEP_DONE:
                 inst: _Instance = payload  # type: ignore[assignment]
-                assert inst.current is not None
-                result = inst.scheduler.update(inst.current)
-                for req in result.sampled:
-                    tr = tracks[req.id]
-                    if tr.tokens:
-                        gap = now - tr.last
-                        gaps.append(gap)
-                        if gap > tr.max_gap:
-                            tr.max_gap = gap
-                    else:
-                        tr.first = now
-                        if self.recorder is not None:
-                            self._observations += self.recorder.first_token(req.id, now)
-                    tr.last = now
-                    tr.tokens += 1
-                for req in result.finished:
-                    tracks[req.id].finished = True
-                    if self._finished is not None:
-                        self._finished.append((req.prompt_len, req.max_tokens))
-                inst.busy, inst.current = False, None
-                if inst.next_role is not None:
-                    self._swap_role(inst, inst.next_role)
-                if self.config.system.migrate:
-                    self._migrate(inst, now)
+                if self._step_done(inst, now):
+                    self._pass(now)
                 self._kick(inst, now)
-            elif kind == _RESIZE:
-                self._resize(now)
-                if self._events:
-                    self._push(now + self.config.resize.interval, _RESIZE, None)  # type: ignore[union-attr]
             elif kind == _ARRIVAL:
                 self._window[0] += 1
                 req = self._fresh(payload)  # type: ignore[arg-type]
-                tracks[req.id] = _Track()
-                route = self.routing.route_new(self._loads(), req)
-                self._enqueue(self.instances[route.index], req, now)
+                self._tracks[req.id] = _Track(req)
+                self.controller.enqueue(req)
+                self._pass(now)
+            elif kind == _AT_ENGINE:
+                inst, t, attempt = payload  # type: ignore[misc]
+                if attempt == t.attempt and not t.finished:
+                    t.at_engine = True
+                    inst.scheduler.add(t.request, t.engine_priority)
+                    self._kick(inst, now)
             else:
-                target, req = payload  # type: ignore[misc]
-                inst = self.instances[target]
-                inst.pending -= 1
-                self._enqueue(inst, req, now)
-        outcomes = [self._outcome(spec) for spec in requests]
+                self._pass(now, periodic=True)
+                if now < last_arrival or self._in_flight():
+                    self._push(now + tick, _TICK, None)
         return SimResult(
-            outcomes=outcomes,
-            gaps=np.asarray(gaps),
-            duration=now,
+            outcomes=[self._outcome(spec) for spec in requests],
+            gaps=np.asarray(self._gaps), duration=now,
             steps=[i.steps for i in self.instances],
             utilization=[i.busy_time / now if now > 0 else 0.0 for i in self.instances],
-            offloads=len(self._offloaded),
-            migrations=len(self._migrated),
-            resizes=self._resizes,
-            observations=self._observations,
-        )
+            offloads=self._offloads, migrations=self._migrations, resizes=self._resizes,
+            observations=self._observations)
+
+    def _in_flight(self) -> bool:
+        return len(self.controller) > 0 or any(i.unstarted or i.streams for i in self.instances)
 
     def _outcome(self, spec: RequestSpec) -> RequestOutcome:
-        tr = self._tracks.get(spec.id)
-        if tr is None or tr.tokens == 0:
-            return RequestOutcome(spec.id, spec.arrival, spec.prompt_len, spec.output_len,
-                                  self.slo, offloaded=spec.id in self._offloaded)
-        tbt = (tr.last - tr.first) / (tr.tokens - 1) if tr.tokens > 1 else None
-        return RequestOutcome(
-            spec.id, spec.arrival, spec.prompt_len, spec.output_len, self.slo,
-            ttft=tr.first - spec.arrival, tbt_mean=tbt,
-            max_gap=tr.max_gap if tr.tokens > 1 else None, tokens=tr.tokens,
-            finished=tr.finished, offloaded=spec.id in self._offloaded,
-        )
+        t = self._tracks.get(spec.id)
+        base = RequestOutcome(spec.id, spec.arrival, spec.prompt_len, spec.output_len,
+                              self.slo)
+        if t is None:
+            return base
+        if t.tokens == 0:
+            return replace(base, offloaded=t.offloaded, relegated=t.relegated,
+                           rejected=t.rejected)
+        many = t.tokens > 1
+        return replace(
+            base, ttft=t.first - spec.arrival,
+            tbt_mean=(t.last - t.first) / (t.tokens - 1) if many else None,
+            max_gap=t.max_gap if many else None,
+            gap_p99=float(np.percentile(t.gaps, 99)) if t.gaps else None,
+            tokens=t.tokens, finished=t.finished, offloaded=t.offloaded,
+            relegated=t.relegated, rejected=t.rejected)
+

@@ -1,5 +1,8 @@
 """The simulator as a split planner: which LP:HP split serves the observed workload mix best?
 
+It simulates the system the service deploys (its registry name and policy), so it optimises
+what actually runs.
+
 The operator (from the routers' length histograms and request rate in Prometheus) and the
 simulator's own resize loop (from the requests that finished in the last window) describe the
 recent traffic as a :class:`WorkloadMix`. :func:`plan_split` replays a Poisson stream with that
@@ -19,6 +22,7 @@ import numpy as np
 
 from ascendra.core.latency import LatencyModel
 from ascendra.core.offload import FixedMarginPredictor
+from ascendra.core.policy import Policy
 from ascendra.core.request import Slo
 from ascendra.core.split import SplitPlan
 from ascendra.core.systems import system
@@ -53,7 +57,8 @@ class PlannerConfig:
     hp_min: int
     hp_max: int
     kv_tokens: int = 451_840
-    margin_s: float = 0.7
+    system: str = "ascendra"  # the deployed system (a registry name), with ``policy`` if given
+    policy: Policy | None = None
     requests: int = 1500  # per candidate split: long enough for queues to build
     seed: int = 0
 
@@ -64,11 +69,12 @@ def plan_split(mix: WorkloadMix, model: LatencyModel, slo: Slo,
     from ascendra.sim.cluster import ClusterConfig, Simulation
 
     reqs = mix.requests(cfg.requests, cfg.seed)
+    spec = system(cfg.system, policy=cfg.policy)
+    predictor = FixedMarginPredictor(model, spec.policy.offload_margin)
     predicted = {}
     for hp in range(cfg.hp_min, cfg.hp_max + 1):
-        cluster = ClusterConfig(system("ascendra"), instances=cfg.instances, hp_instances=hp,
+        cluster = ClusterConfig(spec, instances=cfg.instances, hp_instances=hp,
                                 kv_tokens=cfg.kv_tokens)
-        result = Simulation(cluster, model, FixedMarginPredictor(model, cfg.margin_s), slo,
-                            seed=cfg.seed).run(reqs)
+        result = Simulation(cluster, model, predictor, slo, seed=cfg.seed).run(reqs)
         predicted[hp] = round(attainment(result.outcomes), 4)
     return SplitPlan(predicted)
