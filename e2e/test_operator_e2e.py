@@ -55,9 +55,9 @@ def ready_with(kubectl: Kubectl, ns: str, lp: int, hp: int) -> dict[str, Any] | 
 def test_apply_example_creates_every_child_on_gpu_nodes(kubectl: Kubectl, operator: Operator,
                                                           namespace: str):
     kubectl.apply(manifest(namespace))
-    s = eventually(lambda: ready_with(kubectl, namespace, 2, 1), timeout=120,
-                   what="Ready with 2 LP + 1 HP")
-    assert s["status"]["split"] == {"lp": 2, "hp": 1}
+    s = eventually(lambda: ready_with(kubectl, namespace, 3, 0), timeout=120,
+                   what="Ready with 3 LP and no HP (the example's split)")
+    assert s["status"]["split"] == {"lp": 3, "hp": 0}
     for kind, name in (("serviceaccount", "llama-8b-router"), ("role", "llama-8b-router"),
                        ("rolebinding", "llama-8b-router"), ("configmap", "llama-8b-router"),
                        ("deployment", "llama-8b-router"), ("service", "llama-8b-router"),
@@ -65,7 +65,9 @@ def test_apply_example_creates_every_child_on_gpu_nodes(kubectl: Kubectl, operat
         obj = kubectl.json("get", kind, name, "-n", namespace)
         assert obj["metadata"]["ownerReferences"][0]["kind"] == "AscendraService"
     pods = runtime_pods(kubectl, namespace)
-    assert sorted(p["metadata"]["labels"]["ascendra.io/role"] for p in pods) == ["hp", "lp", "lp"]
+    assert sorted(p["metadata"]["labels"]["ascendra.io/role"] for p in pods) == ["lp"] * 3
+    args = pods[0]["spec"]["containers"][0]["args"]
+    assert args[:3] == ["runtime", "--system", "ascendra"]
     nodes = {n["metadata"]["name"]: n for n in kubectl.json("get", "nodes")["items"]}
     for p in pods:
         node = nodes[p["spec"]["nodeName"]]
@@ -90,7 +92,7 @@ def test_resizing_and_split_changes_converge_without_restarts(kubectl: Kubectl,
                                                               operator: Operator,
                                                               namespace: str):
     kubectl.apply(manifest(namespace))
-    eventually(lambda: ready_with(kubectl, namespace, 2, 1), timeout=120, what="initial Ready")
+    eventually(lambda: ready_with(kubectl, namespace, 3, 0), timeout=120, what="initial Ready")
     uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in runtime_pods(kubectl, namespace)}
     # A split change is a label flip on a running pod.
     kubectl("patch", "ascendraservice", "llama-8b", "-n", namespace, "--type=merge", "-p",
@@ -114,7 +116,7 @@ def test_resizing_and_split_changes_converge_without_restarts(kubectl: Kubectl,
 def test_children_deleted_or_edited_by_hand_come_back(kubectl: Kubectl, operator: Operator,
                                                        namespace: str):
     kubectl.apply(manifest(namespace))
-    eventually(lambda: ready_with(kubectl, namespace, 2, 1), timeout=120, what="initial Ready")
+    eventually(lambda: ready_with(kubectl, namespace, 3, 0), timeout=120, what="initial Ready")
     kubectl("delete", "pod", "llama-8b-runtime-0", "-n", namespace, "--wait=false")
     kubectl("delete", "service", "llama-8b-router", "-n", namespace)
     kubectl("delete", "configmap", "llama-8b-router", "-n", namespace)
@@ -152,7 +154,7 @@ def test_operator_killed_mid_reconcile_converges_after_restart(kubectl: Kubectl,
 def test_deleting_the_service_removes_every_child(kubectl: Kubectl, operator: Operator,
                                                   namespace: str):
     kubectl.apply(manifest(namespace))
-    eventually(lambda: ready_with(kubectl, namespace, 2, 1), timeout=120, what="initial Ready")
+    eventually(lambda: ready_with(kubectl, namespace, 3, 0), timeout=120, what="initial Ready")
     kubectl("delete", "ascendraservice", "llama-8b", "-n", namespace, "--wait=false")
 
     def deleted() -> bool:
@@ -215,6 +217,10 @@ INVALID = [
     ({"slo": {"ttftSeconds": 0}}, "spec.slo.ttftSeconds"),
     ({"slo": {"attainmentTarget": 1.5}}, "spec.slo.attainmentTarget"),
     ({"policy": {"dispatch": "random"}}, "spec.policy.dispatch"),
+    ({"policy": {"queueLimit": 0}}, "spec.policy.queueLimit"),
+    ({"policy": {"relegationMarginSeconds": -1}}, "spec.policy.relegationMarginSeconds"),
+    ({"policy": {"noSuchKnob": 1}}, "noSuchKnob"),
+    ({"system": "vllm-v0"}, "spec.system"),
     ({"model": {"name": "m"}}, "spec.model.path"),
     ({"router": {"port": 70000}}, "spec.router.port"),
 ]

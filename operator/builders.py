@@ -66,7 +66,8 @@ def _runtime_pod_spec(spec: ServiceSpec) -> dict[str, Any]:
     for kind in ("requests", "limits"):
         resources.setdefault(kind, {})["nvidia.com/gpu"] = str(spec.gpus)
     volumes, mounts = _model_volume(spec)
-    args = ["runtime", "--model", spec.model_path, "--served-model-name", spec.model_name,
+    args = ["runtime", "--system", spec.system, "--model", spec.model_path,
+            "--served-model-name", spec.model_name,
             "--host", "0.0.0.0", "--port", str(ENGINE_PORT), "--agent-host", "0.0.0.0",
             "--agent-port", str(AGENT_PORT), "--role-file", "/etc/podinfo/labels",
             "--max-model-len", str(spec.max_model_len), "--",
@@ -123,10 +124,10 @@ def router_config(spec: ServiceSpec) -> dict[str, Any]:
         "model_name": spec.model_name,
         "tokenizer": spec.model_path,
         "max_model_len": spec.max_model_len,
-        "slo": {"ttft": spec.slo.ttft, "tbt": spec.slo.tbt},
-        "policy": {"margin": spec.margin, "dispatch": spec.dispatch,
-                   "ticket_step_fraction": spec.ticket_step_fraction,
-                   "migration": spec.migration},
+        "slo": {"ttft": spec.slo.ttft, "tbt": spec.slo.tbt,
+                "tbtKind": spec.slo.tbt_kind.value},
+        "system": spec.system,
+        "policy": spec.policy.as_mapping(),
         "predictor": {"refit_every": spec.predictor_refit_every},
         "discovery": {"namespace": spec.namespace, "selector": runtime_selector(spec),
                       "engine_port": ENGINE_PORT, "agent_port": AGENT_PORT},

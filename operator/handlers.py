@@ -103,9 +103,10 @@ def _plan(spec: ServiceSpec) -> SplitPlan | None:
     if mix is None:
         return None
     model = latency_model(planner.model, planner.gpu)
-    return plan_split(mix, model, CoreSlo(spec.slo.ttft, spec.slo.tbt), PlannerConfig(
-        spec.instances, spec.hp_min, spec.hp_max, planner.kv_tokens, spec.margin,
-        requests=1000))
+    return plan_split(mix, model, CoreSlo(spec.slo.ttft, spec.slo.tbt, spec.slo.tbt_kind),
+                      PlannerConfig(spec.instances, spec.hp_min, spec.hp_max,
+                                    planner.kv_tokens, system=spec.system, policy=spec.policy,
+                                    requests=1000))
 
 
 def _serves_monitoring(kube: Kube, ttl: float = 60.0) -> bool:

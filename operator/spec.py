@@ -12,6 +12,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ascendra.core.policy import Policy, PolicyError, parse_policy
+from ascendra.core.request import TbtKind
+from ascendra.core.systems import SYSTEMS, system
 from ascendra.perf.hardware import GPUS, ModelShape
 
 GROUP, VERSION, PLURAL, KIND = "ascendra.io", "v1alpha1", "ascendraservices", "AscendraService"
@@ -28,6 +31,7 @@ class Slo:
     ttft: float = 1.0
     tbt: float = 0.15
     attainment: float = 0.9
+    tbt_kind: TbtKind = TbtKind.MEAN
 
 
 @dataclass(frozen=True)
@@ -68,13 +72,11 @@ class ServiceSpec:
     affinity: dict[str, Any] | None = None
     slo: Slo = field(default_factory=Slo)
     instances: int = 3
-    hp_min: int = 1
-    hp_max: int = 1
-    hp_initial: int = 1
-    margin: float = 0.7
-    dispatch: str = "round-robin"
-    ticket_step_fraction: float = 0.5
-    migration: bool = True
+    hp_min: int = 0
+    hp_max: int = 0
+    hp_initial: int = 0
+    system: str = "ascendra"  # the registry's name: engine arguments and the policy's base
+    policy: Policy = field(default_factory=Policy)
     predictor_refit_every: int = 0
     autoscaling: Autoscaling = field(default_factory=Autoscaling)
     router_image: str = "ghcr.io/ascendra/router:0.1.0"
@@ -115,7 +117,7 @@ def _planner(raw: dict[str, Any] | None) -> Planner | None:
 def parse(body: dict[str, Any]) -> ServiceSpec:
     meta, spec = body.get("metadata", {}), body.get("spec") or {}
     hp = _get(spec, "pool", "hp", default={}) or {}
-    hp_min, hp_max = int(hp.get("min", 1)), int(hp.get("max", 1))
+    hp_min, hp_max = int(hp.get("min", 0)), int(hp.get("max", 0))
     resources = _get(spec, "runtime", "resources", default={}) or {}
     for kind in ("requests", "limits"):
         for res, qty in (resources.get(kind) or {}).items():
@@ -130,6 +132,17 @@ def parse(body: dict[str, Any]) -> ServiceSpec:
             raise SpecError(f"placement.nodeSelector.{key}: {value!r} is not a label value")
     auto = spec.get("autoscaling") or {}
     planner = _planner(auto.get("planner"))
+    system_name = str(spec.get("system", "ascendra"))
+    if system_name not in SYSTEMS or not SYSTEMS[system_name].deployable:
+        raise SpecError(f"system: {system_name!r} is not a system that runs on vLLM")
+    try:
+        policy = parse_policy(spec.get("policy") or {}, base=system(system_name).policy)
+        tbt_kind = TbtKind(_get(spec, "slo", "tbtKind", default="mean"))
+    except PolicyError as e:
+        raise SpecError(str(e)) from None
+    except ValueError:
+        raise SpecError(f"slo.tbtKind: {_get(spec, 'slo', 'tbtKind')!r} is not one of "
+                        f"{', '.join(k.value for k in TbtKind)}") from None
     return ServiceSpec(
         name=name, namespace=meta.get("namespace", "default"), uid=meta.get("uid", ""),
         model_name=_get(spec, "model", "name"), model_path=_get(spec, "model", "path"),
@@ -148,14 +161,11 @@ def parse(body: dict[str, Any]) -> ServiceSpec:
         affinity=_get(spec, "placement", "affinity"),
         slo=Slo(float(_get(spec, "slo", "ttftSeconds", default=1.0)),
                 float(_get(spec, "slo", "tbtSeconds", default=0.15)),
-                float(_get(spec, "slo", "attainmentTarget", default=0.9))),
+                float(_get(spec, "slo", "attainmentTarget", default=0.9)), tbt_kind),
         instances=int(_get(spec, "pool", "instances", default=3)),
         hp_min=hp_min, hp_max=hp_max, hp_initial=int(hp.get("initial", hp_min)),
-        margin=float(_get(spec, "policy", "offloadMarginSeconds", default=0.7)),
-        dispatch=_get(spec, "policy", "dispatch", default="round-robin"),
-        ticket_step_fraction=float(_get(spec, "policy", "ticketStepFraction", default=0.5)),
-        migration=bool(_get(spec, "policy", "migration", default=True)),
-        predictor_refit_every=int(_get(spec, "policy", "predictorRefitEvery", default=0)),
+        system=system_name, policy=policy,
+        predictor_refit_every=int(_get(spec, "router", "predictorRefitEvery", default=0)),
         autoscaling=Autoscaling(bool(auto.get("enabled", False)), auto.get("prometheusUrl"),
                                 int(auto.get("intervalSeconds", 30)),
                                 int(auto.get("cooldownSeconds", 300)), planner),

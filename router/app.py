@@ -175,19 +175,19 @@ class Router:
         engine (the response then streams), else the answer to send (shed: 429 or 503 with
         Retry-After; the client left: 499)."""
         self.control.submit(session)
-        if not session.placed.done():
+        placed = session.placed
+        assert placed is not None
+        if not placed.done():
             watch = asyncio.create_task(_disconnected(request))
             try:
-                await asyncio.wait({session.placed, watch}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({placed, watch}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 watch.cancel()
-            if not session.placed.done():
-                self.control.finished(session)
+            if not placed.done():
                 self._record(session, "client disconnected while queued")
                 return Response(status_code=499)
-        outcome = session.placed.result()
+        outcome = placed.result()
         if isinstance(outcome, Reject):
-            self.control.finished(session)
             self._record(session, outcome.message, rejected=outcome.reason.value)
             code = "overloaded" if outcome.reason.status == 429 else "queue_dropped"
             err = ApiError(outcome.reason.status, outcome.message, type_="server_error"

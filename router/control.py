@@ -26,6 +26,7 @@ from ascendra.core.policy import Policy
 from ascendra.core.view import ClusterView, InFlight, InstanceView
 from ascendra.predict.observations import Observation, ObservationRecorder
 from ascendra.router.instances import Instance, InstancePool
+from ascendra.router.learning import FallbackPredictor
 from ascendra.router.metrics import RouterMetrics
 from ascendra.router.session import Session
 
@@ -95,7 +96,9 @@ class ControlLoop:
 
     @predictor.setter
     def predictor(self, p: DeadlinePredictor) -> None:
-        self.core.set_predictor(p)
+        """Decide with ``p`` (a learned predictor), falling back to the analytic one for good
+        the first time it fails."""
+        self.core.set_predictor(FallbackPredictor(p, self.analytic))
 
     # -- the view --------------------------------------------------------------------------
     def view(self, now: float, periodic: bool) -> ClusterView:
@@ -112,6 +115,7 @@ class ControlLoop:
     def submit(self, session: Session) -> None:
         """A request arrived: queue it and decide at once (it may be released or shed)."""
         self.sessions[session.request.id] = session
+        session.placed = asyncio.get_running_loop().create_future()
         session.on_change = self.pass_soon
         self.core.enqueue(session.request, session.criticality)
         self.run_pass()
@@ -158,7 +162,7 @@ class ControlLoop:
             self._reject(rej)
         for rel in d.releases:
             s = self.sessions.get(rel.request.id)
-            if s is None or s.placed.done():
+            if s is None or s.placed is None or s.placed.done():
                 continue
             inst = self.pool.instance(rel.instance)
             s.start(self.http, inst, rel.engine_priority)
@@ -175,7 +179,7 @@ class ControlLoop:
     def _reject(self, rej: Reject) -> None:
         s = self.sessions.pop(rej.request.id, None)
         self.metrics.rejected.labels(rej.reason.value).inc()
-        if s is not None and not s.placed.done():
+        if s is not None and s.placed is not None and not s.placed.done():
             s.placed.set_result(rej)
 
     def _start_move(self, s: Session, mv: Move) -> None:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from ascendra.core.latency import LatencyModel
+from ascendra.core.latency import BatchShape, LatencyModel
+from ascendra.core.offload import DeadlinePredictor, QueueSnapshot
 from ascendra.predict.learned import (
     LearnedPredictor,
     PredictorError,
@@ -29,6 +31,36 @@ from ascendra.predict.learned import (
 from ascendra.predict.observations import Observation
 
 log = logging.getLogger("ascendra.router")
+
+
+class FallbackPredictor:
+    """A learned predictor that must not stop the controller: at its first failure to predict
+    (a damaged booster, features it was not built for) the analytic predictor serves from then
+    on, and the router says so in its log and in ``ascendra_predictor_version`` (0)."""
+
+    def __init__(self, learned: DeadlinePredictor, analytic: DeadlinePredictor) -> None:
+        self.learned = learned
+        self.analytic = analytic
+        self.active = learned
+
+    @property
+    def version(self) -> int:
+        return int(getattr(self.active, "version", 0))
+
+    def batch_time(self, shape: BatchShape) -> float:
+        return self.active.batch_time(shape)
+
+    def prefill_time(self, prompt_len: int) -> float:
+        return self.active.prefill_time(prompt_len)
+
+    def ttft_bounds(self, snaps: Sequence[QueueSnapshot]) -> list[float]:
+        if self.active is self.learned:
+            try:
+                return self.learned.ttft_bounds(snaps)
+            except Exception:
+                log.exception("deadline predictor failed; the analytic one serves from now on")
+                self.active = self.analytic
+        return self.analytic.ttft_bounds(snaps)
 
 
 def initial_predictor(path: Path | None, model: str,

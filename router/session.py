@@ -68,9 +68,9 @@ class Session:
     relegated: bool = False
     moving: bool = False  # a move is under way
     tokens_here: int = 0  # tokens from its current instance (0: it waits there unstarted)
-    # Resolved when the controller releases it (None) or sheds it (the Reject).
-    placed: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop()
-                                        .create_future())
+    # Resolved when the controller releases it (None) or sheds it (the Reject); made when the
+    # session is submitted.
+    placed: asyncio.Future[Any] | None = None
     on_change: Callable[[], None] | None = None  # called at a first token here and at the end
     last_event_at: float = 0.0
     _attempt: int = 0

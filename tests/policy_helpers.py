@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from ascendra.core.latency import BatchShape
 from ascendra.core.request import Request, Slo, Status
 from ascendra.core.scheduler import Scheduler
 
@@ -25,3 +28,17 @@ def decoding(sched: Scheduler, r: Request) -> Request:
     assert sched.kv.try_allocate(r, 0)
     sched.running.append(r)
     return r
+
+
+@dataclass(frozen=True)
+class LinearModel:
+    """A latency model to compute by hand: a fixed cost per step plus a cost per prefill token
+    and per decode."""
+
+    fixed: float = 0.01
+    per_prefill: float = 1e-4
+    per_decode: float = 0.0
+
+    def batch_time(self, shape: BatchShape) -> float:
+        return self.fixed + self.per_prefill * shape.num_prefill_tokens + \
+            self.per_decode * shape.num_decodes

@@ -1,17 +1,11 @@
-"""Offload rule, dispatchers and the Ascendra router policy."""
+"""The offload rule, predicted delay and the dispatchers, hand-computed."""
 
 from __future__ import annotations
 
-from policy_helpers import req
+import pytest
+from policy_helpers import LinearModel, req
 
-from ascendra.core.dispatch import (
-    AscendraRouting,
-    BaselineRouting,
-    InstanceLoad,
-    LeastPredictedDelay,
-    Role,
-    RoundRobin,
-)
+from ascendra.core.dispatch import Dispatcher, can_meet_ttft, predicted_delay
 from ascendra.core.offload import (
     FixedMarginPredictor,
     QueueSnapshot,
@@ -19,7 +13,11 @@ from ascendra.core.offload import (
     paper_bound,
     queue_snapshot,
 )
+from ascendra.core.policy import Dispatch
+from ascendra.core.view import InstanceView, Role
 from ascendra.perf import latency_model
+
+LIN = LinearModel()  # 10 ms a step + 0.1 ms a prefill token
 
 
 def _snap(batch_time: float, own_prefill: float) -> QueueSnapshot:
@@ -57,54 +55,47 @@ def test_queue_snapshot_counts_what_is_ahead():
     assert snap.ahead_prefill > alone.ahead_prefill > 0
 
 
-def _load(i: int, role: Role = Role.LP, **kw) -> InstanceLoad:
-    return InstanceLoad(index=i, role=role, **kw)
+def _inst(i: int, **kw) -> InstanceView:
+    return InstanceView(index=i, role=kw.pop("role", Role.MIXED), **kw)
+
+
+def test_predicted_delay_hand_computed():
+    # Idle: its own prefill, one step: 0.01 + 1000 × 1e-4.
+    assert predicted_delay(LIN, _inst(0), 1000) == pytest.approx(0.11)
+    # Busy: half the running step (40 ms), then 3000 unstarted + 1000 in one step.
+    busy = _inst(0, unstarted=2, unstarted_tokens=3000, running=5, step_time=0.08)
+    assert predicted_delay(LIN, busy, 1000) == pytest.approx(0.04 + 0.01 + 0.4)
+    # Past one step's budget (8192 - 192 decodes = 8000 a step): 12000 tokens take two steps,
+    # 0.01 + 0.8 then 0.01 + 0.4.
+    full = _inst(0, unstarted=3, unstarted_tokens=11_000, running=192, step_time=0.0)
+    assert predicted_delay(LIN, full, 1000) == pytest.approx(0.81 + 0.41)
+
+
+def test_can_meet_ttft():
+    r = req(1, 1000, arrival=0.0)  # deadline 1.0 s
+    assert can_meet_ttft(LIN, _inst(0), r, 1000, now=0.85)  # 0.85 + 0.11 = 0.96
+    assert not can_meet_ttft(LIN, _inst(0), r, 1000, now=0.9)  # 1.01
 
 
 def test_round_robin_cycles():
-    rr = RoundRobin()
-    loads = [_load(3), _load(5)]
-    assert [rr.pick(loads, req(0, 1)) for _ in range(4)] == [3, 5, 3, 5]
+    rr = Dispatcher(Dispatch.ROUND_ROBIN, LIN)
+    loads = [_inst(3), _inst(5)]
+    assert [rr.pick(loads, 1).index for _ in range(4)] == [3, 5, 3, 5]
 
 
-def test_least_predicted_delay_prefers_the_emptier_queue():
-    lpd = LeastPredictedDelay(latency_model())
-    loads = [_load(0, num_waiting=4, waiting_tokens=8000),
-             _load(1, num_waiting=1, waiting_tokens=100)]
-    assert lpd.pick(loads, req(0, 500)) == 1
-    busy = [_load(0, num_running=120, decode_context=240_000), _load(1, num_running=2,
-                                                                        decode_context=400)]
-    assert lpd.pick(busy, req(0, 500)) == 1
+def test_least_delay_prefers_the_emptier_queue_and_the_lighter_batch():
+    lpd = Dispatcher(Dispatch.LEAST_DELAY, latency_model())
+    loads = [_inst(0, unstarted=4, unstarted_tokens=8000), _inst(1, unstarted=1,
+                                                                  unstarted_tokens=100)]
+    assert lpd.pick(loads, 500).index == 1
+    busy = [_inst(0, running=120, decode_context=240_000), _inst(1, running=2,
+                                                                  decode_context=400)]
+    assert lpd.pick(busy, 500).index == 1
 
 
-def test_ascendra_routing_tickets_then_lps():
-    routing = AscendraRouting(RoundRobin())
-    idle_hp = _load(2, Role.HP, num_running=10, kv_free_fraction=0.9)
-    busy_hp = _load(2, Role.HP, num_waiting=3, kv_free_fraction=0.9)
-    lps = [_load(0), _load(1)]
-    assert routing.route_new([*lps, idle_hp], req(0, 5)).via_ticket
-    routes = [routing.route_new([*lps, busy_hp], req(0, 5)) for _ in range(3)]
-    assert [r.index for r in routes] == [0, 1, 0] and not any(r.via_ticket for r in routes)
-    assert routing.route_offload([*lps, busy_hp]) == 2
-    assert routing.route_offload(lps) is None
-
-
-def test_baseline_routing_never_offloads():
-    routing = BaselineRouting(RoundRobin())
-    loads = [_load(0, Role.MIXED), _load(1, Role.MIXED)]
-    assert [routing.route_new(loads, req(0, 5)).index for _ in range(2)] == [0, 1]
-    assert routing.route_offload(loads) is None
-
-
-def test_guarded_offload_goes_only_where_the_deadline_can_still_be_met():
-    lm = latency_model()
-    routing = AscendraRouting(RoundRobin(), offload_guard=lm)
-    r = req(1, 500, arrival=0.0)  # TTFT SLO 1.0 s
-    idle_hp = _load(2, Role.HP)
-    swamped_hp = _load(3, Role.HP, num_waiting=40, waiting_tokens=80_000)
-    # The swamped HP is skipped for the idle one; with only the swamped one, nothing moves.
-    assert routing.route_offload([_load(0), swamped_hp, idle_hp], r, now=0.5) == 2
-    assert routing.route_offload([_load(0), swamped_hp], r, now=0.5) is None
-    # Past the deadline no HP can make it; unguarded (the paper's rule) it moves regardless.
-    assert routing.route_offload([_load(0), idle_hp], r, now=1.5) is None
-    assert AscendraRouting(RoundRobin()).route_offload([_load(0), swamped_hp], r, 0.5) == 3
+def test_least_tokens_counts_what_is_left_to_compute():
+    lt = Dispatcher(Dispatch.LEAST_TOKENS, LIN)
+    assert lt.pick([_inst(0, outstanding_tokens=900), _inst(1, outstanding_tokens=400)],
+                   1).index == 1
+    assert lt.pick([_inst(4, outstanding_tokens=0), _inst(2, outstanding_tokens=0)],
+                   1).index == 2  # ties: the lowest index

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from ascendra.core.controller import ClusterController
+from ascendra.core.latency import BatchShape
 from ascendra.core.offload import FixedMarginPredictor, QueueSnapshot
 from ascendra.core.request import Request, Slo
 from ascendra.core.systems import system
@@ -210,46 +211,59 @@ def test_ttft_eval_reports_both_rules(ttft_model):
 
 
 # -- hosts -------------------------------------------------------------------------------------
-def _sim(predictor, *, record: bool, offload: bool = True, rate: float = 40.0):
-    cfg = ClusterConfig(system("ascendra"), instances=3, hp_instances=1)
+def _sim(predictor, *, record: bool, moves: bool = True, rate: float = 40.0, name="ascendra"):
+    spec = system(name)
+    if not moves:
+        spec = replace(spec, policy=replace(spec.policy, offload=False, migration=False))
+    cfg = ClusterConfig(spec, instances=3)
     reqs = SyntheticWorkload(ShareGptLike()).requests(rate, 600, 3)
     return Simulation(cfg, LM, predictor, Slo(1.0, 0.15), seed=3,
-                      recorder=ObservationRecorder() if record else None,
-                      offload=offload).run(reqs)
+                      recorder=ObservationRecorder() if record else None).run(reqs)
 
 
 def test_simulator_records_observations_and_can_hold_offloads():
-    res = _sim(FixedMarginPredictor(LM, 0.0), record=True, offload=False, rate=120)
+    res = _sim(FixedMarginPredictor(LM, 0.0), record=True, moves=False, rate=120)
     assert res.offloads == 0 and len(res.observations) > 100
     o = res.observations[0]
     assert o.remaining > 0 and o.slo_ttft == 1.0
 
 
 def test_simulator_runs_with_the_learned_predictor(ttft_model):
-    res = _sim(LearnedPredictor("llama", ttft_model, LM), record=False)
-    assert len(res.outcomes) == 600
+    res = _sim(LearnedPredictor("llama", ttft_model, LM), record=False, name="ascendra-paper",
+               rate=110)
+    assert len(res.outcomes) == 600 and res.offloads > 0
 
 
-def test_controller_falls_back_when_the_predictor_fails():
-    from ascendra.router.control import ControlConfig, Controller, EngineRateModel
-    from ascendra.router.instances import InstancePool, InstanceSpec
-    from ascendra.router.session import Session
+def test_the_router_falls_back_when_the_predictor_fails():
+    from ascendra.core.policy import Policy
+    from ascendra.core.view import ClusterView, InFlight, InstanceView, Role
+    from ascendra.router.control import EngineRateModel
+    from ascendra.router.learning import FallbackPredictor
 
     class Broken:  # a stand-in for a learned model that raises at predict time
+        version = 3
+
+        def batch_time(self, shape):
+            return LM.batch_time(shape)
+
+        def prefill_time(self, n):
+            return LM.batch_time(BatchShape.prefill(n))
+
         def ttft_bounds(self, snaps):
             raise RuntimeError("booster exploded")
 
-    pool = InstancePool([InstanceSpec.parse("http://127.0.0.1:1,role=lp"),
-                         InstanceSpec.parse("http://127.0.0.1:2,role=hp")])
-    for inst in pool.instances:
-        inst.healthy = True
-    c = Controller(ControlConfig(), pool, EngineRateModel(), predictor=Broken())
-    now = time.time()
+    analytic = FixedMarginPredictor(EngineRateModel(), 0.7)
+    p = FallbackPredictor(Broken(), analytic)
+    assert p.version == 3
+    core = ClusterController(Policy(), p)
+    now = 100.0
     r = Request(id=1, arrival=now - 0.9, prompt_len=10, max_tokens=4, slo=Slo(1.0, 0.15))
-    s = Session(id="s", request=r, prompt_ids=[1] * 10, max_tokens=4, sampling={})
-    pool.instances[0].sessions["s"] = s
-    assert c.observe(now) == [s]  # the analytic rule still offloads it
-    assert c.predictor is c.analytic
+    view = ClusterView(now, [InstanceView(0, Role.LP, unstarted=1, unstarted_tokens=10),
+                             InstanceView(1, Role.HP)],
+                       streams=[InFlight(r, 0, 10, 0, None, None, now - 0.8)])
+    d = core.step(view)  # the analytic rule still offloads it
+    assert [(m.request.id, m.target) for m in d.moves] == [(1, 1)]
+    assert p.active is analytic and p.version == 0
 
 
 def test_router_starts_with_the_analytic_predictor_when_the_file_is_unfit(tmp_path):

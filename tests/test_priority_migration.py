@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from policy_helpers import req
 
-from ascendra.core.dispatch import Role
 from ascendra.core.migration import (
     StreamProgress,
     migration_helps,
@@ -15,6 +14,7 @@ from ascendra.core.migration import (
     tbt_at_risk,
 )
 from ascendra.core.priority import BAND, engine_priority, hp_priority, lp_priority
+from ascendra.core.view import Role
 
 
 def test_lp_priority_is_the_least_slack_key_in_ms():

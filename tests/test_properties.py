@@ -16,8 +16,9 @@ ENGINES = [
     EngineSpec("ascendra-lp", 256, 8),
     EngineSpec("ascendra-hp", 256, 8),
     EngineSpec("prefill-first", 256, 8),
-    EngineSpec("chunked", 64, 8),
-    EngineSpec("chunked", 256, 8),
+    EngineSpec("vllm", 64, 8),
+    EngineSpec("vllm", 256, 8),
+    EngineSpec("vllm-priority", 256, 8),
 ]
 
 workloads = st.lists(

@@ -238,11 +238,11 @@ class ClusterController:
 
     def _admit(self, view: ClusterView, d: Decisions) -> None:
         arrived, self._arrived = self._arrived, []
+        held = len(self._entries) - sum(not q.gone for q in arrived)  # admitted before
         for q in arrived:
             if q.gone:
                 continue
-            live = len(self._entries) - 1  # the others (q itself is counted)
-            if self.policy.hold_queue and live >= self.policy.queue_limit:
+            if self.policy.hold_queue and held >= self.policy.queue_limit:
                 victim = self._eviction_victim()
                 if victim is None:
                     self._done(q)
@@ -251,6 +251,7 @@ class ClusterController:
                     continue
                 victim.gone = True
                 self._done(victim)
+                held -= 1
                 d.rejects.append(Reject(victim.request, RejectReason.EVICTED,
                                         self._retry_after_now(view)))
             if self.policy.hold_queue and self._sheddable(q):
@@ -262,6 +263,7 @@ class ClusterController:
                                             self._retry_after(view, ahead)))
                     continue
             self._push(q)
+            held += 1
 
     def _eviction_victim(self) -> _Queued | None:
         """The relegated request that has waited longest (it has missed its TTFT anyway)."""

@@ -30,6 +30,7 @@ from ascendra.core.view import ClusterView, InFlight, InstanceView, Role, SplitQ
 from ascendra.errors import AscendraError
 from ascendra.metrics import RequestOutcome
 from ascendra.predict.observations import Observation, ObservationRecorder
+from ascendra.sim.planner import PlannerConfig, WorkloadMix, plan_split
 from ascendra.workloads.spec import RequestSpec
 
 _ARRIVAL, _STEP_DONE, _AT_ENGINE, _TICK = 0, 1, 2, 3
@@ -214,8 +215,6 @@ class Simulation:
         plan = None
         finished, self._finished = self._finished, []
         if cfg.planner and arrivals and len(finished) >= cfg.policy.min_requests:
-            from ascendra.sim.planner import PlannerConfig, WorkloadMix, plan_split
-
             mix = WorkloadMix(arrivals / cfg.interval, tuple(p for p, _ in finished),
                               tuple(o for _, o in finished))
             plan = plan_split(mix, self.truth, self.slo, PlannerConfig(

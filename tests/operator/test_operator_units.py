@@ -46,13 +46,18 @@ def test_parse_example():
     s = parse(body())
     assert (s.name, s.namespace, s.model_name, s.instances) == ("llama-8b", "default",
                                                                   "llama-3.1-8b", 3)
-    assert (s.hp_min, s.hp_max, s.hp_initial, s.gpus) == (1, 2, 1, 1)
-    assert s.clamp_hp(None) == 1 and s.clamp_hp(5) == 2 and s.clamp_hp(0) == 1
+    assert (s.hp_min, s.hp_max, s.hp_initial, s.gpus) == (0, 1, 0, 1)
+    assert s.clamp_hp(None) == 0 and s.clamp_hp(5) == 1 and s.clamp_hp(0) == 0
+    assert s.system == "ascendra" and s.policy.queue_limit == 4096
 
 
 @pytest.mark.parametrize(("override", "message"), [
     ({"runtime__resources": {"requests": {"cpu": "lots"}}}, "not a quantity"),
     ({"placement__nodeSelector": {"pool": "bad value!"}}, "not a label value"),
+    ({"policy": {"queueLimit": 0}}, "policy.queueLimit: 0 is out of range"),
+    ({"policy": {"order": "lifo"}}, "policy.order: 'lifo' is not one of"),
+    ({"system": "ascendra-paper"}, "system: 'ascendra-paper' is not a system that runs"),
+    ({"slo__tbtKind": "median"}, "slo.tbtKind: 'median' is not one of mean, p99, max"),
 ])
 def test_spec_errors(override, message):
     with pytest.raises(SpecError, match=message):
@@ -105,7 +110,8 @@ def test_router_objects_and_least_privilege_rbac():
     assert objs[("Role", "llama-8b-router")]["rules"] == [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
     cfg = json.loads(objs[("ConfigMap", "llama-8b-router")]["data"]["router.json"])
-    assert cfg == router_config(s) and cfg["slo"] == {"ttft": 1.0, "tbt": 0.15}
+    assert cfg == router_config(s) and cfg["slo"] == {"ttft": 1.0, "tbt": 0.15, "tbtKind": "mean"}
+    assert cfg["system"] == "ascendra" and cfg["policy"] == s.policy.as_mapping()
     assert objs[("Service", "llama-8b-runtime")]["spec"]["clusterIP"] == "None"
     assert all(o["metadata"]["ownerReferences"][0]["uid"] == "uid-1" for o in objs.values())
 
@@ -179,13 +185,20 @@ def test_drift_ignores_server_defaults_but_not_edits():
 
 
 def test_router_reads_the_operators_config():
+    from ascendra.core.policy import Dispatch, Overload
     from ascendra.router.config import settings_from_dict
 
-    s = parse(body(policy={"dispatch": "least-delay", "offloadMarginSeconds": 0.4,
-                           "predictorRefitEvery": 2000}))
+    s = parse(body(policy={"dispatch": "round-robin", "overload": "reject",
+                           "offloadMarginSeconds": 0.4}, router__predictorRefitEvery=2000,
+                   slo__tbtKind="max", system="vllm-shed"))
     settings = settings_from_dict(router_config(s))
     assert settings.model_name == "llama-3.1-8b" and settings.max_model_len == 8192
-    assert settings.control.dispatch == "least-delay" and settings.control.margin == 0.4
+    assert settings.system == "vllm-shed" and settings.policy == s.policy
+    p = settings.policy
+    assert (p.dispatch, p.overload, p.offload_margin) == (Dispatch.ROUND_ROBIN,
+                                                          Overload.REJECT, 0.4)
+    assert p.order.value == "fcfs"  # vllm-shed's own, not overridden
+    assert settings.slo.tbt_kind.value == "max"
     assert settings.refit_every == 2000
     d = settings.discovery
     assert d is not None and d.namespace == "default"
