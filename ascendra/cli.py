@@ -285,8 +285,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise AscendraError("--prompt must be tokens or text")
     cfg = loadgen.BenchConfig(
         url=args.url.rstrip("/"), model=args.model, workload=_bench_workload(args),
-        rates=_rates(args.qps), requests=args.requests, slo=Slo(args.ttft, args.tbt),
-        prompt=args.prompt, vocab=args.vocab, seed=args.seed, warmup=args.warmup)
+        rates=_rates(args.qps), requests=args.requests,
+        slo=Slo(args.ttft, args.tbt, _tbt_kind(args.tbt_kind)), prompt=args.prompt,
+        vocab=args.vocab, seed=args.seed, warmup=args.warmup, criticality=args.criticality)
 
     def bar(total: int, desc: str) -> tqdm:
         return tqdm(total=total, desc=desc, unit="req", disable=args.quiet, file=sys.stderr,
@@ -530,7 +531,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--qps", required=True, help="comma-separated request rates")
     b.add_argument("--requests", type=int, default=200, help="requests per rate")
     b.add_argument("--ttft", type=float, default=1.0, help="TTFT SLO, s")
-    b.add_argument("--tbt", type=float, default=0.15, help="mean-TBT SLO, s")
+    b.add_argument("--tbt", type=float, default=0.15, help="TBT SLO, s")
+    b.add_argument("--tbt-kind", default="mean", help="what the TBT SLO bounds: mean, p99 or "
+                   "max (every gap)")
+    b.add_argument("--criticality", type=int, help="sent as X-Ascendra-Criticality (negative: "
+                   "sheddable, answered 429 rather than relegated)")
     b.add_argument("--arrivals", default="poisson", help="poisson or gamma")
     b.add_argument("--cv", type=float, default=1.0, help="gamma arrivals' coefficient of variation")
     b.add_argument("--length-scale", type=float, default=1.0,

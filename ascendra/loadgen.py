@@ -20,10 +20,13 @@ import aiohttp
 import numpy as np
 import orjson
 
+from ascendra.core.controller import RejectReason
 from ascendra.core.request import Slo
 from ascendra.errors import AscendraError
 from ascendra.metrics import LatencySummary, RequestOutcome, goodput, summarize
 from ascendra.workloads.spec import RequestSpec, Workload
+
+SHED_REASONS = frozenset(r.value for r in RejectReason)
 
 
 @dataclass
@@ -40,6 +43,7 @@ class BenchConfig:
     drain_timeout: float = 60.0
     warmup: int = 0  # requests sent (at the first rate) and not measured before the sweep
     slo_headers: bool = True  # tell an Ascendra router the SLOs (others ignore the headers)
+    criticality: int | None = None  # sent as X-Ascendra-Criticality (negative: sheddable)
 
 
 @dataclass
@@ -76,13 +80,19 @@ async def _one(http: aiohttp.ClientSession, cfg: BenchConfig, spec: RequestSpec,
             "stream": True, "ignore_eos": True, "return_token_ids": True}
     headers = {"X-Ascendra-TTFT-SLO": f"{cfg.slo.ttft:g}",
                "X-Ascendra-TBT-SLO": f"{cfg.slo.tbt:g}"} if cfg.slo_headers else {}
+    if cfg.criticality is not None:
+        headers["X-Ascendra-Criticality"] = str(cfg.criticality)
     sent = time.perf_counter()
     first = last = None
-    tokens, max_gap, error, finished = 0, 0.0, None, False
+    tokens, max_gap, error, finished, rejected = 0, 0.0, None, False, None
+    own: list[float] = []  # this request's gaps (for a p99 target)
     try:
         async with http.post(cfg.url + "/completions", json=body, headers=headers) as r:
             if r.status != 200:
-                error = f"HTTP {r.status}: {(await r.text())[:200]}"
+                text = await r.text()
+                error = f"HTTP {r.status}: {text[:200]}"
+                if r.status in (429, 503):  # shed by the service, if it says so
+                    rejected = _shed_reason(text)
             else:
                 async for chunk in _events(r.content):
                     if "error" in chunk:
@@ -98,6 +108,8 @@ async def _one(http: aiohttp.ClientSession, cfg: BenchConfig, spec: RequestSpec,
                                 gap = now - last  # type: ignore[operator]
                                 gaps.append(gap)
                                 gaps.extend([0.0] * (n - 1))
+                                own.append(gap)
+                                own.extend([0.0] * (n - 1))
                                 max_gap = max(max_gap, gap)
                             last = now
                             tokens += n
@@ -112,7 +124,18 @@ async def _one(http: aiohttp.ClientSession, cfg: BenchConfig, spec: RequestSpec,
         tbt_mean=(last - first) / (tokens - 1) if first is not None and last is not None
         and tokens > 1 else None,
         max_gap=max_gap if tokens > 1 else None, tokens=tokens,
-        finished=finished and error is None, error=error)
+        finished=finished and error is None, error=error,
+        gap_p99=float(np.percentile(own, 99)) if own else None, rejected=rejected)
+
+
+def _shed_reason(text: str) -> str | None:
+    """The reason an Ascendra router gave for shedding the request (its error code), or None
+    when the answer is some other failure."""
+    try:
+        code = orjson.loads(text)["error"]["code"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return code if code in SHED_REASONS else None
 
 
 async def run_rate(cfg: BenchConfig, rate: float,
@@ -170,7 +193,7 @@ def report(cfg: BenchConfig, results: list[RateResult]) -> dict[str, Any]:
     return {
         "endpoint": cfg.url, "model": cfg.model, "workload": cfg.workload.name,
         "requests_per_rate": cfg.requests, "prompt": cfg.prompt,
-        "slo": {"ttft_s": cfg.slo.ttft, "tbt_mean_s": cfg.slo.tbt},
+        "slo": {"ttft_s": cfg.slo.ttft, "tbt_s": cfg.slo.tbt, "tbt_kind": cfg.slo.tbt_kind.value},
         "goodput_qps": round(goodput(curve), 4),
         "curve": [[q, round(a, 4)] for q, a in curve],
         "rates": {f"{r.rate:g}": {**r.summary.as_dict(), "wall_s": round(r.wall_s, 2)}
@@ -180,9 +203,10 @@ def report(cfg: BenchConfig, results: list[RateResult]) -> dict[str, Any]:
 
 def table(rep: dict[str, Any]) -> str:
     lines = [f"{rep['endpoint']}  model {rep['model']}  workload {rep['workload']}  "
-             f"SLO TTFT {rep['slo']['ttft_s']:g} s / mean TBT {rep['slo']['tbt_mean_s']:g} s",
+             f"SLO TTFT {rep['slo']['ttft_s']:g} s / TBT ({rep['slo']['tbt_kind']}) "
+             f"{rep['slo']['tbt_s']:g} s",
              f"{'rate':>7} {'attain':>7} {'TTFT p50':>9} {'TTFT p99':>9} {'TBT p50':>8} "
-             f"{'TBT p99':>8} {'maxgap p99':>10} {'misses':>8}"]
+             f"{'TBT p99':>8} {'maxgap p99':>10} {'misses':>8} {'shed':>6}"]
 
     def ms(x: float | None) -> str:
         return "-" if x is None else f"{x * 1e3:.0f}ms"
@@ -191,7 +215,7 @@ def table(rep: dict[str, Any]) -> str:
         lines.append(f"{rate:>7} {s['attainment']:>7.1%} {ms(s['ttft_p50']):>9} "
                      f"{ms(s['ttft_p99']):>9} {ms(s['tbt_mean_p50']):>8} "
                      f"{ms(s['tbt_mean_p99']):>8} {ms(s['max_gap_p99']):>10} "
-                     f"{sum(s['misses'].values()):>8}")
+                     f"{sum(s['misses'].values()):>8} {s['rejected']:>6}")
     lines.append(f"goodput (90% attainment): {rep['goodput_qps']:.2f} req/s")
     return "\n".join(lines)
 

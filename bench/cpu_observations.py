@@ -1,7 +1,7 @@
 """Queued requests' observations from a real vLLM CPU engine, for the learned TTFT model.
 
 Starts the local stack with one vLLM CPU engine of the tiny model (vLLM defaults, the router in
-``--baseline`` mode, so nothing is moved and every observation is what staying cost), with the
+``--system vllm`` mode, so nothing is moved and every observation is what staying cost), with the
 router writing every queued request's snapshots and time to first token (``--observations``),
 and runs ``ascendra bench`` at each rate. Run it twice with different seeds: one run to train
 on, the other held out (docs/predictor.md).
@@ -49,7 +49,7 @@ def main() -> None:
     slo = Slo(args.ttft, args.tbt)
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "observations.jsonl"
-        cfg = StackConfig(lp=1, hp=0, system="vllm", port=args.port, base_port=args.port + 10,
+        cfg = StackConfig(instances=1, system="vllm", port=args.port, base_port=args.port + 10,
                           ttft=slo.ttft, tbt=slo.tbt, router_args=["--observations", str(log)],
                           log_dir=Path(".ascendra/logs/cpu-observations"))
         with LocalStack(cfg) as stack:

@@ -1,8 +1,9 @@
 """The learned offload bound against the paper's fixed margin, in the simulator (paper-sharegpt).
 
-1. Observe: Ascendra (2 LP + 1 HP) at the preset's rates with offloading off, recording every
-   queued request's snapshots and its time to first token (seed ``--train-seed``). With nothing
-   moved, each observation's outcome is what staying would have cost: the oracle.
+1. Observe: the paper's design (2 LP + 1 HP) at the preset's rates with offloading off,
+   recording every queued request's snapshots and its time to first token (seed
+   ``--train-seed``). With nothing moved, each observation's outcome is what staying would have
+   cost: the oracle.
 2. Train the TTFT quantile model on them.
 3. Score both offload rules on a held-out observe-only run (``--test-seed``): how many flagged
    snapshots were in vain (the request met its target where it was), precision and recall.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from ascendra.core.offload import DeadlinePredictor, FixedMarginPredictor
@@ -33,13 +34,15 @@ from ascendra.sim.cluster import ClusterConfig, Simulation
 
 def simulate(rate: float, seed: int, predictor: DeadlinePredictor, observe: bool):
     preset = PRESETS["paper-sharegpt"]
-    cfg = ClusterConfig(system("ascendra"), instances=preset.instances,
-                        hp_instances=preset.hp_instances, kv_tokens=preset.kv_tokens,
+    spec = system("ascendra-paper")  # the design whose offload rule the bound serves
+    if observe:
+        spec = replace(spec, policy=replace(spec.policy, offload=False))
+    cfg = ClusterConfig(spec, instances=preset.instances, kv_tokens=preset.kv_tokens,
                         jitter_cv=preset.jitter_cv)
     reqs = preset.workload.requests(rate, preset.request_count(rate), seed)
     truth = latency_model(preset.model, preset.gpu)
     sim = Simulation(cfg, truth, predictor, preset.slo, seed=seed,
-                     recorder=ObservationRecorder() if observe else None, offload=not observe)
+                     recorder=ObservationRecorder() if observe else None)
     return sim.run(reqs)
 
 

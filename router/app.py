@@ -189,9 +189,9 @@ class Router:
         outcome = placed.result()
         if isinstance(outcome, Reject):
             self._record(session, outcome.message, rejected=outcome.reason.value)
-            code = "overloaded" if outcome.reason.status == 429 else "queue_dropped"
             err = ApiError(outcome.reason.status, outcome.message, type_="server_error"
-                           if outcome.reason.status >= 500 else "rate_limit_error", code=code)
+                           if outcome.reason.status >= 500 else "rate_limit_error",
+                           code=outcome.reason.value)
             return JSONResponse(err.body(), err.status,
                                 headers={"Retry-After": f"{outcome.retry_after:.0f}"})
         return None

@@ -60,12 +60,51 @@ def test_list_presets(capsys):
         (["profile", "--model", "m", "--out", "p.csv", "--prefill", "4096"],
          "does not fit --max-model-len 2048"),
         (["profile", "--model", "m", "--out", "/no/such/dir/p.csv"], "is not a directory"),
+        (["sim", "--preset", "anchor-h100", "--queue-limit", "0"],
+         "--queue-limit: '0' is out of range [1, 1000000]"),
+        (["sim", "--preset", "anchor-h100", "--order", "lifo"],
+         "--order: 'lifo' is not one of deadline, fcfs, shortest"),
+        (["sim", "--preset", "anchor-h100", "--hold-queue", "maybe"],
+         "--hold-queue: 'maybe' is not true or false"),
+        (["sim", "--preset", "anchor-h100", "--relegation-margin-seconds", "-1"],
+         "--relegation-margin-seconds: '-1' is out of range [0.0, 60.0]"),
+        (["sim", "--preset", "anchor-h100", "--tbt-kind", "median"],
+         "--tbt-kind must be one of mean, p99, max"),
+        (["router", "--queue-timeout-seconds", "0", "--model-name", "m", "--tokenizer", "t",
+          "--max-model-len", "64", "--instance", "http://127.0.0.1:1"],
+         "--queue-timeout-seconds: '0' is out of range"),
+        (["router", "--system", "ascendra-paper", "--model-name", "m", "--tokenizer", "t",
+          "--max-model-len", "64", "--instance", "http://127.0.0.1:1"],
+         "runs in the simulator only"),
+        (["router", "--system", "nope", "--model-name", "m", "--tokenizer", "t",
+          "--max-model-len", "64", "--instance", "http://127.0.0.1:1"], "unknown system 'nope'"),
+        (["up", "--system", "vllm-v0"], "--system must be one of ascendra, vllm"),
+        (["up", "--hp", "2"], "--hp must be within 0..1"),
+        (["up", "--system", "vllm", "--hp", "1"], "--hp applies to ascendra only"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_bad_policy_in_the_router_config_names_the_field(tmp_path, capsys):
+    cfg = tmp_path / "router.json"
+    base = {"model_name": "m", "tokenizer": str(tmp_path), "max_model_len": 64}
+    for policy, message in (({"queueLimit": -3}, "policy.queueLimit: -3 is out of range"),
+                            ({"overload": "drop"}, "policy.overload: 'drop' is not one of"),
+                            ({"holdQueue": 1}, "policy.holdQueue: 1 is not true or false")):
+        cfg.write_text(json.dumps({**base, "policy": policy}))
+        assert main(["router", "--config", str(cfg)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    cfg.write_text(json.dumps({**base, "slo": {"tbtKind": "median"}}))
+    assert main(["router", "--config", str(cfg)]) == 2
+    assert "slo.tbtKind: 'median' is not one of" in capsys.readouterr().err
+    cfg.write_text(json.dumps({**base, "system": "vllm-v0"}))
+    assert main(["router", "--config", str(cfg)]) == 2
+    assert "runs in the simulator only" in capsys.readouterr().err
 
 
 def test_bad_files_are_one_line_and_exit_2(tmp_path, capsys):

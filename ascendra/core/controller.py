@@ -581,9 +581,10 @@ def _step_time(model: DeadlinePredictor, inst: InstanceView) -> float:
 
 class _Rooms:
     """Each instance's flow-control window within one step (what was released this step counts
-    as unstarted at once), and the gap guard: a request whose TBT target bounds its gaps is
-    sent only where the step it would join is predicted within ``step_fraction`` of that
-    target, or where no stream would feel the step."""
+    as unstarted at once): room for one more while it holds fewer unstarted prompt tokens than
+    the window, has a free seat and keeps its KV reserve. And the gap guard: a request whose
+    TBT target bounds its gaps is sent only where the step it would join is predicted within
+    ``step_fraction`` of that target, or where no stream would feel the step."""
 
     def __init__(self, instances: Sequence[InstanceView], policy: Policy,
                  model: DeadlinePredictor) -> None:
@@ -600,6 +601,7 @@ class _Rooms:
             return True
         p = self._policy
         if inst.unstarted_tokens >= p.release_tokens or \
+                inst.running + inst.unstarted >= inst.max_seqs or \
                 inst.kv_free_tokens <= p.kv_reserve * inst.kv_capacity_tokens:
             return False
         if req is None or req.slo.tbt_kind is TbtKind.MEAN or inst.running == 0:

@@ -180,7 +180,7 @@ def parse_value(f: Field, raw: Any, where: str) -> Any:
                           ) from None
     if not math.isfinite(value) or (f.low is not None and value < f.low) or \
             (f.high is not None and value > f.high):
-        raise PolicyError(f"{name}: {raw!r} is out of range [{f.low:g}, {f.high:g}]")
+        raise PolicyError(f"{name}: {raw!r} is out of range [{f.kind(f.low)}, {f.kind(f.high)}]")
     return value
 
 

@@ -39,6 +39,13 @@ def to_json(preset: Preset, sweeps: dict[str, SystemSweep]) -> dict[str, Any]:
             "max_gap_p99": s.max_gap_p99 if s else None,
             "gap_p99": s.gap_p99 if s else None,
             "reported_at_qps": at.qps if at else None,
+            # At that rate: what the policy gave up, and who paid (mean lengths of the
+            # requests that missed against those of all requests).
+            "relegated_fraction": round(s.relegated / s.sent, 4) if s else None,
+            "rejected_fraction": round(s.rejected / s.sent, 4) if s else None,
+            "who_pays": {"prompt_mean": s.prompt_mean, "prompt_mean_missed": s.prompt_mean_missed,
+                         "output_mean": s.output_mean,
+                         "output_mean_missed": s.output_mean_missed} if s else None,
             "goodput_over_bound": round(sw.goodput / bound, 4) if bound else None,
             "points": {
                 str(q): {**pt.summary.as_dict(), "wall_s": round(pt.wall_s, 3),
@@ -52,11 +59,13 @@ def to_json(preset: Preset, sweeps: dict[str, SystemSweep]) -> dict[str, Any]:
         "workload": {"name": preset.workload.name, "mean_prompt": round(p, 1),
                      "mean_output": round(o, 1), "min_requests_per_rate": preset.requests,
                      "min_duration_s": preset.duration_s},
-        "slo": {"ttft_s": preset.slo.ttft, "tbt_mean_s": preset.slo.tbt},
+        "slo": {"ttft_s": preset.slo.ttft, "tbt_s": preset.slo.tbt,
+                "tbt_kind": preset.slo.tbt_kind.value},
         "setup": {"model": preset.model, "gpu": preset.gpu, "profile": preset.profile,
                   "instances": preset.instances,
                   "hp_instances": preset.hp_instances, "kv_tokens": preset.kv_tokens,
                   "max_seqs": preset.max_seqs, "margin_s": preset.margin,
+                  "policy_overrides": dict(preset.policy),
                   "predictor": preset.predictor, "offloads": not preset.observe,
                   "jitter_cv": preset.jitter_cv, "seed": preset.seed},
         "goodput_target": GOODPUT_TARGET,
@@ -70,23 +79,36 @@ def _fmt(x: float | None, scale: float = 1.0, digits: int = 0) -> str:
 
 
 def table(report: dict[str, Any]) -> str:
+    """One row a system: goodput, Ascendra's ratio to it, latencies at the goodput point, and
+    there what was given up (relegated, rejected) and by whom (mean prompt/output of the
+    requests that missed, against the workload's)."""
     systems = report["systems"]
     bound = report["saturation_bound_qps"]
     ref = systems.get("ascendra", {}).get("goodput_qps")
-    head = f"{'system':<10} {'goodput':>8} {'/bound':>7} {'ascendra×':>9} {'TTFT p99':>9} " \
-           f"{'TBT p99':>8} {'maxgap p99':>10}"
+    head = (f"{'system':<15} {'goodput':>8} {'/bound':>7} {'ascendra×':>9} {'TTFT p99':>9} "
+            f"{'TBT p99':>8} {'maxgap p99':>10} {'relegated':>9} {'rejected':>8} "
+            f"{'missed prompt/out':>18}")
+    slo = report["slo"]
     lines = [f"preset {report['preset']}: {report['description']}",
-             f"saturation bound {bound:.1f} QPS  "
+             f"SLO TTFT {slo['ttft_s']:g} s, TBT ({slo['tbt_kind']}) "
+             f"{slo['tbt_s']:g} s; saturation bound {bound:.1f} QPS "
              f"(goodput = QPS at {GOODPUT_TARGET:.0%} attainment)",
              head, "-" * len(head)]
+    pays = next((s["who_pays"] for s in systems.values() if s.get("who_pays")), None)
     for name, s in systems.items():
         g = s["goodput_qps"]
         ratio = f"{ref / g:.2f}" if ref is not None and g > 0 and name != "ascendra" else "-"
+        w = s.get("who_pays") or {}
+        missed = f"{_fmt(w.get('prompt_mean_missed'))}/{_fmt(w.get('output_mean_missed'))}"
         lines.append(
-            f"{name:<10} {g:>8.2f} {_fmt(s['goodput_over_bound'], 1, 2):>7} {ratio:>9} "
+            f"{name:<15} {g:>8.2f} {_fmt(s['goodput_over_bound'], 1, 2):>7} {ratio:>9} "
             f"{_fmt(s['ttft_p99'], 1e3):>7}ms {_fmt(s['tbt_mean_p99'], 1e3):>6}ms "
-            f"{_fmt(s['max_gap_p99'], 1e3):>8}ms"
-        )
+            f"{_fmt(s['max_gap_p99'], 1e3):>8}ms {_fmt(s.get('relegated_fraction'), 100, 1):>8}% "
+            f"{_fmt(s.get('rejected_fraction'), 100, 1):>7}% {missed:>18}")
+    if pays:
+        lines.append(f"(all requests: mean prompt {_fmt(pays['prompt_mean'])}, mean output "
+                     f"{_fmt(pays['output_mean'])}; relegated, rejected and missed lengths at "
+                     f"each system's goodput point)")
     return "\n".join(lines)
 
 

@@ -139,7 +139,7 @@ def model_dir(root: Path) -> Path:
 
 def execute(run: Run, model: Path, out: Path, port: int) -> dict[str, object]:
     lp, hp = (1, 1) if run.system == "ascendra" else (run.instances, 0)
-    cfg = StackConfig(model=model, lp=lp, hp=hp, system=run.system, port=port,
+    cfg = StackConfig(model=model, instances=lp + hp, hp=hp, system=run.system, port=port,
                       base_port=port + 100, max_model_len=4096, ttft=run.slo.ttft,
                       tbt=run.slo.tbt, startup_timeout=900.0,
                       engine_args=[*DUMMY, *run.engine_args], log_dir=out / "logs" / run.name)

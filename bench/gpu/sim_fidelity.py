@@ -4,10 +4,11 @@ For every ``RUN.json`` that ``experiments.py`` wrote, simulate the same system, 
 seats, KV size, SLOs, workload, rates, request count and seed (the load generator's) with the
 calibrated H100 / Llama-3.1-8B latency model, and compare goodput, p50/p99 TTFT and p50 mean TBT.
 
-An Ascendra run is simulated as what ran, system ``ascendra-v1``: the router (today's defaults:
-TBT migration, offload guard, ticket step fraction 0.5) over stock vLLM v1 engines ordered by its
-priority integers, not the paper's LP/HP schedulers (``--paper`` simulates those).
-Baselines are round-robin over vLLM v1 engines, no moves.
+Each run is simulated as the registry's system of the same name, with the run's HP count
+(``hp`` in its JSON; runs written before the cluster controller landed, 2026-12-01, ran
+Ascendra as static vLLM priorities over 1 LP + 1 HP, which the registry no longer holds: they
+are simulated as today's ``ascendra`` with 1 HP, so their rows compare two different systems).
+``--paper`` simulates Ascendra runs with the paper's LP/HP schedulers (``ascendra-paper``).
 
 Two engines sharing one GPU are simulated as two instances with half the GPU's compute and
 bandwidth each (the calibrated fixed overheads unchanged), divided once more by
@@ -73,11 +74,11 @@ def predict(run: dict[str, Any], profile: Path | None = None, paper: bool = Fals
     # 128 KiB of KV per token for the 8B shape (32 layers × 8 KV heads × 128 × K,V × bf16).
     kv = int(kv_bytes) // (128 * 1024) if kv_bytes else KV_FULL
     instances = run["instances"]
-    hp = 1 if run["system"] == "ascendra" else 0
-    name = "ascendra-v1" if run["system"] == "ascendra" and not paper else run["system"]
+    hp = int(run.get("hp", 1 if run["system"] == "ascendra" else 0))
+    name = "ascendra-paper" if run["system"] == "ascendra" and paper else run["system"]
     spec = system(name, max_seqs=int(seats) if seats else None)
     lm = model_for(instances, profile, slowdown, shared_profile)
-    slo = Slo(rep["slo"]["ttft_s"], rep["slo"]["tbt_mean_s"])
+    slo = Slo(rep["slo"]["ttft_s"], rep["slo"].get("tbt_s", rep["slo"].get("tbt_mean_s")))
     work = WORKLOADS[rep["workload"]]
     out: dict[str, Any] = {"rates": {}, "offloads": 0, "migrations": 0}
     curve = []

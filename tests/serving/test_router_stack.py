@@ -1,4 +1,5 @@
-"""The router over real vLLM CPU engines (1 LP + 1 HP), driven with the official openai client."""
+"""The router over real vLLM CPU engines (two, unpartitioned: Ascendra's default), driven with
+the official openai client."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def test_models_and_health(stack: Stack):
     health = stack.get("/health")
     assert health == {"healthy_instances": 2}
     roles = sorted(i["role"] for i in stack.get("/ascendra/instances"))
-    assert roles == ["hp", "lp"]
+    assert roles == ["lp", "lp"]  # no HP unless a measurement shows one pays
 
 
 def test_streaming_completion_through_the_router(stack: Stack):
@@ -143,11 +144,14 @@ def test_client_disconnect_aborts_the_engine_request(stack: Stack):
     assert settled - before < 1500  # the engine stopped early: it was aborted
 
 
-async def _stream(http: aiohttp.ClientSession, url: str, body: dict, headers: dict | None = None
-                  ) -> dict:
-    """Stream one completion; record token ids, text, and when the first token came."""
+async def _stream(http: aiohttp.ClientSession, url: str, body: dict, headers: dict | None = None,
+                  out: dict | None = None) -> dict:
+    """Stream one completion; record token ids, text, and when the first token came (into
+    ``out`` as they arrive, when given, so a test can act mid-stream)."""
     t0 = time.monotonic()
-    out = {"ids": [], "text": "", "first": None, "first_at": None, "finish": None}
+    if out is None:
+        out = {}
+    out.update({"ids": [], "text": "", "first": None, "first_at": None, "finish": None})
     async with http.post(url + "/v1/completions", json={**body, "stream": True,
                                                         "return_token_ids": True},
                          headers=headers or {}) as r:
@@ -167,62 +171,75 @@ async def _stream(http: aiohttp.ClientSession, url: str, body: dict, headers: di
     return out
 
 
-def test_overload_offloads_and_every_stream_is_intact(stack: Stack):
+def test_overload_is_held_at_the_router_and_every_stream_is_intact(stack: Stack):
+    """A burst of 40, ten times the engines' seats: the router holds what they cannot seat and
+    releases each as a seat frees, so the engines' own queues stay (nearly) empty, and every
+    stream gets exactly its tokens."""
+    _wait_idle(stack.lp_engine, stack.hp_engine)
     tok = AutoTokenizer.from_pretrained(str(stack.model_dir))
-    # The idle HP takes this 1-token prompt (a ticket), so its last prefill is nearly all fixed
-    # step cost: the prefill rate it leaves must not make the HP look too slow to offload to.
-    # (With the rate taken whole it did: here 5 of the 40 were offloaded after it, 35 with the
-    # step left out; in CI, under the whole suite, none.)
-    stack.client().completions.create(model=MODEL, prompt=[7], max_tokens=3)
-    before = _offloads(stack)
+    waits_before = _metric(stack, "ascendra_queue_wait_seconds_count")
 
-    async def burst() -> list[dict]:
+    async def burst() -> tuple[list[dict], float]:
         async with aiohttp.ClientSession() as http:
             bodies = [{"model": MODEL, "prompt": f"request {i} " * 20, "max_tokens": 60,
                        "ignore_eos": True, "temperature": 0} for i in range(40)]
-            return await asyncio.gather(*(
-                _stream(http, stack.url, b, {"X-Ascendra-TTFT-SLO": "1.2"}) for b in bodies))
+            tasks = [asyncio.create_task(_stream(http, stack.url, b,
+                                                 {"X-Ascendra-TTFT-SLO": "30"}))
+                     for b in bodies]
+            deepest = 0.0
+            while not all(t.done() for t in tasks):
+                deepest = max(deepest, sum(engine_metric(u, "vllm:num_requests_waiting")
+                                           for u in (stack.lp_engine, stack.hp_engine)))
+                await asyncio.sleep(0.05)
+            return [t.result() for t in tasks], deepest
 
-    results = asyncio.run(burst())
-    assert _offloads(stack) > before, "a burst 10x the LP's seats offloaded nothing"
+    results, deepest = asyncio.run(burst())
     for r in results:
         assert len(r["ids"]) == 60 and r["finish"] == "length"
         # No token lost, doubled or reordered (the engine holds back a trailing partial
         # UTF-8 character that decoding all ids shows as U+FFFD).
         assert r["text"].rstrip("\ufffd") == tok.decode(r["ids"]).rstrip("\ufffd")
+    assert _metric(stack, "ascendra_queue_wait_seconds_count") - waits_before == 40
+    assert deepest <= 2, f"the engines queued {deepest} requests the router should have held"
 
 
-def _offloads(stack: Stack) -> float:
-    with urllib.request.urlopen(stack.url + "/metrics", timeout=10) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith("ascendra_offloads_total"):
-                return float(line.split()[-1])
-    return 0.0
+def _metric(stack: Stack, name: str, **labels: str) -> float:
+    return engine_metric(stack.url, name, **labels) if labels else sum(
+        float(line.split()[-1]) for line in _router_metrics(stack.url).splitlines()
+        if line.startswith(name + " ") or line.startswith(name + "{"))
+
+
+def _router_metrics(url: str) -> str:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        return r.read().decode()
 
 
 def test_migration_by_replay_keeps_exact_tokens(stack: Stack):
     """Drain the instance under a greedy stream mid-way: it moves by token replay, and the
     client gets exactly max_tokens tokens, the same ones an unmoved stream gets."""
-    body = {"model": MODEL, "prompt": "migrate this stream please", "max_tokens": 400,
+    body = {"model": MODEL, "prompt": "migrate this stream please", "max_tokens": 1500,
             "ignore_eos": True, "temperature": 0}
 
-    async def run() -> tuple[dict, dict, dict]:
+    async def run() -> tuple[dict, dict, dict, int]:
         async with aiohttp.ClientSession() as http:
             reference = await _stream(http, stack.url, body)
             # Loose targets: no offload or TBT migration may move the stream before the
             # drain does (either made the drain find nothing to move on a busy machine).
+            progress: dict = {}
             task = asyncio.create_task(_stream(http, stack.url, body, {
-                "X-Ascendra-TTFT-SLO": "60", "X-Ascendra-TBT-SLO": "60"}))
+                "X-Ascendra-TTFT-SLO": "60", "X-Ascendra-TBT-SLO": "60"}, progress))
             instance = await _stream_instance(stack)
-            await asyncio.sleep(0.3)
+            while len(progress.get("ids", ())) < 20:  # mid-stream, whatever the machine's speed
+                await asyncio.sleep(0.01)
+            at = len(progress["ids"])
             async with http.post(stack.url + "/ascendra/drain",
                                  json={"instance": instance}) as r:
                 drained = await r.json()
-            return reference, await task, drained
+            return reference, await task, drained, at
 
-    reference, moved, drained = asyncio.run(run())
-    assert drained == {"moved": 1}
-    assert len(moved["ids"]) == 400 and moved["finish"] == "length"
+    reference, moved, drained, at = asyncio.run(run())
+    assert drained == {"moved": 1}, f"nothing moved with {at} of 1500 tokens out"
+    assert len(moved["ids"]) == 1500 and moved["finish"] == "length"
     assert moved["ids"] == reference["ids"]
 
 
@@ -253,48 +270,116 @@ async def _block(http: aiohttp.ClientSession, engine: str, n: int) -> None:
         await r.read()
 
 
-def test_priority_orders_waiting_requests_on_the_engine(stack: Stack):
-    """Fill the LP engine's seats (one request that frees its seat after 400 tokens, three that
-    hold theirs until the test drops them), queue four more through a router that sees only
-    that engine (so no ticket or offload interferes), with different TTFT targets, and once all
-    four wait on the engine watch the freed seat serve them one after another in deadline
-    order: vLLM's priority queue running the core's least-slack key."""
-    _wait_idle(stack.lp_engine, stack.hp_engine)
-    router = spawn_router(stack, 18012, [f"{stack.lp_engine},agent={stack.lp_agent}"])
-    try:
-        wait_healthy("http://127.0.0.1:18012", 1, 120)
+async def _fill_seats(http: aiohttp.ClientSession, engine: str, opener_tokens: int,
+                     router: str) -> tuple[asyncio.Task[None], list[asyncio.Task[None]]]:
+    """Take every seat of ``engine`` behind the router's back (one request that frees its
+    seat after ``opener_tokens`` tokens, the others held until cancelled), and wait until
+    ``router`` has seen them taken."""
+    opener = asyncio.create_task(_block(http, engine, opener_tokens))
+    holders = [asyncio.create_task(_block(http, engine, 2000)) for _ in range(SEATS - 1)]
+    while engine_metric(engine, "vllm:num_requests_running") < SEATS:
+        await asyncio.sleep(0.05)
+    while not any(i["url"] == engine and (i["state"] or {}).get("running", 0) >= SEATS
+                  for i in await _get_json(http, router + "/ascendra/instances")):
+        await asyncio.sleep(0.05)
+    return opener, holders
 
-        async def run() -> list[float]:
+
+async def _get_json(http: aiohttp.ClientSession, url: str):  # type: ignore[no-untyped-def]
+    async with http.get(url) as r:
+        return await r.json()
+
+
+@pytest.mark.parametrize(("hold_queue", "first"), [("true", "b"), ("false", "a")],
+                         ids=["router-queue", "static-priority"])
+def test_a_request_that_becomes_hopeless_is_served_after_one_that_can_still_make_it(
+        stack: Stack, hold_queue: str, first: str):
+    """The engine's seats are full. A (TTFT target 0.5 s) arrives, then B (60 s). By the time
+    a seat frees A can no longer make its target: held at the router, it is relegated and B
+    goes first. Sent at arrival with a static priority fixed then (A's deadline is earlier),
+    the engine serves A first, and B waits behind a request that was already late: what
+    ``--hold-queue false`` (the old design) does, and why the order is re-decided."""
+    _wait_idle(stack.lp_engine, stack.hp_engine)
+    url = "http://127.0.0.1:18012"
+    router = spawn_router(stack, 18012, [f"{stack.lp_engine},agent={stack.lp_agent}"],
+                          "--hold-queue", hold_queue)
+    try:
+        wait_healthy(url, 1, 120)
+
+        async def run() -> dict[str, float]:
             async with aiohttp.ClientSession() as http:
-                opener = asyncio.create_task(_block(http, stack.lp_engine, 400))
-                holders = [asyncio.create_task(_block(http, stack.lp_engine, 2000))
-                           for _ in range(SEATS - 1)]
-                while engine_metric(stack.lp_engine, "vllm:num_requests_running") < SEATS:
-                    await asyncio.sleep(0.05)
-                queued = []
-                for slo in ("20", "8", "14", "11"):  # none is at risk: no offload either way
-                    queued.append(asyncio.create_task(_stream(
-                        http, "http://127.0.0.1:18012",
-                        {"model": MODEL, "prompt": "wait for a seat", "max_tokens": 16,
-                         "ignore_eos": True}, {"X-Ascendra-TTFT-SLO": slo})))
-                    await asyncio.sleep(0.05)
-                # The order means something only if all four wait when the seat frees.
-                while engine_metric(stack.lp_engine, "vllm:num_requests_waiting") < 4:
-                    assert not opener.done(), "a seat freed before four requests were queued"
-                    await asyncio.sleep(0.05)
-                res = await asyncio.gather(*queued)
+                opener, holders = await _fill_seats(http, stack.lp_engine, 1000, url)
+                body = {"model": MODEL, "prompt": "wait for a seat", "max_tokens": 16,
+                        "ignore_eos": True}
+                a = asyncio.create_task(_stream(http, url, body, {"X-Ascendra-TTFT-SLO": "0.5"}))
+                await asyncio.sleep(0.3)
+                b = asyncio.create_task(_stream(http, url, body, {"X-Ascendra-TTFT-SLO": "60"}))
+                await asyncio.sleep(0.3)
+                assert not opener.done(), "a seat freed before A was past saving"
+                res = await asyncio.gather(a, b)
                 for h in holders:  # a client that leaves makes vLLM abort its request
                     h.cancel()
                 await asyncio.gather(opener, *holders, return_exceptions=True)
-                return [r["first_at"] for r in res]
+                return {"a": res[0]["first_at"], "b": res[1]["first_at"]}
 
         firsts = asyncio.run(run())
         _wait_idle(stack.lp_engine)
     finally:
         os.killpg(router.pid, signal.SIGTERM)
         router.wait()
-    order = sorted(range(4), key=lambda i: firsts[i])
-    assert order == [1, 3, 2, 0], firsts
+    assert min(firsts, key=firsts.__getitem__) == first, firsts
+
+
+def test_overload_answers_429_and_503_with_retry_after_through_the_openai_client(
+        stack: Stack):
+    """With the engine's seats full: a sheddable request that cannot make its target gets 429
+    (RateLimitError, the reason in the message, Retry-After); with the one queue place taken
+    the next request gets 429 at once; the one waiting is answered 503 after the queue
+    timeout. Each is counted by reason."""
+    _wait_idle(stack.lp_engine, stack.hp_engine)
+    url = "http://127.0.0.1:18015"
+    router = spawn_router(stack, 18015, [f"{stack.lp_engine},agent={stack.lp_agent}"],
+                          "--queue-limit", "1", "--queue-timeout-seconds", "2")
+    try:
+        wait_healthy(url, 1, 120)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+
+        async def run() -> tuple[int, dict, str]:
+            async with aiohttp.ClientSession() as http:
+                opener, holders = await _fill_seats(http, stack.lp_engine, 2000, url)
+                with pytest.raises(openai.RateLimitError) as shed:
+                    await asyncio.to_thread(
+                        client.completions.create, model=MODEL, prompt="shed me", max_tokens=4,
+                        extra_headers={"X-Ascendra-Criticality": "-1",
+                                       "X-Ascendra-TTFT-SLO": "0.3"})
+                assert "shed" in shed.value.message
+                assert int(shed.value.response.headers["retry-after"]) >= 1
+                waiting = asyncio.create_task(http.post(
+                    url + "/v1/completions", json={"model": MODEL, "prompt": "hold on",
+                                                   "max_tokens": 4},
+                    headers={"X-Ascendra-TTFT-SLO": "60"}))
+                await asyncio.sleep(0.3)
+                with pytest.raises(openai.RateLimitError, match="queue is full"):
+                    await asyncio.to_thread(client.completions.create, model=MODEL,
+                                            prompt="no room", max_tokens=4)
+                resp = await waiting
+                status, body = resp.status, await resp.json()
+                retry = resp.headers.get("Retry-After", "")
+                for h in (opener, *holders):
+                    h.cancel()
+                await asyncio.gather(opener, *holders, return_exceptions=True)
+                return status, body, retry
+
+        status, body, retry = asyncio.run(run())
+        assert status == 503 and "longer than the service allows" in body["error"]["message"]
+        assert set(body["error"]) == {"message", "type", "param", "code"} and retry.isdigit()
+        counts = {reason: engine_metric(url, "ascendra_rejected_requests_total", reason=reason)
+                  for reason in ("hopeless", "queue_full", "timeout")}
+        assert counts == {"hopeless": 1, "queue_full": 1, "timeout": 1}
+        _wait_idle(stack.lp_engine)
+    finally:
+        os.killpg(router.pid, signal.SIGTERM)
+        router.wait()
 
 
 def test_router_records_observations_and_serves_past_an_unfit_predictor(stack: Stack,
