@@ -63,6 +63,8 @@ def _rates(text: str) -> tuple[float, ...]:
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from tqdm import tqdm
 
     from ascendra.core.request import Slo
@@ -106,6 +108,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         overrides["slo"] = Slo(args.ttft or p.slo.ttft, args.tbt or p.slo.tbt,
                                _tbt_kind(args.tbt_kind) if args.tbt_kind else p.slo.tbt_kind)
     p = p.with_overrides(**overrides)
+    if (args.gpu or args.model) and not args.profile:
+        p = replace(p, profile=None)  # the shipped profile is one model on one GPU
     # An unknown GPU, a bad model config, a bad profile or an unfit predictor fails here, once.
     offload_predictor(p, latency_model(p.model, p.gpu, p.profile))
     observations = _writable(args.observations) if args.observations else None

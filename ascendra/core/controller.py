@@ -180,6 +180,11 @@ class ClusterController:
         return [q.request for q in self._entries.values()]
 
     @property
+    def waiting(self) -> bool:
+        """Whether a request that is not relegated waits in the queue."""
+        return self._live_head() or any(not q.gone for q in self._arrived)
+
+    @property
     def relegated_count(self) -> int:
         return sum(1 for _, _, q in self._relegated if not q.gone)
 

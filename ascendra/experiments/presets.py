@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from importlib import resources
 
 from ascendra.core.request import Slo, TbtKind
 from ascendra.errors import AscendraError
@@ -27,7 +28,9 @@ class Preset:
     duration_s: float | None = 60.0
     model: str = "llama-3.1-8b"
     gpu: str = "h100"
-    profile: str | None = None  # a measured profile CSV the latency model is fitted to
+    # A measured profile CSV the latency model is fitted to (None: the anchor-calibrated
+    # constants). The H100 presets use the one measured on vLLM 0.26.0 (docs/latency-model.md).
+    profile: str | None = field(default_factory=lambda: str(H100_PROFILE))
     kv_tokens: int = 451_840
     max_seqs: int | None = None  # None: each system's own seat limit
     margin: float = 0.7  # the paper's Δ for Llama-3.1-8B
@@ -52,6 +55,8 @@ class Preset:
         keep = {k: v for k, v in kw.items() if v is not None or k == "duration_s"}
         return replace(self, **keep)  # type: ignore[arg-type]
 
+
+H100_PROFILE = resources.files("ascendra") / "data" / "profiles" / "llama31-8b-h100-vllm026.csv"
 
 # Ascendra as deployed, the paper's design, and every baseline a user would pick.
 _SYSTEMS = ("ascendra", "ascendra-paper", "vllm", "vllm-lb", "vllm-shed", "sarathi", "vllm-v0")

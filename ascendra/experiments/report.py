@@ -49,7 +49,12 @@ def to_json(preset: Preset, sweeps: dict[str, SystemSweep]) -> dict[str, Any]:
             "goodput_over_bound": round(sw.goodput / bound, 4) if bound else None,
             "points": {
                 str(q): {**pt.summary.as_dict(), "wall_s": round(pt.wall_s, 3),
-                         "utilization": [round(u, 3) for u in pt.utilization]}
+                         "utilization": [round(u, 3) for u in pt.utilization],
+                         # engines idle while the router held requests that could still
+                         # make it: the cost of holding the queue (fraction of the run)
+                         "idle_with_queue": [round(x / pt.sim_duration_s, 4)
+                                             if pt.sim_duration_s else 0.0
+                                             for x in pt.idle_with_queue]}
                 for q, pt in sorted(sw.points.items())
             },
         }
@@ -61,7 +66,8 @@ def to_json(preset: Preset, sweeps: dict[str, SystemSweep]) -> dict[str, Any]:
                      "min_duration_s": preset.duration_s},
         "slo": {"ttft_s": preset.slo.ttft, "tbt_s": preset.slo.tbt,
                 "tbt_kind": preset.slo.tbt_kind.value},
-        "setup": {"model": preset.model, "gpu": preset.gpu, "profile": preset.profile,
+        "setup": {"model": preset.model, "gpu": preset.gpu,
+                  "profile": Path(preset.profile).name if preset.profile else None,
                   "instances": preset.instances,
                   "hp_instances": preset.hp_instances, "kv_tokens": preset.kv_tokens,
                   "max_seqs": preset.max_seqs, "margin_s": preset.margin,

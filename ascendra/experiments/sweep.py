@@ -33,6 +33,7 @@ class PointResult:
     wall_s: float
     sim_duration_s: float
     utilization: list[float]
+    idle_with_queue: list[float] = field(default_factory=list)  # s, per instance
     observations: list[Observation] = field(default_factory=list, repr=False)
 
 
@@ -88,7 +89,8 @@ def run_point(preset: Preset, system_name: str, qps: float) -> PointResult:
                         ).run(requests)
     wall = time.perf_counter() - start
     return PointResult(system_name, qps, summarize(result.outcomes, result.gaps), wall,
-                       result.duration, result.utilization, result.observations)
+                       result.duration, result.utilization, result.idle_with_queue,
+                       result.observations)
 
 
 def _run_task(args: tuple[Preset, str, float]) -> PointResult:

@@ -106,6 +106,7 @@ class _Instance:
     current: SchedulerOutput | None = None
     steps: int = 0
     busy_time: float = 0.0
+    idle_with_queue: float = 0.0
     next_role: Role | None = None  # a role change waiting for the running step to end
     last_step: float = 0.0  # the last step's duration: the step time the router sees
     # What the router knows of it, kept up to date as requests come and go.
@@ -135,6 +136,9 @@ class SimResult:
     utilization: list[float] = field(default_factory=list)
     offloads: int = 0
     migrations: int = 0
+    # What holding the queue costs: per instance, the time it stood idle while requests that
+    # could still meet their SLO waited at the router, s.
+    idle_with_queue: list[float] = field(default_factory=list)
     resizes: list[tuple[float, int, str]] = field(default_factory=list)  # (time, HP count, why)
     observations: list[Observation] = field(default_factory=list)  # with a recorder only
 
@@ -405,9 +409,14 @@ class Simulation:
         horizon = last_arrival + self.config.drain_timeout
         now = 0.0
         while self._events:
-            now, _, kind, payload = heapq.heappop(self._events)
-            if now > horizon:
+            t, _, kind, payload = heapq.heappop(self._events)
+            if t > horizon:
                 break
+            if self.controller.waiting:
+                for inst in self.instances:
+                    if not inst.busy:
+                        inst.idle_with_queue += t - now
+            now = t
             if kind == _STEP_DONE:
                 inst: _Instance = payload  # type: ignore[assignment]
                 if self._step_done(inst, now):
@@ -434,8 +443,9 @@ class Simulation:
             gaps=np.asarray(self._gaps), duration=now,
             steps=[i.steps for i in self.instances],
             utilization=[i.busy_time / now if now > 0 else 0.0 for i in self.instances],
-            offloads=self._offloads, migrations=self._migrations, resizes=self._resizes,
-            observations=self._observations)
+            offloads=self._offloads, migrations=self._migrations,
+            idle_with_queue=[i.idle_with_queue for i in self.instances],
+            resizes=self._resizes, observations=self._observations)
 
     def _in_flight(self) -> bool:
         return len(self.controller) > 0 or any(i.unstarted or i.streams for i in self.instances)

@@ -267,22 +267,23 @@ async def _block(http: aiohttp.ClientSession, engine: str, n: int) -> None:
     async with http.post(engine + "/v1/completions", json={
             "model": MODEL, "prompt": [1, 2, 3], "max_tokens": n, "ignore_eos": True,
             "priority": -(10**15)}) as r:
-        await r.read()
+        body = await r.read()
+        assert r.status == 200, body[:300]
 
 
-async def _fill_seats(http: aiohttp.ClientSession, engine: str, opener_tokens: int,
-                     router: str) -> tuple[asyncio.Task[None], list[asyncio.Task[None]]]:
-    """Take every seat of ``engine`` behind the router's back (one request that frees its
-    seat after ``opener_tokens`` tokens, the others held until cancelled), and wait until
-    ``router`` has seen them taken."""
-    opener = asyncio.create_task(_block(http, engine, opener_tokens))
-    holders = [asyncio.create_task(_block(http, engine, 2000)) for _ in range(SEATS - 1)]
+async def _fill_seats(http: aiohttp.ClientSession, engine: str, router: str
+                     ) -> list[asyncio.Task[None]]:
+    """Take every seat of ``engine`` behind the router's back with requests held until
+    cancelled (or 2,000 tokens: 8.8 s for four on an idle 2-core machine), and wait until
+    ``router`` has seen them taken. Cancelling one frees its seat: vLLM aborts a request whose
+    client left."""
+    holders = [asyncio.create_task(_block(http, engine, 2000)) for _ in range(SEATS)]
     while engine_metric(engine, "vllm:num_requests_running") < SEATS:
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.02)
     while not any(i["url"] == engine and (i["state"] or {}).get("running", 0) >= SEATS
                   for i in await _get_json(http, router + "/ascendra/instances")):
-        await asyncio.sleep(0.05)
-    return opener, holders
+        await asyncio.sleep(0.02)
+    return holders
 
 
 async def _get_json(http: aiohttp.ClientSession, url: str):  # type: ignore[no-untyped-def]
@@ -294,7 +295,7 @@ async def _get_json(http: aiohttp.ClientSession, url: str):  # type: ignore[no-u
                          ids=["router-queue", "static-priority"])
 def test_a_request_that_becomes_hopeless_is_served_after_one_that_can_still_make_it(
         stack: Stack, hold_queue: str, first: str):
-    """The engine's seats are full. A (TTFT target 0.5 s) arrives, then B (60 s). By the time
+    """The engine's seats are full. A (TTFT target 0.2 s) arrives, then B (60 s). By the time
     a seat frees A can no longer make its target: held at the router, it is relegated and B
     goes first. Sent at arrival with a static priority fixed then (A's deadline is earlier),
     the engine serves A first, and B waits behind a request that was already late: what
@@ -308,18 +309,20 @@ def test_a_request_that_becomes_hopeless_is_served_after_one_that_can_still_make
 
         async def run() -> dict[str, float]:
             async with aiohttp.ClientSession() as http:
-                opener, holders = await _fill_seats(http, stack.lp_engine, 1000, url)
+                holders = await _fill_seats(http, stack.lp_engine, url)
                 body = {"model": MODEL, "prompt": "wait for a seat", "max_tokens": 16,
                         "ignore_eos": True}
-                a = asyncio.create_task(_stream(http, url, body, {"X-Ascendra-TTFT-SLO": "0.5"}))
-                await asyncio.sleep(0.3)
+                a = asyncio.create_task(_stream(http, url, body, {"X-Ascendra-TTFT-SLO": "0.2"}))
+                await asyncio.sleep(0.05)
                 b = asyncio.create_task(_stream(http, url, body, {"X-Ascendra-TTFT-SLO": "60"}))
-                await asyncio.sleep(0.3)
-                assert not opener.done(), "a seat freed before A was past saving"
+                await asyncio.sleep(0.25)  # A is past saving now
+                assert not any(h.done() for h in holders), \
+                    f"a seat freed on its own: {[h.exception() for h in holders if h.done()]}"
+                holders[0].cancel()  # one seat frees
                 res = await asyncio.gather(a, b)
-                for h in holders:  # a client that leaves makes vLLM abort its request
+                for h in holders:
                     h.cancel()
-                await asyncio.gather(opener, *holders, return_exceptions=True)
+                await asyncio.gather(*holders, return_exceptions=True)
                 return {"a": res[0]["first_at"], "b": res[1]["first_at"]}
 
         firsts = asyncio.run(run())
@@ -346,7 +349,7 @@ def test_overload_answers_429_and_503_with_retry_after_through_the_openai_client
 
         async def run() -> tuple[int, dict, str]:
             async with aiohttp.ClientSession() as http:
-                opener, holders = await _fill_seats(http, stack.lp_engine, 2000, url)
+                holders = await _fill_seats(http, stack.lp_engine, url)
                 with pytest.raises(openai.RateLimitError) as shed:
                     await asyncio.to_thread(
                         client.completions.create, model=MODEL, prompt="shed me", max_tokens=4,
@@ -365,9 +368,9 @@ def test_overload_answers_429_and_503_with_retry_after_through_the_openai_client
                 resp = await waiting
                 status, body = resp.status, await resp.json()
                 retry = resp.headers.get("Retry-After", "")
-                for h in (opener, *holders):
+                for h in holders:
                     h.cancel()
-                await asyncio.gather(opener, *holders, return_exceptions=True)
+                await asyncio.gather(*holders, return_exceptions=True)
                 return status, body, retry
 
         status, body, retry = asyncio.run(run())
