@@ -128,7 +128,7 @@ def test_children_deleted_or_edited_by_hand_come_back(kubectl: Kubectl, operator
                and kubectl.json("get", "deployment", "llama-8b-router", "-n",
                                 namespace)["spec"]["replicas"] == 1,
                timeout=60, what="Service, ConfigMap and replicas restored")
-    eventually(lambda: ready_with(kubectl, namespace, 2, 1), timeout=90,
+    eventually(lambda: ready_with(kubectl, namespace, 3, 0), timeout=90,
                what="the deleted pod restored")
 
 

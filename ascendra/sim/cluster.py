@@ -67,9 +67,11 @@ class ClusterConfig:
         return self.system.hp_instances if self.hp_instances is None else self.hp_instances
 
     def roles(self) -> list[Role]:
+        """A system that may split runs LP instances (and its HPs), a baseline alike ones; the
+        controller treats LP and alike instances the same."""
         if not 0 <= self.hp <= self.instances:
             raise AscendraError(f"HP instances must be within 0..{self.instances}")
-        if self.hp == 0:
+        if not self.system.splittable:
             return [Role.MIXED] * self.instances
         return [Role.LP] * (self.instances - self.hp) + [Role.HP] * self.hp
 
@@ -202,7 +204,7 @@ class Simulation:
     def _split_query(self, now: float) -> SplitQuery | None:
         cfg = self.config.resize
         if cfg is None or self._next_resize is None or now < self._next_resize \
-                or not any(i.role is not Role.MIXED for i in self.instances):
+                or not self.config.system.splittable:
             return None
         self._next_resize = now + cfg.interval
         hps = [i for i in self.instances if i.role is Role.HP]
