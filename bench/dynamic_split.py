@@ -9,7 +9,7 @@ window's mix on both splits (``ascendra.sim.planner``, the deployed system) and 
 clearly better prediction when the signals are steady. Attainment is reported overall and per
 phase.
 
-    python bench/dynamic_split.py --loads 110:33,120:36,130:39 --json docs/results/dynamic-split.json
+    python bench/dynamic_split.py --json docs/results/dynamic-split.json
 """
 
 from __future__ import annotations

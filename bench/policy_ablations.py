@@ -1,0 +1,78 @@
+"""Why the controller's defaults are what they are: single simulated points, one knob changed
+at a time from ``ascendra``'s policy (same requests, same seed), attainment side by side.
+
+    python bench/policy_ablations.py --json docs/results/policy-ablations.json
+
+Each row is (preset, rate, policy overrides or HP count); the presets are those of
+``ascendra sim`` with the measured H100 profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+from typing import Any
+
+from ascendra.experiments.presets import preset
+from ascendra.experiments.sweep import run_point
+
+Variants = dict[str, tuple[dict[str, Any], int | None]]  # label → (policy overrides, HP count)
+ABLATIONS: list[tuple[str, str, tuple[float, ...], Variants]] = [  # question, preset, rates
+    ("queue order", "one-h100-sharegpt", (40.0, 44.0), {
+        "shortest (default)": ({}, None), "deadline": ({"order": "deadline"}, None),
+        "fcfs": ({"order": "fcfs"}, None)}),
+    ("a split", "paper-sharegpt", (130.0, 140.0), {
+        "no HP (default)": ({}, None), "1 HP": ({}, 1)}),
+    ("a split", "paper-longbench", (36.0, 40.0), {
+        "no HP (default)": ({}, None), "1 HP": ({}, 1)}),
+    ("TBT migration", "azure-conv", (70.0, 80.0), {
+        "off (default)": ({}, None), "on": ({"migration": True}, None)}),
+    ("flow-control window", "paper-sharegpt", (130.0,), {
+        "8192 tokens (default)": ({}, None),
+        "4096": ({"releaseTokens": 4096}, None), "16384": ({"releaseTokens": 16384}, None)}),
+    ("KV reserve", "paper-sharegpt", (110.0, 130.0), {
+        "5% (default)": ({}, None), "0%": ({"kvReserveFraction": 0.0}, None),
+        "15%": ({"kvReserveFraction": 0.15}, None)}),
+    ("relegation margin", "one-h100-sharegpt", (40.0, 44.0), {
+        "0.1 s (default)": ({}, None), "0": ({"relegationMarginSeconds": 0.0}, None),
+        "0.2 s": ({"relegationMarginSeconds": 0.2}, None)}),
+]
+
+
+def _point(task: tuple[str, float, tuple[tuple[str, Any], ...], int | None]) -> dict[str, Any]:
+    name, rate, policy, hp = task
+    p = preset(name).with_overrides(policy=policy, hp_instances=hp)
+    s = run_point(p, "ascendra", rate).summary
+    return {"attainment": round(s.attainment, 4), "relegated": s.relegated,
+            "rejected": s.rejected, "misses": s.misses,
+            "prompt_mean_missed": s.prompt_mean_missed}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json")
+    ap.add_argument("--jobs", type=int, default=min(len(os.sched_getaffinity(0)), 8))
+    args = ap.parse_args()
+    tasks, keys = [], []
+    for question, name, rates, variants in ABLATIONS:
+        for label, (policy, hp) in variants.items():
+            for rate in rates:
+                tasks.append((name, rate, tuple(policy.items()), hp))
+                keys.append((question, name, label, rate))
+    with mp.get_context("fork").Pool(args.jobs) as pool:
+        results = pool.map(_point, tasks)
+    rows: list[dict[str, Any]] = []
+    for (question, name, label, rate), res in zip(keys, results, strict=True):
+        rows.append({"question": question, "preset": name, "variant": label, "qps": rate, **res})
+        print(f"{question:<20} {name:<19} {rate:>6g} req/s  {label:<22} "
+              f"attainment {res['attainment']:.3f}  relegated {res['relegated']}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"system": "ascendra", "rows": rows}, f, indent=1)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
