@@ -144,7 +144,7 @@ def _cmd_runtime(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ascendra.runtime.agent import ROLES, Agent, AgentConfig
-    from ascendra.runtime.engine_args import SYSTEM_ARGS, EngineLaunch
+    from ascendra.runtime.engine_args import CPU_DEFAULTS, SYSTEM_ARGS, EngineLaunch
 
     if args.role not in ROLES:
         raise AscendraError(f"--role must be one of {', '.join(ROLES)}, got {args.role!r}")
@@ -155,7 +155,8 @@ def _cmd_runtime(args: argparse.Namespace) -> int:
         raise AscendraError(f"model path not found: {args.model}")
     launch = EngineLaunch(model=args.model, port=args.port, system=args.system, host=args.host,
                           served_model_name=args.served_model_name,
-                          max_model_len=args.max_model_len, extra=tuple(args.engine_args))
+                          max_model_len=args.max_model_len, extra=tuple(args.engine_args),
+                          defaults=CPU_DEFAULTS if args.cpu else ())
     agent = Agent(AgentConfig(launch=launch, agent_port=args.agent_port, role=args.role,
                               role_file=Path(args.role_file) if args.role_file else None))
     uvicorn.run(agent.app(), host=args.agent_host, port=args.agent_port, log_level="warning")
@@ -470,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--system", default="ascendra", help="engine settings: ascendra, vllm, "
                     "sarathi")
     rt.add_argument("--max-model-len", type=int)
+    rt.add_argument("--cpu", action="store_true", help="vLLM's CPU build: state its defaults "
+                    "(2048-token steps, 128 seats) so the agent can report them")
     rt.add_argument("engine_args", nargs="*", help="after --: extra vLLM arguments")
     rt.set_defaults(func=_cmd_runtime)
 

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from ascendra.core.systems import SYSTEMS
 from ascendra.errors import AscendraError
 
+# vLLM's defaults for its API server on a CPU (vllm/engine/arg_utils.py): a 2,048-token step
+# budget and 128 seats.
+CPU_DEFAULTS = ("--max-num-batched-tokens", "2048", "--max-num-seqs", "128")
+
 SYSTEM_ARGS: dict[str, tuple[str, ...]] = {
     name: args for name, spec in SYSTEMS.items()
     if spec.deployable and (args := spec.engine.vllm_args()) is not None
@@ -30,10 +34,13 @@ class EngineLaunch:
     host: str = "127.0.0.1"
     dtype: str | None = None
     extra: tuple[str, ...] = field(default_factory=tuple)
+    # The platform's own defaults, stated so that the agent can report them (vLLM does not
+    # export its token budget or seats); the system's arguments and ``extra`` override them.
+    defaults: tuple[str, ...] = field(default_factory=tuple)
 
     def _last(self, flag: str) -> int | None:
         """The value these arguments give ``flag`` (the last one wins), if an integer."""
-        args = list(SYSTEM_ARGS.get(self.system, ())) + list(self.extra)
+        args = list(self.defaults) + list(SYSTEM_ARGS.get(self.system, ())) + list(self.extra)
         values = [args[i + 1] for i, a in enumerate(args[:-1]) if a == flag]
         values += [a.split("=", 1)[1] for a in args if a.startswith(flag + "=")]
         return int(values[-1]) if values and values[-1].isdigit() else None
@@ -61,4 +68,4 @@ class EngineLaunch:
             cmd += ["--max-model-len", str(self.max_model_len)]
         if self.dtype:
             cmd += ["--dtype", self.dtype]
-        return cmd + list(SYSTEM_ARGS[self.system]) + list(self.extra)
+        return cmd + list(self.defaults) + list(SYSTEM_ARGS[self.system]) + list(self.extra)

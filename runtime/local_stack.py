@@ -107,7 +107,7 @@ class LocalStack:
             self._spawn(f"runtime-{i}-{role}", [
                 py, "-m", "ascendra.cli", "runtime", "--model", str(self.model),
                 "--served-model-name", self.name, "--port", str(port), "--agent-port", str(agent),
-                "--role", role, "--system", cfg.system,
+                "--role", role, "--system", cfg.system, "--cpu",
                 "--max-model-len", str(self.max_model_len), "--", *cfg.engine_args], env)
             self.engine_urls.append(f"http://127.0.0.1:{port}")
             instances += ["--instance", f"http://127.0.0.1:{port},agent=http://127.0.0.1:{agent}"]

@@ -587,7 +587,8 @@ def _step_time(model: DeadlinePredictor, inst: InstanceView) -> float:
 class _Rooms:
     """Each instance's flow-control window within one step (what was released this step counts
     as unstarted at once): room for one more while it holds fewer unstarted prompt tokens than
-    the window, has a free seat and keeps its KV reserve. And the gap guard: a request whose
+    the window (``release_tokens``, at most one step's token budget), has a free seat and keeps
+    its KV reserve. And the gap guard: a request whose
     TBT target bounds its gaps is sent only where the step it would join is predicted within
     ``step_fraction`` of that target, or where no stream would feel the step."""
 
@@ -605,7 +606,7 @@ class _Rooms:
         if self._unlimited:
             return True
         p = self._policy
-        if inst.unstarted_tokens >= p.release_tokens or \
+        if inst.unstarted_tokens >= min(p.release_tokens, inst.token_budget) or \
                 inst.running + inst.unstarted >= inst.max_seqs or \
                 inst.kv_free_tokens <= p.kv_reserve * inst.kv_capacity_tokens:
             return False

@@ -114,6 +114,7 @@ PRESETS: dict[str, Preset] = {
             requests=400,
             duration_s=None,
             max_seqs=128,  # as measured (--max-num-seqs 128)
+            profile=None,  # what the calibrated constants were fitted to reproduce
         ),
         Preset(
             "azure-conv",

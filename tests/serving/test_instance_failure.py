@@ -33,9 +33,9 @@ async def _collect(http: aiohttp.ClientSession, url: str, body: dict) -> dict:
 
 def test_killing_an_instance_mid_stream(stack: Stack):
     model = str(stack.model_dir)
-    victim = spawn("runtime", "--model", model, "--served-model-name", MODEL, "--port", "18200",
-                    "--agent-port", "18201", "--role", "lp", "--max-model-len", "2048", "--",
-                    "--max-num-seqs", str(SEATS))
+    victim = spawn("runtime", "--cpu", "--model", model, "--served-model-name", MODEL,
+                    "--port", "18200", "--agent-port", "18201", "--role", "lp",
+                    "--max-model-len", "2048", "--", "--max-num-seqs", str(SEATS))
     victim_spec = "http://127.0.0.1:18200,agent=http://127.0.0.1:18201"
     # R1 can fall back to the stack's LP engine; R2 has only the victim.
     r1 = spawn_router(stack, 18010, [victim_spec, f"{stack.lp_engine},agent={stack.lp_agent}"])
