@@ -60,3 +60,25 @@ def test_the_simulators_resize_loop_plans_from_what_finished(monkeypatch):
     assert mixes and all(m.paired and min(m.prompt_lens) >= 1900 for m in mixes)
     assert abs(mixes[-1].rate - 4) < 2.5  # the window's arrivals per second
     assert [(hp, why.split(":")[0]) for _, hp, why in result.resizes] == [(2, "planner")]
+
+
+def test_the_planner_simulates_the_deployed_system_and_its_policy():
+    """Plans come from the registry's system with the service's policy: a policy that sheds
+    everything it cannot serve in time predicts the same attainment as relegation (both count
+    as missed), and an unknown system is refused."""
+    from dataclasses import replace
+
+    from ascendra.core.policy import Overload, Policy
+
+    reqs = SyntheticWorkload(LongBenchLike()).requests(40, 300, 1)
+    mix = WorkloadMix(40, tuple(r.prompt_len for r in reqs), tuple(r.output_len for r in reqs))
+    lm, slo = latency_model(), Slo(2.5, 0.15)
+    relegate = plan_split(mix, lm, slo, PlannerConfig(3, 0, 1, requests=300))
+    reject = plan_split(mix, lm, slo, PlannerConfig(
+        3, 0, 1, requests=300, policy=replace(Policy(), overload=Overload.REJECT)))
+    fcfs = plan_split(mix, lm, slo, PlannerConfig(3, 0, 1, requests=300, system="vllm-shed"))
+    assert sorted(relegate.predicted) == sorted(reject.predicted) == [0, 1]
+    assert relegate.predicted[0] == pytest.approx(reject.predicted[0], abs=0.02)
+    assert relegate.predicted != fcfs.predicted  # another system, another prediction
+    with pytest.raises(AscendraError, match="unknown system"):
+        plan_split(mix, lm, slo, PlannerConfig(3, 0, 1, requests=50, system="nope"))

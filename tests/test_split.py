@@ -65,3 +65,14 @@ def test_a_plan_yields_to_measurements_small_gains_and_cooldown():
 
 def test_plan_ties_go_to_fewer_hp():
     assert SplitPlan({2: 0.9, 1: 0.9, 3: 0.5}).best() == 1
+
+
+def test_the_split_may_go_to_no_hp_and_a_plan_may_choose_none():
+    """Zero HP is a split like any other: an idle HP with late LP requests goes back to LP, and
+    a plan that predicts no HP best (ties too) moves there."""
+    assert decide_split(sig(lp_min_slack=-0.2), 1, 0, 1, 1000, None, POLICY).hp == 0
+    plan = SplitPlan({0: 0.93, 1: 0.90})
+    assert plan.best() == 0
+    d = decide_split(sig(), 1, 0, 1, 1000, None, POLICY, plan)
+    assert d.hp == 0 and "planner: 0 HP" in d.reason
+    assert SplitPlan({0: 0.9, 1: 0.9}).best() == 0

@@ -12,16 +12,18 @@ One step:
    policy rejects on overload) and predicted to miss its TTFT even after the queue ahead of it
    drains (429 at once, with Retry-After).
 2. Release (flow control). While some instance has room — fewer unstarted prompt tokens than
-   ``release_tokens``, about one step of work — the head of the queue goes to the instance the
-   dispatcher picks. The queue is ordered by criticality, then by least slack (or arrival), and
-   is re-decided at every release: a head that can no longer meet its TTFT even released now to
-   the fastest instance is relegated behind every request that still can (or, if sheddable,
-   rejected). Relegated requests are released only when no other request waits.
+   the window (about one step of work), a free seat, its KV reserve, and, for a gap TBT target,
+   a next step predicted short enough — the head of the queue goes to the instance the
+   dispatcher picks. The queue is ordered by criticality, then by the policy's order (shortest,
+   least slack or arrival), and is re-decided at every release: a head that can no longer meet
+   its TTFT even released now to the fastest instance is relegated behind every request that
+   still can (or, if sheddable, rejected). Relegated requests go only when no other waits.
    With ``hold_queue`` off (stock vLLM behind a load balancer) every request is released at
    once and the engines' queues hold the backlog.
-3. On the host's periodic pass (streams given): requests waiting too long are answered 503;
-   unstarted requests predicted to miss move to an instance predicted to meet them (offload);
-   streams whose mean TBT is at risk move by token replay (migration); the split is proposed.
+3. On the host's periodic pass (streams given): requests waiting too long are answered 503,
+   requests that could not make it even on an idle engine are relegated wherever they wait,
+   LP requests at risk move to an HP (offload), streams whose mean TBT is at risk move by token
+   replay (migration), and the split is proposed.
 
 A partitioned pool (some HP instances) follows the paper: an HP takes a new request only
 through a ticket, or when the request is urgent (it would miss on the LPs by the offload
@@ -88,8 +90,8 @@ class Reject:
     def message(self) -> str:
         return {
             RejectReason.HOPELESS: "the service is overloaded: this request would miss its "
-                                   "time-to-first-token target, so it was shed (its priority "
-                                   "is sheddable)",
+                                   "time-to-first-token target, so it was shed (it is "
+                                   "sheddable)",
             RejectReason.QUEUE_FULL: "the service is overloaded: its request queue is full",
             RejectReason.EVICTED: "the service is overloaded: this request, already past its "
                                   "time-to-first-token target, was dropped from the queue for "
