@@ -28,7 +28,6 @@ from ascendra.core.policy import Policy
 from ascendra.core.request import Request as CoreRequest
 from ascendra.core.request import Slo
 from ascendra.core.systems import system
-from ascendra.core.values import least_slack
 from ascendra.core.view import Role
 from ascendra.metrics import RequestOutcome
 from ascendra.predict.observations import Observation, write_observations
@@ -122,7 +121,6 @@ class Router:
         req = CoreRequest(id=n, arrival=arrival, prompt_len=len(ids),
                           max_tokens=max_tokens, slo=slo,
                           predicted_prefill=self.model.prefill_time(len(ids)))
-        req.priority = least_slack(req)
         return Session(id=f"{self._prefix}-{n}", request=req, prompt_ids=ids,
                        max_tokens=max_tokens, sampling=body.sampling_params(),
                        min_tokens=body.min_tokens, model=self.settings.model_name,

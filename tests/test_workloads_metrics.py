@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from ascendra.core.request import Slo
+from ascendra.core.request import Slo, TbtKind
 from ascendra.errors import AscendraError
 from ascendra.metrics import RequestOutcome, attainment, goodput, summarize
 from ascendra.workloads.arrivals import arrival_times
@@ -111,3 +111,38 @@ def test_met_slo_and_attainment():
     s = summarize(outs, gaps=[0.1, 0.2], sent=6)
     assert s.misses == {"ttft": 1, "tbt": 1, "dropped": 2, "error": 1}
     assert s.attainment == pytest.approx(1 / 6)
+
+
+def test_the_tbt_target_bounds_the_gaps_its_kind_names():
+    base = dict(id=0, arrival=0.0, prompt_len=10, output_len=5, ttft=0.1, tbt_mean=0.05,
+                max_gap=0.3, gap_p99=0.2, tokens=5, finished=True)
+    assert RequestOutcome(slo=Slo(1.0, 0.15), **base).met  # mean 0.05
+    assert not RequestOutcome(slo=Slo(1.0, 0.15, TbtKind.MAX), **base).met  # max gap 0.3
+    assert not RequestOutcome(slo=Slo(1.0, 0.15, TbtKind.P99), **base).met  # p99 gap 0.2
+    assert RequestOutcome(slo=Slo(1.0, 0.25, TbtKind.P99), **base).met
+
+
+def test_summaries_say_what_was_given_up_and_who_paid():
+    slo = Slo(1.0, 0.15)
+    short = [RequestOutcome(i, 0.0, 100, 50, slo, ttft=0.1, tbt_mean=0.02, tokens=50,
+                            finished=True) for i in range(8)]
+    late = RequestOutcome(8, 0.0, 900, 400, slo, ttft=30.0, tbt_mean=0.02, tokens=400,
+                          finished=True, relegated=True)
+    shed = RequestOutcome(9, 0.0, 1100, 200, slo, rejected="hopeless")
+    s = summarize([*short, late, shed])
+    assert (s.attainment, s.relegated, s.rejected) == (0.8, 1, 1)
+    assert s.misses == {"ttft": 1, "rejected": 1}
+    assert (s.prompt_mean, s.prompt_mean_missed) == (280.0, 1000.0)
+    assert (s.output_mean, s.output_mean_missed) == (100.0, 300.0)
+
+
+def test_a_bench_sweep_never_sends_the_same_prompt_twice():
+    """vLLM's prefix cache would serve a repeated prompt's prefill: each rate draws its own."""
+    from ascendra.loadgen import BenchConfig, prompts_for
+
+    work = SyntheticWorkload(ShareGptLike())
+    cfg = BenchConfig(url="http://x", model="m", workload=work, rates=(4, 8), requests=20,
+                      slo=Slo(1.0, 0.15))
+    a, b = (prompts_for(cfg, r, work.requests(r, 20, cfg.seed)) for r in (4, 8))
+    assert a == prompts_for(cfg, 4, work.requests(4, 20, cfg.seed))  # reproducible
+    assert not {tuple(p) for p in a} & {tuple(p) for p in b}

@@ -84,10 +84,6 @@ class Scheduler(ABC):
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    @property
-    def waiting_tokens(self) -> int:
-        return sum(r.remaining for r in self.waiting)
-
     # -- one step --------------------------------------------------------------------------
     @abstractmethod
     def schedule(self, now: float) -> SchedulerOutput:
