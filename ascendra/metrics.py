@@ -122,11 +122,16 @@ class LatencySummary:
     misses: dict[str, int]
     relegated: int = 0
     rejected: int = 0
-    # Who pays: mean prompt and output length of all requests and of those that missed.
+    # Who pays: prompt and output lengths (mean, 90th percentile) of all requests and of
+    # those that missed.
     prompt_mean: float | None = None
     prompt_mean_missed: float | None = None
     output_mean: float | None = None
     output_mean_missed: float | None = None
+    prompt_p90: float | None = None
+    prompt_p90_missed: float | None = None
+    output_p90: float | None = None
+    output_p90_missed: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -150,6 +155,9 @@ def summarize(outcomes: Sequence[RequestOutcome], gaps: Sequence[float] = (),
     def mean(values: list[int]) -> float | None:
         return round(float(np.mean(values)), 1) if values else None
 
+    def p90(values: list[int]) -> float | None:
+        return round(float(np.percentile(values, 90)), 1) if values else None
+
     return LatencySummary(
         attainment=attainment(outcomes, n),
         ttft_p50=percentile(ttft, 50), ttft_p99=percentile(ttft, 99),
@@ -163,4 +171,8 @@ def summarize(outcomes: Sequence[RequestOutcome], gaps: Sequence[float] = (),
         prompt_mean_missed=mean([o.prompt_len for o in missed]),
         output_mean=mean([o.output_len for o in outcomes]),
         output_mean_missed=mean([o.output_len for o in missed]),
+        prompt_p90=p90([o.prompt_len for o in outcomes]),
+        prompt_p90_missed=p90([o.prompt_len for o in missed]),
+        output_p90=p90([o.output_len for o in outcomes]),
+        output_p90_missed=p90([o.output_len for o in missed]),
     )

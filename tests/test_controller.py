@@ -7,6 +7,8 @@ below can be checked by hand: a 1,000-token prompt alone takes 0.11 s.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from policy_helpers import LinearModel, req
 
 from ascendra.core.controller import ClusterController, MoveReason, RejectReason
@@ -266,3 +268,55 @@ def test_a_withdrawn_request_is_never_released():
     c.enqueue(req(1, 100))
     assert c.withdraw(0) and not c.withdraw(7)
     assert released(c.step(ClusterView(0.0, [inst()]))) == [1]
+
+
+# -- properties ---------------------------------------------------------------------------
+_events = st.lists(st.tuples(
+    st.sampled_from(["arrive", "arrive", "pass", "tick", "leave"]),
+    st.integers(1, 3000),  # prompt tokens
+    st.floats(0.0, 0.4),  # time that passes
+    st.integers(-1, 1),  # criticality
+    st.integers(0, 6000),  # unstarted tokens the engine reports
+), min_size=1, max_size=80)
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=_events, limit=st.integers(1, 8), hold=st.booleans(),
+       overload=st.sampled_from(list(Overload)), order=st.sampled_from(list(Order)))
+def test_every_request_ends_once_and_the_queue_stays_within_its_bound(events, limit, hold,
+                                                                    overload, order):
+    """Random arrivals, passes, ticks and clients leaving: every request is released at most
+    once, rejected at most once, never both, each rejection has a reason and a Retry-After,
+    the queue never holds more than its limit, and what is neither released, rejected nor
+    withdrawn is still queued."""
+    c = ctl(queue_limit=limit, hold_queue=hold, overload=overload, order=order,
+            queue_timeout=1.0)
+    now, n = 0.0, 0
+    released: set[int] = set()
+    rejected: set[int] = set()
+    withdrawn: set[int] = set()
+    for kind, tokens, dt, crit, unstarted in events:
+        now += dt
+        if kind == "arrive":
+            c.enqueue(req(n, tokens, arrival=now), criticality=crit)
+            n += 1
+            continue
+        if kind == "leave" and n:
+            if c.withdraw(tokens % n):
+                withdrawn.add(tokens % n)
+            continue
+        view = ClusterView(now, [inst(0, unstarted=1, unstarted_tokens=unstarted),
+                                 inst(1, running=3, step_time=0.05)],
+                           streams=() if kind == "tick" else None)
+        d = c.step(view)
+        for r in d.releases:
+            assert r.request.id not in released | rejected | withdrawn
+            released.add(r.request.id)
+        for j in d.rejects:
+            assert j.request.id not in released | rejected | withdrawn
+            assert j.reason.status in (429, 503) and j.retry_after >= 1
+            rejected.add(j.request.id)
+        assert not hold or len(c) <= limit
+    assert len(c) == n - len(released | rejected | withdrawn)
+    if not hold:  # no queue: everything that arrived before the last pass went out
+        assert not rejected

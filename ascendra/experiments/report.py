@@ -43,9 +43,10 @@ def to_json(preset: Preset, sweeps: dict[str, SystemSweep]) -> dict[str, Any]:
             # requests that missed against those of all requests).
             "relegated_fraction": round(s.relegated / s.sent, 4) if s else None,
             "rejected_fraction": round(s.rejected / s.sent, 4) if s else None,
-            "who_pays": {"prompt_mean": s.prompt_mean, "prompt_mean_missed": s.prompt_mean_missed,
-                         "output_mean": s.output_mean,
-                         "output_mean_missed": s.output_mean_missed} if s else None,
+            "who_pays": {k: getattr(s, k) for k in (
+                "prompt_mean", "prompt_mean_missed", "output_mean", "output_mean_missed",
+                "prompt_p90", "prompt_p90_missed", "output_p90", "output_p90_missed")}
+            if s else None,
             "goodput_over_bound": round(sw.goodput / bound, 4) if bound else None,
             "points": {
                 str(q): {**pt.summary.as_dict(), "wall_s": round(pt.wall_s, 3),
