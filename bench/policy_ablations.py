@@ -4,7 +4,9 @@ at a time from ``ascendra``'s policy (same requests, same seed), attainment side
     python bench/policy_ablations.py --json docs/results/policy-ablations.json
 
 Each row is (preset, rate, policy overrides or HP count); the presets are those of
-``ascendra sim`` with the measured H100 profile.
+``ascendra sim`` with the measured H100 profile. A preset name ending in ``@burst`` is that
+preset cut to its first 300 requests: a burst that the engines can clear, where the question is
+whether the order lets every request that had time make it.
 """
 
 from __future__ import annotations
@@ -38,12 +40,24 @@ ABLATIONS: list[tuple[str, str, tuple[float, ...], Variants]] = [  # question, p
     ("relegation margin", "one-h100-sharegpt", (40.0, 44.0), {
         "0.1 s (default)": ({}, None), "0": ({"relegationMarginSeconds": 0.0}, None),
         "0.2 s": ({"relegationMarginSeconds": 0.2}, None)}),
+] + [
+    ("promotion slack", name, rates, {
+        "off (default)": ({}, None), "0.25 s": ({"promotionSlackSeconds": 0.25}, None),
+        "0.5 s": ({"promotionSlackSeconds": 0.5}, None),
+        "fcfs": ({"order": "fcfs"}, None)})
+    for name, rates in (("one-h100-sharegpt", (40.0, 44.0)), ("paper-sharegpt", (130.0, 140.0)),
+                        ("paper-longbench", (36.0,)),
+                        ("paper-longbench@burst", (80.0, 120.0, 160.0)))
 ]
+BURST = 300  # requests of a burst
 
 
 def _point(task: tuple[str, float, tuple[tuple[str, Any], ...], int | None]) -> dict[str, Any]:
     name, rate, policy, hp = task
-    p = preset(name).with_overrides(policy=policy, hp_instances=hp)
+    base, _, burst = name.partition("@")
+    p = preset(base).with_overrides(policy=policy, hp_instances=hp)
+    if burst:
+        p = p.with_overrides(requests=BURST, duration_s=None)
     s = run_point(p, "ascendra", rate).summary
     return {"attainment": round(s.attainment, 4), "relegated": s.relegated,
             "rejected": s.rejected, "misses": s.misses,

@@ -270,6 +270,26 @@ def test_a_withdrawn_request_is_never_released():
     assert released(c.step(ClusterView(0.0, [inst()]))) == [1]
 
 
+def test_promotion_sends_a_request_running_out_of_slack_ahead_of_shorter_ones():
+    """Shortest-first would hold a 900-token prompt L behind 100-token ones until it misses.
+    With 950 tokens unstarted on the engine, one prompt goes a step; L alone would take
+    0.01 + (950 + 900) × 1e-4 = 0.195 s, so its slack at time t is 1 - t - 0.195 - 0.1
+    (margin): 0.605 s at t = 0.1 (more than the 0.3 s promotion slack: the order holds), 0.205 s
+    at t = 0.5 (promoted). At t = 0.75 it has no slack left, so it is not promoted: promotion
+    spends capacity only on a request that can still make it."""
+    def first_released(now: float, promotion: float) -> int:
+        c = ctl(release_tokens=1000, promotion_slack=promotion)
+        c.enqueue(req(0, 900))
+        for i in (1, 2, 3):
+            c.enqueue(req(i, 100))
+        return released(c.step(ClusterView(now, [inst(unstarted=1, unstarted_tokens=950)])))[0]
+
+    assert first_released(0.5, 0.0) == 1  # off: the shortest
+    assert first_released(0.1, 0.3) == 1
+    assert first_released(0.5, 0.3) == 0
+    assert first_released(0.75, 0.3) == 1
+
+
 # -- properties ---------------------------------------------------------------------------
 _events = st.lists(st.tuples(
     st.sampled_from(["arrive", "arrive", "pass", "tick", "leave"]),
@@ -282,15 +302,16 @@ _events = st.lists(st.tuples(
 
 @settings(max_examples=200, deadline=None)
 @given(events=_events, limit=st.integers(1, 8), hold=st.booleans(),
-       overload=st.sampled_from(list(Overload)), order=st.sampled_from(list(Order)))
+       overload=st.sampled_from(list(Overload)), order=st.sampled_from(list(Order)),
+       promotion=st.sampled_from([0.0, 0.5]))
 def test_every_request_ends_once_and_the_queue_stays_within_its_bound(events, limit, hold,
-                                                                    overload, order):
+                                                                    overload, order, promotion):
     """Random arrivals, passes, ticks and clients leaving: every request is released at most
     once, rejected at most once, never both, each rejection has a reason and a Retry-After,
     the queue never holds more than its limit, and what is neither released, rejected nor
     withdrawn is still queued."""
     c = ctl(queue_limit=limit, hold_queue=hold, overload=overload, order=order,
-            queue_timeout=1.0)
+            queue_timeout=1.0, promotion_slack=promotion)
     now, n = 0.0, 0
     released: set[int] = set()
     rejected: set[int] = set()

@@ -63,22 +63,28 @@ def test_the_simulators_resize_loop_plans_from_what_finished(monkeypatch):
 
 
 def test_the_planner_simulates_the_deployed_system_and_its_policy():
-    """Plans come from the registry's system with the service's policy: a policy that sheds
-    everything it cannot serve in time predicts the same attainment as relegation (both count
-    as missed), and an unknown system is refused."""
+    """Plans come from the registry's system with the service's policy. A burst of 300 long
+    prompts at 120 req/s on three instances: a policy that sheds everything it cannot serve in
+    time predicts the same attainment as relegation (both count as missed); promotion (a
+    policy field) and another system each change the prediction; an unknown system is
+    refused."""
     from dataclasses import replace
 
     from ascendra.core.policy import Overload, Policy
 
     reqs = SyntheticWorkload(LongBenchLike()).requests(40, 300, 1)
-    mix = WorkloadMix(40, tuple(r.prompt_len for r in reqs), tuple(r.output_len for r in reqs))
+    mix = WorkloadMix(120, tuple(r.prompt_len for r in reqs), tuple(r.output_len for r in reqs))
     lm, slo = latency_model(), Slo(2.5, 0.15)
-    relegate = plan_split(mix, lm, slo, PlannerConfig(3, 0, 1, requests=300))
-    reject = plan_split(mix, lm, slo, PlannerConfig(
-        3, 0, 1, requests=300, policy=replace(Policy(), overload=Overload.REJECT)))
-    fcfs = plan_split(mix, lm, slo, PlannerConfig(3, 0, 1, requests=300, system="vllm-shed"))
-    assert sorted(relegate.predicted) == sorted(reject.predicted) == [0, 1]
-    assert relegate.predicted[0] == pytest.approx(reject.predicted[0], abs=0.02)
-    assert relegate.predicted != fcfs.predicted  # another system, another prediction
+
+    def plan(system: str = "ascendra", **policy) -> dict[int, float]:
+        return plan_split(mix, lm, slo, PlannerConfig(
+            3, 0, 1, requests=300, system=system,
+            policy=replace(Policy(), **policy) if policy else None)).predicted
+
+    relegate, reject = plan(), plan(overload=Overload.REJECT)
+    assert sorted(relegate) == sorted(reject) == [0, 1]
+    assert relegate[0] == pytest.approx(reject[0], abs=0.02)
+    assert plan(promotion_slack=0.5)[0] > relegate[0]  # the long prompts that had time make it
+    assert plan("vllm-shed") != relegate  # another system, another prediction
     with pytest.raises(AscendraError, match="unknown system"):
         plan_split(mix, lm, slo, PlannerConfig(3, 0, 1, requests=50, system="nope"))

@@ -148,6 +148,7 @@ class ClusterController:
         self._dispatcher = Dispatcher(policy.dispatch, predictor)
         self._queue: list[tuple[tuple[float, ...], int, _Queued]] = []  # heap, by order key
         self._relegated: list[tuple[tuple[float, ...], int, _Queued]] = []  # heap, FCFS
+        self._by_deadline: list[tuple[tuple[float, ...], int, _Queued]] = []  # for promotion
         self._arrived: list[_Queued] = []
         self._entries: dict[int, _Queued] = {}
         self._seq = itertools.count()
@@ -209,6 +210,8 @@ class ClusterController:
 
     def _push(self, q: _Queued) -> None:
         heapq.heappush(self._queue, (self._order_key(q), q.seq, q))
+        if self.policy.promotion_slack > 0 and self.policy.order is not Order.DEADLINE:
+            heapq.heappush(self._by_deadline, ((-q.criticality, q.request.deadline), q.seq, q))
 
     def _relegate(self, q: _Queued) -> None:
         q.relegated = True
@@ -354,7 +357,21 @@ class ClusterController:
             view.now - r.arrival + predicted_delay(self.predictor, inst, r.prompt_len),
             q.relegated))
         rooms.take(inst.index, q.request.prompt_len)
+        q.gone = True  # skipped wherever it still sits in a heap
         self._done(q)
+
+    def _promoted(self, view: ClusterView, rooms: _Rooms) -> _Queued | None:
+        """The most urgent queued request, if its slack is within the promotion slack and it
+        can still make its TTFT."""
+        heap = self._by_deadline
+        while heap and (heap[0][2].gone or heap[0][2].relegated):
+            heapq.heappop(heap)
+        if not heap:
+            return None
+        q = heap[0][2]
+        best = min(predicted_delay(self.predictor, i, q.request.prompt_len) for i in rooms.all())
+        slack = q.request.deadline - view.now - best - self.policy.relegation_margin
+        return q if 0 <= slack <= self.policy.promotion_slack else None
 
     def _release(self, view: ClusterView, rooms: _Rooms, d: Decisions) -> None:
         while self._queue and rooms.any():
@@ -362,6 +379,12 @@ class ClusterController:
             if q.gone or q.relegated:
                 heapq.heappop(self._queue)
                 continue
+            urgent = self._promoted(view, rooms) if self._by_deadline else None
+            if urgent is not None and urgent is not q:
+                candidates = self._candidates(view, rooms, urgent.request)
+                if candidates:  # sent out of order; its entry in the queue is skipped later
+                    self._send(view, rooms, urgent, candidates, d)
+                    continue
             candidates = self._candidates(view, rooms, q.request)
             if not candidates:
                 break  # no room this request may take: it waits for one
@@ -429,6 +452,9 @@ class ClusterController:
             heapq.heapify(self._queue)
             self._relegated = [e for e in self._relegated if not e[2].gone]
             heapq.heapify(self._relegated)
+            self._by_deadline = [e for e in self._by_deadline
+                                 if not (e[2].gone or e[2].relegated)]
+            heapq.heapify(self._by_deadline)
         for _, _, q in self._queue:
             r = q.request
             if q.gone or q.relegated or \

@@ -70,6 +70,11 @@ class Policy:
     # engine whose next step, with it, is predicted within this fraction of the target.
     step_fraction: float = 0.9
     relegation_margin: float = 0.1  # s of safety added to a request's predicted TTFT
+    # An order other than by deadline can hold a request back until it misses although there
+    # was time for it (shortest-first does this to long prompts in a burst). A request whose
+    # slack (time left before it must be released to meet its TTFT) falls within this goes
+    # first, most urgent first, as long as it can still make it. 0: never.
+    promotion_slack: float = 0.0
     dispatch: Dispatch = Dispatch.LEAST_DELAY
     # Moves. Offload: an unstarted request on an engine predicted to miss its TTFT moves to an
     # instance predicted to meet it. Migration: a stream whose mean TBT is at risk moves by
@@ -129,6 +134,8 @@ FIELDS: tuple[Field, ...] = (
           "this fraction of the target"),
     Field("relegation_margin", "relegationMarginSeconds", float, 0, 60,
           "seconds of safety added to a request's predicted TTFT before relegating it"),
+    Field("promotion_slack", "promotionSlackSeconds", float, 0, 60,
+          "a queued request with this little slack left goes ahead of the order (0: never)"),
     Field("dispatch", "dispatch", Dispatch, help="instance choice: least-delay, least-tokens "
           "or round-robin"),
     Field("offload", "offload", bool, help="move unstarted requests predicted to miss their "
