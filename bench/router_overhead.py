@@ -89,7 +89,8 @@ def main() -> None:
                 row["added_p99_ms"] = round(r["ttft_p99_ms"] - d["ttft_p99_ms"], 3)  # type: ignore[index]
             print(json.dumps(row), flush=True)
             rows.append(row)
-        out = {"requests_per_rate": args.requests, "prompt_tokens": 64, "output_tokens": 16,
+        out = {"router": "ascendra (the default system: it holds the queue, releases on room)",
+               "requests_per_rate": args.requests, "prompt_tokens": 64, "output_tokens": 16,
                "cpu_count": os.cpu_count(), "machine": platform.machine(),
                "backend": "stand-in (bench/standin_backend.py), first token after 2 ms, "
                           f"then one every {args.gap * 1e3:g} ms",

@@ -18,6 +18,8 @@ One step:
    least slack or arrival), and is re-decided at every release: a head that can no longer meet
    its TTFT even released now to the fastest instance is relegated behind every request that
    still can (or, if sheddable, rejected). Relegated requests go only when no other waits.
+   With promotion on, a request that is running out of slack but can still make it goes
+   first.
    With ``hold_queue`` off (stock vLLM behind a load balancer) every request is released at
    once and the engines' queues hold the backlog.
 3. On the host's periodic pass (streams given): requests waiting too long are answered 503,
