@@ -8,7 +8,7 @@ generator shares this machine's cores with both servers, so the direct run at th
 baseline that cancels its cost.
 
     python bench/router_overhead.py [--rates 200,400,600,800] [--requests 2000]
-        [--json docs/results/router-overhead.json]
+        [--system ascendra] [--json docs/results/router-overhead.json]
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ def main() -> None:
     ap.add_argument("--rates", default="200,400,600,800")
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--gap", type=float, default=0.001, help="stand-in inter-token gap, s")
+    ap.add_argument("--system", default="ascendra",
+                    help="the router's system (vllm-lb: no router queue, to see what holding "
+                         "the queue costs)")
     ap.add_argument("--json")
     args = ap.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
@@ -61,7 +64,7 @@ def main() -> None:
                           str(BACKEND), "--gap", str(args.gap)], start_new_session=True),
         subprocess.Popen([sys.executable, "-m", "ascendra.cli", "router", "--model-name",
                           "standin", "--tokenizer", str(model), "--max-model-len", "2048",
-                          "--port", str(ROUTER), "--instance",
+                          "--port", str(ROUTER), "--system", args.system, "--instance",
                           f"http://127.0.0.1:{BACKEND},role=lp"], start_new_session=True),
     ]
     try:
@@ -89,7 +92,7 @@ def main() -> None:
                 row["added_p99_ms"] = round(r["ttft_p99_ms"] - d["ttft_p99_ms"], 3)  # type: ignore[index]
             print(json.dumps(row), flush=True)
             rows.append(row)
-        out = {"router": "ascendra (the default system: it holds the queue, releases on room)",
+        out = {"router_system": args.system,
                "requests_per_rate": args.requests, "prompt_tokens": 64, "output_tokens": 16,
                "cpu_count": os.cpu_count(), "machine": platform.machine(),
                "backend": "stand-in (bench/standin_backend.py), first token after 2 ms, "
