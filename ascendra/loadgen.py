@@ -24,6 +24,7 @@ from ascendra.core.controller import RejectReason
 from ascendra.core.request import Slo
 from ascendra.errors import AscendraError
 from ascendra.metrics import LatencySummary, RequestOutcome, goodput, summarize
+from ascendra.router.protocol import RELEGATED_HEADER
 from ascendra.workloads.spec import RequestSpec, Workload
 
 SHED_REASONS = frozenset(r.value for r in RejectReason)
@@ -84,7 +85,7 @@ async def _one(http: aiohttp.ClientSession, cfg: BenchConfig, spec: RequestSpec,
         headers["X-Ascendra-Criticality"] = str(cfg.criticality)
     sent = time.perf_counter()
     first = last = None
-    tokens, max_gap, error, finished, rejected = 0, 0.0, None, False, None
+    tokens, max_gap, error, finished, rejected, relegated = 0, 0.0, None, False, None, False
     own: list[float] = []  # this request's gaps (for a p99 target)
     try:
         async with http.post(cfg.url + "/completions", json=body, headers=headers) as r:
@@ -94,6 +95,7 @@ async def _one(http: aiohttp.ClientSession, cfg: BenchConfig, spec: RequestSpec,
                 if r.status in (429, 503):  # shed by the service, if it says so
                     rejected = _shed_reason(text)
             else:
+                relegated = r.headers.get(RELEGATED_HEADER) == "true"  # an Ascendra router's
                 async for chunk in _events(r.content):
                     if "error" in chunk:
                         error = str(chunk["error"].get("message", chunk["error"]))
@@ -125,7 +127,8 @@ async def _one(http: aiohttp.ClientSession, cfg: BenchConfig, spec: RequestSpec,
         and tokens > 1 else None,
         max_gap=max_gap if tokens > 1 else None, tokens=tokens,
         finished=finished and error is None, error=error,
-        gap_p99=float(np.percentile(own, 99)) if own else None, rejected=rejected)
+        gap_p99=float(np.percentile(own, 99)) if own else None, rejected=rejected,
+        relegated=relegated)
 
 
 def _shed_reason(text: str) -> str | None:

@@ -39,6 +39,7 @@ from ascendra.router.learning import OnlineLearner, initial_predictor
 from ascendra.router.metrics import RouterMetrics
 from ascendra.router.prompts import PromptEncoder
 from ascendra.router.protocol import (
+    RELEGATED_HEADER,
     ApiError,
     ChatBody,
     CompletionBody,
@@ -163,10 +164,13 @@ class Router:
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
             return_token_ids=body.return_token_ids)
         self.metrics.requests.labels(endpoint, "200").inc()
+        # Said once it is known (the request waited relegated before release), so that a
+        # client or benchmark can count who was served late on purpose.
+        headers = {RELEGATED_HEADER: "true"} if session.relegated else None
         if body.stream:
             return StreamingResponse(self._stream(session, shape),
-                                     media_type="text/event-stream")
-        return await self._whole(request, session, shape)
+                                     media_type="text/event-stream", headers=headers)
+        return await self._whole(request, session, shape, headers)
 
     async def _placement(self, request: Request, session: Session) -> Response | None:
         """Queue the request and wait for the controller: None once it is released to an
@@ -236,8 +240,8 @@ class Router:
             await session.stop()  # a client that went away aborts the engine request
             self._record(session, error)
 
-    async def _whole(self, request: Request, session: Session,
-                     shape: ResponseShape) -> Response:
+    async def _whole(self, request: Request, session: Session, shape: ResponseShape,
+                     headers: dict[str, str] | None) -> Response:
         async def collect() -> dict[str, Any]:
             texts: list[str] = []
             while not session.done:
@@ -254,7 +258,7 @@ class Router:
                 error = "client disconnected"
                 return Response(status_code=499)
             try:
-                return JSONResponse(work.result())
+                return JSONResponse(work.result(), headers=headers)
             except ApiError as e:
                 error = e.message
                 return JSONResponse(e.body(), e.status)

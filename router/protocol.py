@@ -123,6 +123,7 @@ def parse_body(raw: bytes, kind: type[_Sampling]) -> Any:
 TTFT_HEADER = "x-ascendra-ttft-slo"
 TBT_HEADER = "x-ascendra-tbt-slo"
 CRITICALITY_HEADER = "x-ascendra-criticality"
+RELEGATED_HEADER = "x-ascendra-relegated"  # on a response: served after the rest, on purpose
 _CRITICALITY = re.compile(r"^\s*[-+]?[0-9]{1,6}\s*$")
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s)?\s*$")
 

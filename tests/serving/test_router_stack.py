@@ -156,6 +156,7 @@ async def _stream(http: aiohttp.ClientSession, url: str, body: dict, headers: di
                                                         "return_token_ids": True},
                          headers=headers or {}) as r:
         assert r.status == 200, await r.text()
+        out["relegated"] = r.headers.get("X-Ascendra-Relegated") == "true"
         async for line in r.content:
             if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
                 continue
@@ -323,14 +324,17 @@ def test_a_request_that_becomes_hopeless_is_served_after_one_that_can_still_make
                 for h in holders:
                     h.cancel()
                 await asyncio.gather(*holders, return_exceptions=True)
-                return {"a": res[0]["first_at"], "b": res[1]["first_at"]}
+                return {"a": res[0]["first_at"], "b": res[1]["first_at"]}, \
+                    {"a": res[0]["relegated"], "b": res[1]["relegated"]}
 
-        firsts = asyncio.run(run())
+        firsts, relegated = asyncio.run(run())
         _wait_idle(stack.lp_engine)
     finally:
         os.killpg(router.pid, signal.SIGTERM)
         router.wait()
     assert min(firsts, key=firsts.__getitem__) == first, firsts
+    # The response says who was served late on purpose (what ascendra bench counts).
+    assert relegated == {"a": hold_queue == "true", "b": False}
 
 
 def test_overload_answers_429_and_503_with_retry_after_through_the_openai_client(
