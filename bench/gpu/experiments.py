@@ -8,8 +8,16 @@ finished run is written at once to ``OUT/NAME.json``, so a run cut short loses o
 * ``anchor-*``: one engine on the whole GPU, benchmarked directly (no router), as the measured
   anchor in the team's GPU notes was: ``--max-num-seqs 128``, vLLM defaults vs budget 512.
 * ``gpu1-*``: two engines sharing the GPU, each with an explicit 16 GiB KV cache (131,072
-  tokens), behind the Ascendra router: 1 LP + 1 HP for Ascendra, round-robin for the
-  baselines (``vllm`` defaults, ``sarathi`` = budget 512). Same load, same SLOs.
+  tokens), behind the Ascendra router: 1 LP + 1 HP for Ascendra (the design before the
+  cluster controller), round-robin for the baselines (``vllm`` defaults, ``sarathi`` = budget
+  512). Same load, same SLOs.
+* ``h200-*`` (issue "GPU truth for the new controller"): one engine owning the GPU at the
+  settings the runtime ships (vLLM's defaults: 1,024 seats, 8,192-token budget), straight to
+  the engine and behind the router as each system runs it: ``vllm`` (router in baseline mode:
+  what the hop costs), ``vllm-shed`` and ``ascendra`` (router queue, no HP). ShareGPT-like
+  (TTFT 1 s / mean TBT 0.15 s), LongBench-like (2.5 s / 0.15 s) and LongBench-like with every
+  gap within 150 ms; 1,200 requests a rate after 300 warm-up, every rate with its own prompts.
+  Not yet run.
 
     PYTHONPATH=/tmp/site python3 bench/gpu/experiments.py --out /tmp/ascendra-results [--only A,B]
 """
@@ -34,7 +42,7 @@ from pathlib import Path
 
 import aiohttp
 
-from ascendra.core.request import Slo
+from ascendra.core.request import Slo, TbtKind
 from ascendra.loadgen import BenchConfig, report, run_bench, table
 from ascendra.perf.profiler import ProfileGrid, profile_engine
 from ascendra.runtime.local_stack import LocalStack, StackConfig
@@ -46,6 +54,7 @@ HERE = Path(__file__).resolve().parent
 SHAREGPT = SyntheticWorkload(ShareGptLike())
 LONGBENCH = SyntheticWorkload(LongBenchLike())
 SLO_SHAREGPT, SLO_LONGBENCH = Slo(1.0, 0.15), Slo(2.5, 0.15)
+SLO_GAPS = Slo(2.5, 0.15, TbtKind.MAX)  # every gap between tokens within 150 ms
 KV_BYTES = 16 * 2**30  # per engine when two share the GPU
 DUMMY = ["--load-format", "dummy", "--skip-tokenizer-init"]
 
@@ -64,7 +73,7 @@ class Neighbor:
 @dataclass(frozen=True)
 class Run:
     name: str
-    system: str  # ascendra | vllm | sarathi
+    system: str  # a deployable registry system: ascendra, vllm, vllm-lb, vllm-shed, sarathi
     instances: int
     workload: SyntheticWorkload
     slo: Slo
@@ -75,6 +84,7 @@ class Run:
     profile: bool = False  # run ``ascendra profile`` on the first engine instead of a load
     warmup: int = 50  # requests at the first rate before measuring
     neighbor: Neighbor | None = None  # with ``profile``: load the other engine meanwhile
+    hp: int = 0  # of the instances, HP ones (ascendra only)
     notes: dict[str, str] = field(default_factory=dict)
 
 
@@ -93,7 +103,7 @@ RUNS = [
     Run("anchor-vllm-sharegpt", "vllm", 1, SHAREGPT, SLO_SHAREGPT, (22, 28, 34), 300,
         ("--max-num-seqs", "128"), direct=True),
     Run("gpu1-ascendra-sharegpt", "ascendra", 2, SHAREGPT, SLO_SHAREGPT, (20, 26, 32), 300,
-        SHARED),
+        SHARED, hp=1),
     Run("gpu1-vllm-sharegpt", "vllm", 2, SHAREGPT, SLO_SHAREGPT, (20, 26, 32), 300, SHARED),
     Run("gpu1-sarathi-sharegpt", "sarathi", 2, SHAREGPT, SLO_SHAREGPT, (20, 26, 32), 300,
         SHARED),
@@ -106,22 +116,32 @@ RUNS = [
     # state) after 300 warm-up requests; "ascendra-1024" gives the LP and HP 1024 seats, as the
     # vLLM default has, to test whether the paper's 128 is what limits it on a shared GPU.
     Run("gpu1-ascendra-sustained", "ascendra", 2, SHAREGPT, SLO_SHAREGPT, (24, 32, 40), 1500,
-        SHARED, warmup=300),
+        SHARED, warmup=300, hp=1),
     Run("gpu1-vllm-sustained", "vllm", 2, SHAREGPT, SLO_SHAREGPT, (24, 32, 40), 1500, SHARED,
         warmup=300),
     Run("gpu1-sarathi-sustained", "sarathi", 2, SHAREGPT, SLO_SHAREGPT, (24, 32, 40), 1500,
         SHARED, warmup=300),
     Run("gpu1-ascendra1024-sustained", "ascendra", 2, SHAREGPT, SLO_SHAREGPT, (24, 32, 40),
-        1500, (*SHARED, "--max-num-seqs", "1024"), warmup=300),
+        1500, (*SHARED, "--max-num-seqs", "1024"), warmup=300, hp=1),
     # Round 4: the router after moved streams were made to resume first
     # (ascendra.core.priority.engine_priority), shortened to fit a session's last minutes of
     # device time: 1000 requests a rate after 200 warm-up, at round 3's two lower rates.
     Run("gpu1-ascendra-resume", "ascendra", 2, SHAREGPT, SLO_SHAREGPT, (24, 32), 1000, SHARED,
-        warmup=200),
+        warmup=200, hp=1),
     Run("anchor-vllm-longbench", "vllm", 1, LONGBENCH, SLO_LONGBENCH, (5, 8, 11), 150,
         ("--max-num-seqs", "128"), direct=True),
     Run("anchor-sarathi-longbench", "sarathi", 1, LONGBENCH, SLO_LONGBENCH, (5, 8, 11), 150,
         direct=True),
+    # One H200 owned by one engine at the shipped settings (the new controller's issue).
+    Run("profile-h200", "vllm", 1, SHAREGPT, SLO_SHAREGPT, (), 0, direct=True, profile=True),
+    *(Run(f"h200-{label}-{load}", system, 1, work, slo, rates, 1200, direct=direct, warmup=300)
+      for load, work, slo, rates in (
+          ("sharegpt", SHAREGPT, SLO_SHAREGPT, (36, 44, 52, 60)),
+          ("longbench", LONGBENCH, SLO_LONGBENCH, (10, 13, 16, 19)),
+          ("longbench-gaps", LONGBENCH, SLO_GAPS, (6, 9, 12, 15)))
+      for label, system, direct in (
+          ("vllm-direct", "vllm", True), ("vllm", "vllm", False),
+          ("vllm-shed", "vllm-shed", False), ("ascendra", "ascendra", False))),
 ]
 
 
@@ -138,10 +158,9 @@ def model_dir(root: Path) -> Path:
 
 
 def execute(run: Run, model: Path, out: Path, port: int) -> dict[str, object]:
-    lp, hp = (1, 1) if run.system == "ascendra" else (run.instances, 0)
-    cfg = StackConfig(model=model, instances=lp + hp, hp=hp, system=run.system, port=port,
-                      base_port=port + 100, max_model_len=4096, ttft=run.slo.ttft,
-                      tbt=run.slo.tbt, startup_timeout=900.0,
+    cfg = StackConfig(model=model, instances=run.instances, hp=run.hp, system=run.system,
+                      port=port, base_port=port + 100, max_model_len=4096, ttft=run.slo.ttft,
+                      tbt=run.slo.tbt, tbt_kind=run.slo.tbt_kind.value, startup_timeout=900.0,
                       engine_args=[*DUMMY, *run.engine_args], log_dir=out / "logs" / run.name)
     if not run.direct:  # the queued requests' observations, the TTFT predictor's data
         cfg.router_args = ["--observations", str(out / f"{run.name}.observations.jsonl")]
@@ -162,9 +181,10 @@ def execute(run: Run, model: Path, out: Path, port: int) -> dict[str, object]:
         counters = _router_counters(stack.url)
         engines = {u: _engine_counters(u) for u in stack.engine_urls}
     print(f"== {run.name} (ready in {ready_s:.0f} s)\n{table(rep)}", flush=True)
-    return {"run": run.name, "system": run.system, "instances": run.instances,
+    return {"run": run.name, "system": run.system, "instances": run.instances, "hp": run.hp,
             "direct_to_engine": run.direct, "engine_args": list(cfg.engine_args),
-            "slo": {"ttft_s": run.slo.ttft, "tbt_mean_s": run.slo.tbt},
+            "slo": {"ttft_s": run.slo.ttft, "tbt_s": run.slo.tbt,
+                    "tbt_kind": run.slo.tbt_kind.value},
             "startup_s": round(ready_s, 1), "router_counters": counters,
             "engine_counters": engines, "report": rep}
 
@@ -216,11 +236,12 @@ def _neighbor_load(url: str, model: str, load: Neighbor) -> Iterator[list[int]]:
 
 
 def _router_counters(url: str) -> dict[str, float]:
-    """The router's offload, migration and SLO counters after the run (all rates and the
-    warm-up together)."""
+    """The router's offload, migration, relegation, shedding and SLO counters after the run
+    (all rates and the warm-up together)."""
     with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
         text = r.read().decode()
-    keep = ("ascendra_offloads_total", "ascendra_migrations_total", "ascendra_slo_requests_total")
+    keep = ("ascendra_offloads_total", "ascendra_migrations_total", "ascendra_slo_requests_total",
+            "ascendra_relegated_requests_total", "ascendra_rejected_requests_total")
     return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
             if line.startswith(keep)}
 
