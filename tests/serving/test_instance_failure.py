@@ -15,8 +15,12 @@ from serving_support import SEATS, Stack, spawn, spawn_router, wait_healthy
 MODEL = "tiny-llama"
 
 
-async def _collect(http: aiohttp.ClientSession, url: str, body: dict) -> dict:
-    out: dict = {"ids": [], "finish": None, "error": None}
+async def _collect(http: aiohttp.ClientSession, url: str, body: dict,
+                   out: dict | None = None) -> dict:
+    """Stream one completion into ``out`` as it arrives (so a test can act mid-stream)."""
+    if out is None:
+        out = {}
+    out.update({"ids": [], "finish": None, "error": None})
     async with http.post(url + "/v1/completions", json=body) as r:
         async for line in r.content:
             if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
@@ -38,7 +42,8 @@ def test_killing_an_instance_mid_stream(stack: Stack):
                     "--max-model-len", "2048", "--", "--max-num-seqs", str(SEATS))
     victim_spec = "http://127.0.0.1:18200,agent=http://127.0.0.1:18201"
     # R1 can fall back to the stack's LP engine; R2 has only the victim.
-    r1 = spawn_router(stack, 18010, [victim_spec, f"{stack.lp_engine},agent={stack.lp_agent}"])
+    r1 = spawn_router(stack, 18010, [victim_spec, f"{stack.lp_engine},agent={stack.lp_agent}"],
+                      "--dispatch", "round-robin")
     r2 = spawn_router(stack, 18011, [victim_spec])
     try:
         wait_healthy("http://127.0.0.1:18010", 2, 600)
@@ -50,9 +55,15 @@ def test_killing_an_instance_mid_stream(stack: Stack):
             async with aiohttp.ClientSession() as http:
                 reference = await _collect(http, stack.url, body)
                 # Round-robin places R1's first request on the victim (instance 0).
-                a = asyncio.create_task(_collect(http, "http://127.0.0.1:18010", body))
-                b = asyncio.create_task(_collect(http, "http://127.0.0.1:18011", body))
-                await asyncio.sleep(0.5)
+                sa: dict = {}
+                sb: dict = {}
+                a = asyncio.create_task(_collect(http, "http://127.0.0.1:18010", body, sa))
+                b = asyncio.create_task(_collect(http, "http://127.0.0.1:18011", body, sb))
+                # Kill once both streams are under way, well before either can finish (a
+                # fixed delay let both finish first on a fast, idle machine).
+                while min(len(sa.get("ids", ())), len(sb.get("ids", ()))) < 20:
+                    assert not (a.done() or b.done()), "a stream ended before the kill"
+                    await asyncio.sleep(0.005)
                 os.killpg(victim.pid, signal.SIGKILL)
                 t = time.monotonic()
                 done = await asyncio.wait_for(asyncio.gather(a, b), timeout=60)
