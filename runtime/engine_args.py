@@ -38,9 +38,15 @@ class EngineLaunch:
     # export its token budget or seats); the system's arguments and ``extra`` override them.
     defaults: tuple[str, ...] = field(default_factory=tuple)
 
+    @property
+    def engine_args(self) -> list[str]:
+        """vLLM's arguments beyond the basics: the platform's defaults, then the system's, then
+        ``extra`` (vLLM's parser keeps the last of a repeated flag)."""
+        return [*self.defaults, *SYSTEM_ARGS.get(self.system, ()), *self.extra]
+
     def _last(self, flag: str) -> int | None:
         """The value these arguments give ``flag`` (the last one wins), if an integer."""
-        args = list(self.defaults) + list(SYSTEM_ARGS.get(self.system, ())) + list(self.extra)
+        args = self.engine_args
         values = [args[i + 1] for i, a in enumerate(args[:-1]) if a == flag]
         values += [a.split("=", 1)[1] for a in args if a.startswith(flag + "=")]
         return int(values[-1]) if values and values[-1].isdigit() else None
@@ -68,4 +74,4 @@ class EngineLaunch:
             cmd += ["--max-model-len", str(self.max_model_len)]
         if self.dtype:
             cmd += ["--dtype", self.dtype]
-        return cmd + list(self.defaults) + list(SYSTEM_ARGS[self.system]) + list(self.extra)
+        return cmd + self.engine_args

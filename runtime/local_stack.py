@@ -35,7 +35,11 @@ class StackConfig:
     port: int = 8000
     base_port: int = 8100
     max_model_len: int = 2048
-    kv_cache_gib: float = 1.0
+    # vLLM's CPU build (the default here): its KV space and thread binding are set per engine
+    # and its defaults stated (``ascendra runtime --cpu``). Off for GPU engines, which keep
+    # vLLM's GPU defaults.
+    cpu: bool = True
+    kv_cache_gib: float = 1.0  # per CPU engine
     ttft: float = 1.0
     tbt: float = 0.15
     tbt_kind: str = "mean"
@@ -98,17 +102,10 @@ class LocalStack:
 
     def start(self) -> None:
         cfg, py = self.cfg, sys.executable
-        cores = os.cpu_count() or 1
         instances = []
         for i, role in enumerate(cfg.roles):
             port, agent = cfg.base_port + 2 * i, cfg.base_port + 2 * i + 1
-            env = {"VLLM_CPU_KVCACHE_SPACE": f"{cfg.kv_cache_gib:g}",
-                   "VLLM_CPU_OMP_THREADS_BIND": str(i % cores)}
-            self._spawn(f"runtime-{i}-{role}", [
-                py, "-m", "ascendra.cli", "runtime", "--model", str(self.model),
-                "--served-model-name", self.name, "--port", str(port), "--agent-port", str(agent),
-                "--role", role, "--system", cfg.system, "--cpu",
-                "--max-model-len", str(self.max_model_len), "--", *cfg.engine_args], env)
+            self._spawn(f"runtime-{i}-{role}", *self.runtime_command(i, role))
             self.engine_urls.append(f"http://127.0.0.1:{port}")
             instances += ["--instance", f"http://127.0.0.1:{port},agent=http://127.0.0.1:{agent}"]
         self._spawn("router", [
@@ -116,6 +113,18 @@ class LocalStack:
             str(self.model), "--max-model-len", str(self.max_model_len), "--port",
             str(cfg.port), "--ttft", str(cfg.ttft), "--tbt", str(cfg.tbt), "--tbt-kind",
             cfg.tbt_kind, "--system", cfg.system, *instances, *cfg.router_args])
+
+    def runtime_command(self, i: int, role: str) -> tuple[list[str], dict[str, str]]:
+        """The ``ascendra runtime`` command and environment of instance ``i``."""
+        cfg = self.cfg
+        port, agent = cfg.base_port + 2 * i, cfg.base_port + 2 * i + 1
+        env = {"VLLM_CPU_KVCACHE_SPACE": f"{cfg.kv_cache_gib:g}",
+               "VLLM_CPU_OMP_THREADS_BIND": str(i % (os.cpu_count() or 1))} if cfg.cpu else {}
+        return [sys.executable, "-m", "ascendra.cli", "runtime", "--model", str(self.model),
+                "--served-model-name", self.name, "--port", str(port), "--agent-port",
+                str(agent), "--role", role, "--system", cfg.system,
+                *(["--cpu"] if cfg.cpu else []), "--max-model-len", str(self.max_model_len),
+                "--", *cfg.engine_args], env
 
     def dead(self) -> str | None:
         for name, p in self.procs:

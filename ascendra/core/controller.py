@@ -312,14 +312,20 @@ class ClusterController:
             self._retry = self._retry_after(view, self._queued_tokens())
         return self._retry
 
+    def _release_slack(self, now: float, instances: Iterable[InstanceView], req: Request,
+                       wait: float = 0.0) -> float:
+        """Time ``req`` has to spare if sent after ``wait`` to the fastest instance, less the
+        relegation margin (inf with no instance to judge by)."""
+        best = min((predicted_delay(self.predictor, i, req.prompt_len) for i in instances),
+                   default=math.inf)
+        if best == math.inf:
+            return math.inf
+        return req.deadline - now - wait - best - self.policy.relegation_margin
+
     def _hopeless(self, now: float, instances: Iterable[InstanceView], req: Request,
                   wait: float = 0.0) -> bool:
         """Predicted to miss its TTFT even sent after ``wait`` to the fastest instance."""
-        delays = [predicted_delay(self.predictor, i, req.prompt_len) for i in instances]
-        if not delays:
-            return False
-        best = min(delays)
-        return now - req.arrival + wait + best + self.policy.relegation_margin > req.slo.ttft
+        return self._release_slack(now, instances, req, wait) < 0
 
     def _priority(self, req: Request, inst: InstanceView, now: float, *, started: bool = False,
                   relegated: bool = False) -> int | None:
@@ -371,8 +377,7 @@ class ClusterController:
         if not heap:
             return None
         q = heap[0][2]
-        best = min(predicted_delay(self.predictor, i, q.request.prompt_len) for i in rooms.all())
-        slack = q.request.deadline - view.now - best - self.policy.relegation_margin
+        slack = self._release_slack(view.now, rooms.all(), q.request)
         return q if 0 <= slack <= self.policy.promotion_slack else None
 
     def _release(self, view: ClusterView, rooms: _Rooms, d: Decisions) -> None:
@@ -618,9 +623,9 @@ class _Rooms:
     """Each instance's flow-control window within one step (what was released this step counts
     as unstarted at once): room for one more while it holds fewer unstarted prompt tokens than
     the window (``release_tokens``, at most one step's token budget), has a free seat and keeps
-    its KV reserve. And the gap guard: a request whose
-    TBT target bounds its gaps is sent only where the step it would join is predicted within
-    ``step_fraction`` of that target, or where no stream would feel the step."""
+    its KV reserve. And the gap guard: a request whose TBT target bounds its gaps is sent only
+    where the step it would join is predicted within ``step_fraction`` of that target, or where
+    no stream would feel the step."""
 
     def __init__(self, instances: Sequence[InstanceView], policy: Policy,
                  model: DeadlinePredictor) -> None:

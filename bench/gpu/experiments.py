@@ -159,8 +159,9 @@ def model_dir(root: Path) -> Path:
 
 def execute(run: Run, model: Path, out: Path, port: int) -> dict[str, object]:
     cfg = StackConfig(model=model, instances=run.instances, hp=run.hp, system=run.system,
-                      port=port, base_port=port + 100, max_model_len=4096, ttft=run.slo.ttft,
-                      tbt=run.slo.tbt, tbt_kind=run.slo.tbt_kind.value, startup_timeout=900.0,
+                      cpu=False, port=port, base_port=port + 100, max_model_len=4096,
+                      ttft=run.slo.ttft, tbt=run.slo.tbt, tbt_kind=run.slo.tbt_kind.value,
+                      startup_timeout=900.0,
                       engine_args=[*DUMMY, *run.engine_args], log_dir=out / "logs" / run.name)
     if not run.direct:  # the queued requests' observations, the TTFT predictor's data
         cfg.router_args = ["--observations", str(out / f"{run.name}.observations.jsonl")]
