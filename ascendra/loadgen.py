@@ -141,19 +141,20 @@ def _shed_reason(text: str) -> str | None:
     return code if code in SHED_REASONS else None
 
 
-def prompts_for(cfg: BenchConfig, rate: float, specs: list[RequestSpec]) -> list[list[int] | str]:
-    """The prompts of one rate: drawn from the seed and the rate, so that a sweep never sends
-    the same token ids twice. (Drawn from the seed alone, every rate repeated the first one's
-    prompts, vLLM's prefix cache served the later rates' prefills, and attainment rose with
-    the rate: 81% at 9 req/s, 97% at 12 on the CPU engines.)"""
-    rng = np.random.default_rng([cfg.seed, round(rate * 1000)])
+def prompts_for(cfg: BenchConfig, specs: list[RequestSpec]) -> list[list[int] | str]:
+    """The prompts of one rate, drawn afresh on every call (the lengths and arrivals stay the
+    seed's): vLLM's prefix cache serves any prompt it has seen. Drawn from the seed, every rate
+    repeated the first one's prompts and attainment rose with the rate (81% at 9 req/s, 97% at
+    12 on the CPU engines); drawn from the seed and the rate, a second system benchmarked
+    against the same engine found the first one's prompts cached."""
+    rng = np.random.default_rng()
     return [_prompt(s, cfg, rng) for s in specs]
 
 
 async def run_rate(cfg: BenchConfig, rate: float,
                    on_done: Callable[[], None] = lambda: None) -> RateResult:
     specs = cfg.workload.requests(rate, cfg.requests, cfg.seed)
-    prompts = prompts_for(cfg, rate, specs)
+    prompts = prompts_for(cfg, specs)
     gaps: list[float] = []
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)

@@ -17,10 +17,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ascendra.core.request import Slo, TbtKind
+from ascendra.core.systems import system as registry_system
 from ascendra.errors import AscendraError
 from ascendra.runtime.procs import die_with_parent
 from ascendra.runtime.tiny_model import build_tiny_model
@@ -47,6 +49,10 @@ class StackConfig:
     engine_args: list[str] = field(default_factory=list)
     router_args: list[str] = field(default_factory=list)
     log_dir: Path | None = None
+    # False: engines only, ready when each answers /health; routers come and go with
+    # ``LocalStack.router`` (a benchmark puts several systems' routers in turn before engines
+    # that take minutes to start on a GPU).
+    router: bool = True
 
     @property
     def roles(self) -> list[str]:
@@ -101,18 +107,47 @@ class LocalStack:
         self.procs.append((name, proc))
 
     def start(self) -> None:
-        cfg, py = self.cfg, sys.executable
-        instances = []
+        cfg = self.cfg
         for i, role in enumerate(cfg.roles):
-            port, agent = cfg.base_port + 2 * i, cfg.base_port + 2 * i + 1
             self._spawn(f"runtime-{i}-{role}", *self.runtime_command(i, role))
-            self.engine_urls.append(f"http://127.0.0.1:{port}")
-            instances += ["--instance", f"http://127.0.0.1:{port},agent=http://127.0.0.1:{agent}"]
-        self._spawn("router", [
-            py, "-m", "ascendra.cli", "router", "--model-name", self.name, "--tokenizer",
-            str(self.model), "--max-model-len", str(self.max_model_len), "--port",
-            str(cfg.port), "--ttft", str(cfg.ttft), "--tbt", str(cfg.tbt), "--tbt-kind",
-            cfg.tbt_kind, "--system", cfg.system, *instances, *cfg.router_args])
+            self.engine_urls.append(f"http://127.0.0.1:{cfg.base_port + 2 * i}")
+        if cfg.router:
+            self._spawn("router", self.router_command(cfg.system, cfg.port, cfg.router_args))
+
+    def router_command(self, system: str, port: int, extra: list[str],
+                       slo: Slo | None = None) -> list[str]:
+        """The ``ascendra router`` command for ``system`` over this stack's instances, with
+        ``slo`` (default: the stack's) for requests that state none."""
+        cfg = self.cfg
+        slo = slo or Slo(cfg.ttft, cfg.tbt, TbtKind(cfg.tbt_kind))
+        instances = []
+        for i in range(len(cfg.roles)):
+            port_i, agent = cfg.base_port + 2 * i, cfg.base_port + 2 * i + 1
+            instances += ["--instance", f"http://127.0.0.1:{port_i},agent=http://127.0.0.1:{agent}"]
+        return [sys.executable, "-m", "ascendra.cli", "router", "--model-name", self.name,
+                "--tokenizer", str(self.model), "--max-model-len", str(self.max_model_len),
+                "--port", str(port), "--ttft", f"{slo.ttft:g}", "--tbt", f"{slo.tbt:g}",
+                "--tbt-kind", slo.tbt_kind.value, "--system", system, *instances, *extra]
+
+    @contextlib.contextmanager
+    def router(self, system: str, port: int, extra: list[str] | None = None,
+               slo: Slo | None = None) -> Iterator[str]:
+        """A router for ``system`` over the running engines for the body of the ``with``;
+        yields its URL. The system must run the engines this stack started (a priority-
+        scheduling system's router sends priorities a FCFS engine refuses)."""
+        if registry_system(system).engine.vllm_args() != \
+                registry_system(self.cfg.system).engine.vllm_args():
+            raise AscendraError(f"{system} needs other engines than {self.cfg.system}'s")
+        name = f"router-{system}-{port}"
+        self._spawn(name, self.router_command(system, port, extra or [], slo))
+        proc = self.procs[-1][1]
+        url = f"http://127.0.0.1:{port}"
+        try:
+            self._wait(lambda: self._router_ready(url), f"the {system} router")
+            yield url
+        finally:
+            self.procs.remove((name, proc))
+            _terminate([proc])
 
     def runtime_command(self, i: int, role: str) -> tuple[list[str], dict[str, str]]:
         """The ``ascendra runtime`` command and environment of instance ``i``."""
@@ -133,36 +168,35 @@ class LocalStack:
         return None
 
     def wait_ready(self, cancelled: Callable[[], bool] = lambda: False) -> None:
-        want = len(self.cfg.roles)
+        if self.cfg.router:
+            self._wait(lambda: self._router_ready(self.url), "the stack", cancelled)
+        else:
+            self._wait(lambda: all(_answers(u + "/health") for u in self.engine_urls),
+                       "the stack", cancelled)
+
+    def _router_ready(self, url: str) -> bool:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                return json.loads(r.read())["healthy_instances"] >= len(self.cfg.roles)
+        except (urllib.error.URLError, OSError, ValueError, KeyError):
+            return False
+
+    def _wait(self, ready: Callable[[], bool], what: str,
+              cancelled: Callable[[], bool] = lambda: False) -> None:
         deadline = time.monotonic() + self.cfg.startup_timeout
         while time.monotonic() < deadline:
             if cancelled():
                 raise AscendraError("interrupted while starting")
             if (why := self.dead()) is not None:
-                raise AscendraError(f"the stack failed to start: {why}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if json.loads(r.read())["healthy_instances"] >= want:
-                        return
-            except (urllib.error.URLError, OSError, ValueError, KeyError):
-                pass
+                raise AscendraError(f"{what} failed to start: {why}")
+            if ready():
+                return
             time.sleep(1.0)
-        raise AscendraError(f"the stack was not ready after {self.cfg.startup_timeout:g} s")
+        raise AscendraError(f"{what} was not ready after {self.cfg.startup_timeout:g} s")
 
     def stop(self) -> None:
         # The router first (no new work), then the runtimes, which stop their engines.
-        for _, p in reversed(self.procs):
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for _, p in reversed(self.procs):
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        _terminate([p for _, p in reversed(self.procs)])
         self.procs.clear()
 
     def __enter__(self) -> LocalStack:
@@ -176,6 +210,30 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _terminate(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each process group, then SIGKILL what is left after 30 s."""
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
 
 
 def run(cfg: StackConfig) -> int:

@@ -168,3 +168,31 @@ def build_tiny_model(spec: TinyModelSpec | None = None, cache_dir: Path | None =
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def write_id_tokenizer(dest: Path, vocab_size: int, bos: int, eos: int) -> None:
+    """A tokenizer whose every id is one word, ``t<id>``, over the model's whole vocabulary.
+
+    For dummy-weight models of a real shape: their outputs range over the whole vocabulary (a
+    trained tokenizer of another size cannot detokenize them), and a client that sends text,
+    such as vLLM's own ``vllm bench serve``, sends prompts of exactly the token counts it
+    means (``"t17 t903"`` is ids 17 and 903, nothing else). No special tokens are added to a
+    prompt; ``bos`` and ``eos`` only name the model's own ids.
+    """
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+
+    vocab = {f"t{i}": i for i in range(vocab_size)}
+    vocab[f"t{bos}"], vocab[f"t{eos}"] = bos, eos  # keep the ids: named below as specials
+    names = {bos: "<|begin_of_text|>", eos: "<|end_of_text|>"}
+    vocab = {names.get(i, w): i for w, i in vocab.items()}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=names[eos]))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens([AddedToken(names[i], special=True) for i in (bos, eos)])
+    dest.mkdir(parents=True, exist_ok=True)
+    tok.save(str(dest / "tokenizer.json"))
+    (dest / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": names[bos],
+        "eos_token": names[eos], "unk_token": names[eos], "add_bos_token": False,
+        "clean_up_tokenization_spaces": False}, indent=1))
+    (dest / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": names[bos], "eos_token": names[eos], "unk_token": names[eos]}))

@@ -136,13 +136,15 @@ def test_summaries_say_what_was_given_up_and_who_paid():
     assert (s.output_mean, s.output_mean_missed) == (100.0, 300.0)
 
 
-def test_a_bench_sweep_never_sends_the_same_prompt_twice():
-    """vLLM's prefix cache would serve a repeated prompt's prefill: each rate draws its own."""
+def test_a_bench_never_sends_the_same_prompt_twice():
+    """vLLM's prefix cache would serve a repeated prompt's prefill: every rate and every run
+    draws its own prompts, of the lengths the seed gives."""
     from ascendra.loadgen import BenchConfig, prompts_for
 
     work = SyntheticWorkload(ShareGptLike())
     cfg = BenchConfig(url="http://x", model="m", workload=work, rates=(4, 8), requests=20,
                       slo=Slo(1.0, 0.15))
-    a, b = (prompts_for(cfg, r, work.requests(r, 20, cfg.seed)) for r in (4, 8))
-    assert a == prompts_for(cfg, 4, work.requests(4, 20, cfg.seed))  # reproducible
+    specs = work.requests(4, 20, cfg.seed)
+    a, b = prompts_for(cfg, specs), prompts_for(cfg, specs)
+    assert [len(p) for p in a] == [s.prompt_len for s in specs] == [len(p) for p in b]
     assert not {tuple(p) for p in a} & {tuple(p) for p in b}

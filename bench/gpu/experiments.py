@@ -11,13 +11,8 @@ finished run is written at once to ``OUT/NAME.json``, so a run cut short loses o
   tokens), behind the Ascendra router: 1 LP + 1 HP for Ascendra (the design before the
   cluster controller), round-robin for the baselines (``vllm`` defaults, ``sarathi`` = budget
   512). Same load, same SLOs.
-* ``h200-*`` (issue "GPU truth for the new controller"): one engine owning the GPU at the
-  settings the runtime ships (vLLM's defaults: 1,024 seats, 8,192-token budget), straight to
-  the engine and behind the router as each system runs it: ``vllm`` (router in baseline mode:
-  what the hop costs), ``vllm-shed`` and ``ascendra`` (router queue, no HP). ShareGPT-like
-  (TTFT 1 s / mean TBT 0.15 s), LongBench-like (2.5 s / 0.15 s) and LongBench-like with every
-  gap within 150 ms; 1,200 requests a rate after 300 warm-up, every rate with its own prompts.
-  Not yet run.
+
+The one-H200 runs of the cluster controller are ``h200.py``'s (one engine kept across steps).
 
     PYTHONPATH=/tmp/site python3 bench/gpu/experiments.py --out /tmp/ascendra-results [--only A,B]
 """
@@ -132,16 +127,6 @@ RUNS = [
         ("--max-num-seqs", "128"), direct=True),
     Run("anchor-sarathi-longbench", "sarathi", 1, LONGBENCH, SLO_LONGBENCH, (5, 8, 11), 150,
         direct=True),
-    # One H200 owned by one engine at the shipped settings (the new controller's issue).
-    Run("profile-h200", "vllm", 1, SHAREGPT, SLO_SHAREGPT, (), 0, direct=True, profile=True),
-    *(Run(f"h200-{label}-{load}", system, 1, work, slo, rates, 1200, direct=direct, warmup=300)
-      for load, work, slo, rates in (
-          ("sharegpt", SHAREGPT, SLO_SHAREGPT, (36, 44, 52, 60)),
-          ("longbench", LONGBENCH, SLO_LONGBENCH, (10, 13, 16, 19)),
-          ("longbench-gaps", LONGBENCH, SLO_GAPS, (6, 9, 12, 15)))
-      for label, system, direct in (
-          ("vllm-direct", "vllm", True), ("vllm", "vllm", False),
-          ("vllm-shed", "vllm-shed", False), ("ascendra", "ascendra", False))),
 ]
 
 
@@ -249,12 +234,13 @@ def _router_counters(url: str) -> dict[str, float]:
 
 def _engine_counters(url: str) -> dict[str, float]:
     """Each engine's own totals after the run: preemptions (KV ran short: a running request
-    was pushed back to recompute) and the prompt tokens it prefilled (re-prefills of moved
-    requests included)."""
+    was pushed back to recompute), the prompt tokens it prefilled (re-prefills of moved
+    requests included), and the prompt tokens its prefix cache was asked for and found."""
     with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
         text = r.read().decode()
     keep = ("vllm:num_preemptions_total", "vllm:prompt_tokens_total",
-            "vllm:generation_tokens_total", "vllm:request_success_total")
+            "vllm:generation_tokens_total", "vllm:request_success_total",
+            "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total")
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith(keep):

@@ -1,0 +1,347 @@
+"""One H200 owned by one vLLM engine: the cluster controller's GPU runs (issue "GPU truth for
+the new controller"), run on the GPU machine.
+
+An engine start costs minutes of device time, so the steps that share an engine run against
+one engine started once (an ``EngineSession``): the profile, ``ascendra bench`` straight to the
+engine and behind each system's router in turn (a fresh router per step, so its counters are
+that step's), and vLLM's own benchmark client (``vllm bench serve``) on the same lengths.
+Baselines run vLLM's defaults (FCFS); Ascendra's engine adds ``--scheduling-policy priority``
+and is a second session. Every step's prompts are drawn afresh (``ascendra.loadgen``), so no
+step finds another's in the prefix cache; each step's engine counter deltas, prefix-cache hits
+included, are in its JSON.
+
+The model is the Llama-3.1-8B shape with dummy weights and a tokenizer of one word per id
+(``write_id_tokenizer``), so text prompts (vLLM's client) and token-id prompts (ours) are
+the same tokens. Each step is written to ``OUT/NAME.json`` as it ends.
+
+    PYTHONPATH=/tmp/site python3 bench/gpu/h200.py --out /tmp/ascendra-results [--only A,B]
+    python bench/gpu/h200.py --out /tmp/h200-smoke --smoke   # the same steps, scaled down,
+                                                             # on the CPU build and tiny model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from experiments import PROFILE_GRID, _engine_counters, _router_counters
+
+from ascendra.core.request import Slo, TbtKind
+from ascendra.loadgen import BenchConfig, report, run_bench, table
+from ascendra.perf.profiler import ProfileGrid, profile_engine
+from ascendra.runtime.local_stack import LocalStack, StackConfig
+from ascendra.runtime.tiny_model import build_tiny_model, write_id_tokenizer
+from ascendra.workloads.lengths import LongBenchLike, ShareGptLike
+from ascendra.workloads.spec import SyntheticWorkload
+
+HERE = Path(__file__).resolve().parent
+SHAREGPT = SyntheticWorkload(ShareGptLike())
+LONGBENCH = SyntheticWorkload(LongBenchLike())
+SLO_SHAREGPT, SLO_LONGBENCH = Slo(1.0, 0.15), Slo(2.5, 0.15)
+SLO_GAPS = Slo(2.5, 0.15, TbtKind.MAX)  # every gap between tokens within 150 ms
+SEED = 1  # the load generator's: lengths and arrivals (prompts are drawn afresh)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """``ascendra bench`` straight to the engine (``system`` None) or through ``system``'s
+    router over it."""
+
+    name: str
+    system: str | None
+    workload: SyntheticWorkload
+    slo: Slo
+    rates: tuple[float, ...]
+    requests: int = 1200
+    warmup: int = 300
+
+
+@dataclass(frozen=True)
+class PeerBench:
+    """``vllm bench serve`` at one rate with its goodput option at the same SLOs (TTFT and
+    TPOT, its name for the mean gap), on the lengths ``ascendra bench`` draws for that rate
+    and seed."""
+
+    name: str
+    system: str | None
+    workload: SyntheticWorkload
+    slo: Slo
+    rate: float
+    requests: int = 1200
+
+
+@dataclass(frozen=True)
+class Profile:
+    """``ascendra profile`` of the idle engine."""
+
+    name: str
+
+
+Step = Sweep | PeerBench | Profile
+
+
+@dataclass(frozen=True)
+class EngineSession:
+    """Steps run in order against one engine owning the GPU, started once with the engine
+    arguments of ``engine_system`` (a registry system)."""
+
+    engine_system: str
+    steps: tuple[Step, ...]
+
+
+RATES = {"sharegpt": (36, 44, 52, 60), "longbench": (10, 13, 16, 19),
+         "longbench-gaps": (6, 9, 12, 15)}
+LOADS = {"sharegpt": (SHAREGPT, SLO_SHAREGPT), "longbench": (LONGBENCH, SLO_LONGBENCH),
+         "longbench-gaps": (LONGBENCH, SLO_GAPS)}
+PEER_RATE = 44  # ShareGPT-like, near one engine's 90% crossing
+
+
+def _sweep(label: str, system: str | None, load: str) -> Sweep:
+    work, slo = LOADS[load]
+    return Sweep(f"h200-{label}-{load}", system, work, slo, RATES[load])
+
+
+def _peer(label: str, system: str | None, suffix: str = "") -> PeerBench:
+    return PeerBench(f"h200-peer-{label}-sharegpt-{PEER_RATE}{suffix}", system, SHAREGPT,
+                     SLO_SHAREGPT, PEER_RATE)
+
+
+SESSIONS = [
+    EngineSession("ascendra", (
+        _sweep("ascendra", "ascendra", "sharegpt"),
+        _peer("ascendra", "ascendra"),
+        _sweep("ascendra", "ascendra", "longbench"),
+        _sweep("ascendra", "ascendra", "longbench-gaps"),
+    )),
+    EngineSession("vllm", (
+        _sweep("vllm-direct", None, "sharegpt"),
+        Profile("profile-h200"),
+        _sweep("vllm", "vllm", "sharegpt"),
+        _sweep("vllm-shed", "vllm-shed", "sharegpt"),
+        # The peer check on the bare engine, twice, and ascendra bench's own second run of
+        # the same rate: the run-to-run noise both clients' numbers are read against.
+        _peer("vllm-direct", None, "-a"), _peer("vllm-direct", None, "-b"),
+        Sweep(f"h200-vllm-direct-sharegpt-{PEER_RATE}-again", None, SHAREGPT, SLO_SHAREGPT,
+              (PEER_RATE,), warmup=0),
+        *(_sweep(label, system, load) for load in ("longbench", "longbench-gaps")
+          for label, system in (("vllm-direct", None), ("vllm", "vllm"),
+                                ("vllm-shed", "vllm-shed"))),
+    )),
+]
+
+# The profile at the shipped settings (1,024 seats, 8,192-token steps): prefills up to the
+# longest prompt the runs allow, decode batches as large as the ShareGPT-like runs reach.
+H200_GRID = replace(PROFILE_GRID, prefill_tokens=(*PROFILE_GRID.prefill_tokens, 3072, 4000),
+                    decode_batches=(1, 4, 16, 64, 128, 256))
+SMOKE_GRID = ProfileGrid(prefill_tokens=(32, 256), decode_batches=(1, 4), decode_contexts=(64,),
+                         decode_tokens=16, repeat=1)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Where the steps run: the H200 (8B shape, dummy weights) or, scaled down, the CPU."""
+
+    model: Path
+    cpu: bool
+    engine_args: tuple[str, ...]
+    grid: ProfileGrid
+    rate_scale: float = 1.0
+    request_scale: float = 1.0
+
+    def sweep(self, s: Sweep) -> Sweep:
+        return replace(s, rates=tuple(r * self.rate_scale for r in s.rates),
+                       requests=self._n(s.requests), warmup=self._n(s.warmup) if s.warmup else 0)
+
+    def peer(self, p: PeerBench) -> PeerBench:
+        return replace(p, rate=p.rate * self.rate_scale, requests=self._n(p.requests))
+
+    def _n(self, requests: int) -> int:
+        return max(4, round(requests * self.request_scale))
+
+
+def h200_setup(root: Path) -> Setup:
+    d = root / "llama31-8b"
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = json.loads((HERE / "llama31-8b" / "config.json").read_text())
+    shutil.copy(HERE / "llama31-8b" / "config.json", d / "config.json")
+    write_id_tokenizer(d, cfg["vocab_size"], cfg["bos_token_id"], cfg["eos_token_id"])
+    return Setup(d, cpu=False, engine_args=("--load-format", "dummy"), grid=H200_GRID)
+
+
+def smoke_setup(root: Path) -> Setup:
+    tiny = build_tiny_model()
+    d = root / "tiny-llama-ids"
+    shutil.copytree(tiny, d, dirs_exist_ok=True)
+    (d / "ascendra-tiny-model.json").unlink()  # served under its folder's name
+    cfg = json.loads((d / "config.json").read_text())
+    write_id_tokenizer(d, cfg["vocab_size"], cfg["bos_token_id"], cfg["eos_token_id"])
+    return Setup(d, cpu=True, engine_args=(), grid=SMOKE_GRID, rate_scale=0.1,
+                 request_scale=0.02)
+
+
+def run_session(session: EngineSession, steps: list[Step], setup: Setup, out: Path,
+                port: int) -> None:
+    cfg = StackConfig(model=setup.model, instances=1, system=session.engine_system,
+                      cpu=setup.cpu, port=port, base_port=port + 100, max_model_len=4096,
+                      startup_timeout=900.0, engine_args=list(setup.engine_args),
+                      router=False, log_dir=out / "logs" / session.engine_system)
+    started = time.time()
+    with LocalStack(cfg) as stack:
+        print(f"== {session.engine_system} engine ready in {time.time() - started:.0f} s",
+              flush=True)
+        engine = stack.engine_urls[0]
+        for step in steps:
+            before = _engine_counters(engine)
+            t0 = time.time()
+            try:
+                result = _execute(step, stack, setup, out, port)
+            except Exception:  # record it and go on: one failed step must not cost the others
+                traceback.print_exc()
+                (out / f"{step.name}.failed").write_text(traceback.format_exc())
+                continue
+            after = _engine_counters(engine)
+            result |= {"step": step.name, "engine_system": session.engine_system,
+                       "engine_args": [*setup.engine_args], "wall_s": round(time.time() - t0, 1),
+                       "engine_counters": {k: after[k] - before.get(k, 0.0) for k in after}}
+            (out / f"{step.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+            (out / f"{step.name}.failed").unlink(missing_ok=True)  # an earlier try's
+
+
+def _execute(step: Step, stack: LocalStack, setup: Setup, out: Path,
+             port: int) -> dict[str, Any]:
+    engine = stack.engine_urls[0]
+    if isinstance(step, Profile):
+        path = out / f"{step.name}.csv"
+        rows = profile_engine(engine, stack.name, setup.grid, path, max_model_len=4096,
+                              progress=lambda line: print(line, flush=True))
+        return {"rows": len(rows), "profile_csv": path.name,
+                "grid": {k: getattr(setup.grid, k) for k in (
+                    "prefill_tokens", "decode_batches", "decode_contexts", "decode_tokens",
+                    "samples", "repeat")}}
+    if isinstance(step, Sweep):
+        step = setup.sweep(step)
+        if step.system is None:
+            return _bench(step, engine, stack.name)
+        obs = ["--observations", str(out / f"{step.name}.observations.jsonl")]
+        with stack.router(step.system, port, obs, step.slo) as url:
+            return {**_bench(step, url, stack.name), "router_counters": _router_counters(url)}
+    step = setup.peer(step)
+    if step.system is None:
+        return _peer_bench(step, engine, stack, out)
+    with stack.router(step.system, port, slo=step.slo) as url:
+        return {**_peer_bench(step, url, stack, out), "router_counters": _router_counters(url)}
+
+
+def _bench(step: Sweep, url: str, model: str) -> dict[str, Any]:
+    cfg = BenchConfig(url=url + "/v1", model=model, workload=step.workload,
+                      rates=list(step.rates), requests=step.requests, slo=step.slo,
+                      warmup=step.warmup, seed=SEED)
+    rep = report(cfg, run_bench(cfg))
+    print(f"== {step.name}\n{table(rep)}", flush=True)
+    return {"system": step.system or "vllm", "direct_to_engine": step.system is None,
+            "slo": _slo(step.slo), "report": rep}
+
+
+def _peer_bench(step: PeerBench, url: str, stack: LocalStack, out: Path) -> dict[str, Any]:
+    """vLLM's client on a dataset file of this rate's lengths; its result file beside ours."""
+    specs = step.workload.requests(step.rate, step.requests, SEED)
+    rng = np.random.default_rng()
+    data = out / f"{step.name}.dataset.jsonl"
+    with data.open("w") as f:
+        for s in specs:
+            ids = rng.integers(16, 1000, s.prompt_len)
+            f.write(json.dumps({"prompt": " ".join(f"t{i}" for i in ids),
+                                "output_tokens": s.output_len}) + "\n")
+    result = f"{step.name}.vllm.json"
+    argv = [sys.executable, "-c", PEER_MAIN, "--backend", "vllm", "--base-url", url,
+            "--endpoint", "/v1/completions", "--model", stack.name, "--served-model-name",
+            stack.name, "--tokenizer", str(stack.model), "--dataset-name", "custom",
+            "--dataset-path", str(data), "--custom-output-len", "-1", "--skip-chat-template",
+            "--disable-shuffle", "--num-prompts", str(step.requests), "--request-rate",
+            f"{step.rate:g}", "--ignore-eos", "--seed", str(SEED), "--goodput",
+            f"ttft:{step.slo.ttft * 1e3:g}", f"tpot:{step.slo.tbt * 1e3:g}",
+            "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
+            "--save-result", "--save-detailed", "--result-dir", str(out),
+            "--result-filename", result, "--ready-check-timeout-sec", "0"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    (out / f"{step.name}.vllm.log").write_text(done.stdout + done.stderr)
+    print(f"== {step.name} (vllm bench serve, exit {done.returncode})\n"
+          f"{done.stdout[-1500:]}", flush=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"vllm bench serve exited {done.returncode}: {done.stderr[-2000:]}")
+    return {"system": step.system or "vllm", "direct_to_engine": step.system is None,
+            "slo": _slo(step.slo), "rate": step.rate, "requests": step.requests,
+            "vllm_result": result, "argv": argv[3:]}
+
+
+# ``vllm bench serve`` through its library entry (the ``vllm`` command looks its own version
+# up in the package metadata, which the CPU build installs under another name).
+PEER_MAIN = ("import sys; from vllm.benchmarks.serve import add_cli_args, main; "
+             "from vllm.utils.argparse_utils import FlexibleArgumentParser; "
+             "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
+
+
+def _slo(slo: Slo) -> dict[str, object]:
+    return {"ttft_s": slo.ttft, "tbt_s": slo.tbt, "tbt_kind": slo.tbt_kind.value}
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--only", help="comma-separated step names (default: all)")
+    ap.add_argument("--port", type=int, default=9000)
+    ap.add_argument("--smoke", action="store_true",
+                    help="the same steps on the CPU build and the tiny model, scaled down")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("VLLM_CACHE_ROOT", "/tmp/vllm-cache")  # compile cache across starts
+    setup = (smoke_setup if args.smoke else h200_setup)(args.out / "model")
+    wanted = set(args.only.split(",")) if args.only else None
+    known = {s.name for session in SESSIONS for s in session.steps}
+    if wanted and wanted - known:
+        sys.exit(f"unknown steps: {', '.join(sorted(wanted - known))}")
+    env = {"date": time.strftime("%Y-%m-%d"), "vllm": _version("vllm"),
+           "torch": _version("torch"), "gpu": _gpu(), "smoke": args.smoke}
+    (args.out / "environment.json").write_text(json.dumps(env, indent=1))
+    print(json.dumps(env), flush=True)
+    for session in SESSIONS:
+        steps = [s for s in session.steps if not wanted or s.name in wanted]
+        if steps:
+            run_session(session, steps, setup, args.out, args.port)
+    print("all steps done", flush=True)
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in (pkg, f"{pkg}-cpu"):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return "missing"
+
+
+def _gpu() -> str:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"
+    except ImportError:
+        return "unknown (no torch)"
+
+
+if __name__ == "__main__":
+    main()
