@@ -9,6 +9,7 @@ import pytest
 
 from ascendra.core.latency import BatchShape
 from ascendra.errors import AscendraError
+from ascendra.experiments.presets import H200_PROFILE, preset
 from ascendra.perf import latency_model
 from ascendra.perf.bound import saturation_bound
 from ascendra.perf.hardware import GPUS, ModelShape
@@ -99,3 +100,16 @@ def test_saturation_bound_grows_with_hardware_and_instances():
     assert saturation_bound(lm, 560, 282, instances=3, kv_tokens=451_840) == pytest.approx(3 * one)
     fast = RooflineLatencyModel(lm.model, lm.gpu, replace(lm.coef, eff_kv=1.0, eff_gemm=0.9))
     assert saturation_bound(fast, 560, 282, instances=1, kv_tokens=451_840) > one
+
+
+def test_the_shipped_h200_profile_fits_the_roofline_it_calibrates():
+    """The one-H200 presets' latency model is the roofline fitted to the profile measured on
+    the H200 (2026-12-02): it must reproduce those measured steps, prefills and decodes alike."""
+    rows = load_profile(str(H200_PROFILE))
+    lm = latency_model(gpu_name="h200", profile=str(H200_PROFILE))
+    errors = sorted(abs(lm.batch_time(r.shape) - r.time_s) / r.time_s for r in rows)
+    assert len(rows) == 70 and errors[len(errors) // 2] < 0.05
+    long_prefill = next(r for r in rows if r.shape.num_prefill_tokens == 4000)
+    assert abs(lm.batch_time(long_prefill.shape) - long_prefill.time_s) < 0.1 * long_prefill.time_s
+    p = preset("one-h200-sharegpt")
+    assert (p.gpu, p.profile, p.instances) == ("h200", str(H200_PROFILE), 1)

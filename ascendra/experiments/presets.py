@@ -57,6 +57,9 @@ class Preset:
 
 
 H100_PROFILE = resources.files("ascendra") / "data" / "profiles" / "llama31-8b-h100-vllm026.csv"
+# Measured 2026-12-02 on one H200 at the shipped settings (bench/gpu/h200.py, docs/gpu.md).
+H200_PROFILE = resources.files("ascendra") / "data" / "profiles" / "llama31-8b-h200-vllm026.csv"
+H200_KV_TOKENS = 919_824  # one engine owning an H200 at 0.9 memory (vLLM's log)
 
 # Ascendra as deployed, the paper's design, and every baseline a user would pick.
 _SYSTEMS = ("ascendra", "ascendra-paper", "vllm", "vllm-lb", "vllm-shed", "sarathi", "vllm-v0")
@@ -100,6 +103,32 @@ PRESETS: dict[str, Preset] = {
             _ONE_GPU,
             qps=(3, 5, 7, 9, 11),
             instances=1,
+        ),
+        Preset(
+            "one-h200-sharegpt",
+            "Llama-3.1-8B on one H200 (its measured profile); ShareGPT-like, Poisson; TTFT "
+            "1.0 s / mean TBT 0.15 s; the rates of the GPU runs (docs/gpu.md)",
+            SyntheticWorkload(ShareGptLike()),
+            Slo(1.0, 0.15),
+            _ONE_GPU,
+            qps=(36, 44, 52, 60, 68),
+            instances=1,
+            gpu="h200",
+            profile=str(H200_PROFILE),
+            kv_tokens=H200_KV_TOKENS,
+        ),
+        Preset(
+            "one-h200-longbench-gaps",
+            "Llama-3.1-8B on one H200 (its measured profile); LongBench-like, Poisson; TTFT "
+            "2.5 s / every gap between tokens ≤ 150 ms",
+            SyntheticWorkload(LongBenchLike()),
+            Slo(2.5, 0.15, TbtKind.MAX),
+            _ONE_GPU,
+            qps=(6, 9, 12, 15),
+            instances=1,
+            gpu="h200",
+            profile=str(H200_PROFILE),
+            kv_tokens=H200_KV_TOKENS,
         ),
         Preset(
             "anchor-h100",

@@ -100,7 +100,7 @@ class EngineSession:
     steps: tuple[Step, ...]
 
 
-RATES = {"sharegpt": (36, 44, 52, 60), "longbench": (10, 13, 16, 19),
+RATES = {"sharegpt": (36, 44, 52, 60, 68), "longbench": (10, 13, 16, 19),
          "longbench-gaps": (6, 9, 12, 15)}
 LOADS = {"sharegpt": (SHAREGPT, SLO_SHAREGPT), "longbench": (LONGBENCH, SLO_LONGBENCH),
          "longbench-gaps": (LONGBENCH, SLO_GAPS)}

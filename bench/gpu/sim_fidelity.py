@@ -19,6 +19,9 @@ replaces both with a profile measured on one engine while another shares the GPU
 profile says, with no split.
 
     python bench/gpu/sim_fidelity.py docs/results/gpu --json docs/results/gpu/sim-fidelity.json
+    python bench/gpu/sim_fidelity.py docs/results/h200-2026-12-02 --gpu h200 \
+        --kv-tokens 919824 --profile ascendra/data/profiles/llama31-8b-h200-vllm026.csv \
+        --json docs/results/h200-2026-12-02/sim-fidelity.json
     python bench/gpu/sim_fidelity.py docs/results/gpu/round3 \
         --profile ascendra/data/profiles/llama31-8b-h100-vllm026.csv \
         --json docs/results/gpu/round3/sim-fidelity-profiled.json
@@ -52,10 +55,10 @@ def _arg(args: list[str], flag: str) -> str | None:
 
 
 def model_for(instances: int, profile: Path | None = None, slowdown: float = 1.0,
-              shared_profile: Path | None = None) -> RooflineLatencyModel:
+              shared_profile: Path | None = None, gpu: str = "h100") -> RooflineLatencyModel:
     if instances > 1 and shared_profile is not None:
-        return latency_model(profile=shared_profile)
-    lm = latency_model(profile=profile)
+        return latency_model(gpu_name=gpu, profile=shared_profile)
+    lm = latency_model(gpu_name=gpu, profile=profile)
     if instances == 1:
         return lm
     share = 1.0 / (instances * slowdown)
@@ -66,18 +69,19 @@ def model_for(instances: int, profile: Path | None = None, slowdown: float = 1.0
 
 
 def predict(run: dict[str, Any], profile: Path | None = None, paper: bool = False,
-            slowdown: float = 1.0, shared_profile: Path | None = None) -> dict[str, Any]:
+            slowdown: float = 1.0, shared_profile: Path | None = None, gpu: str = "h100",
+            kv_full: int = KV_FULL) -> dict[str, Any]:
     rep = run["report"]
     args = run["engine_args"]
     seats = _arg(args, "--max-num-seqs")
     kv_bytes = _arg(args, "--kv-cache-memory-bytes")
     # 128 KiB of KV per token for the 8B shape (32 layers × 8 KV heads × 128 × K,V × bf16).
-    kv = int(kv_bytes) // (128 * 1024) if kv_bytes else KV_FULL
-    instances = run["instances"]
-    hp = int(run.get("hp", 1 if run["system"] == "ascendra" else 0))
+    kv = int(kv_bytes) // (128 * 1024) if kv_bytes else kv_full
+    instances = run.get("instances", 1)  # h200.py's runs: one engine owning the GPU
+    hp = int(run.get("hp", 1 if run["system"] == "ascendra" and instances > 1 else 0))
     name = "ascendra-paper" if run["system"] == "ascendra" and paper else run["system"]
     spec = system(name, max_seqs=int(seats) if seats else None)
-    lm = model_for(instances, profile, slowdown, shared_profile)
+    lm = model_for(instances, profile, slowdown, shared_profile, gpu)
     slo = Slo(rep["slo"]["ttft_s"], rep["slo"].get("tbt_s", rep["slo"].get("tbt_mean_s")))
     work = WORKLOADS[rep["workload"]]
     out: dict[str, Any] = {"rates": {}, "offloads": 0, "migrations": 0}
@@ -108,6 +112,9 @@ def main() -> None:
     ap.add_argument("--shared-profile", type=Path, help="profile measured on one of two "
                     "engines sharing the GPU: multi-engine runs use it instead of a split")
     ap.add_argument("--only", help="simulate only the runs whose name contains this")
+    ap.add_argument("--gpu", default="h100", help="the GPU the runs were measured on")
+    ap.add_argument("--kv-tokens", type=int, default=KV_FULL, help="one engine's KV cache "
+                    "owning the GPU, in tokens (vLLM logs it at start)")
     ap.add_argument("--paper", action="store_true", help="simulate Ascendra runs with the "
                     "paper's LP/HP schedulers and rules instead of what the router deploys")
     args = ap.parse_args()
@@ -116,11 +123,13 @@ def main() -> None:
     rows = {}
     for f in sorted(args.results.glob("*.json")):
         run = json.loads(f.read_text())
-        if "report" not in run or (args.only and args.only not in run["run"]):
+        name = run.get("run") or run.get("step")  # experiments.py's or h200.py's
+        if "report" not in run or (args.only and args.only not in name):
             continue
         measured, predicted = run["report"], predict(
-            run, args.profile, args.paper, args.shared_gpu_slowdown, args.shared_profile)
-        rows[run["run"]] = {"measured_goodput": measured["goodput_qps"],
+            run, args.profile, args.paper, args.shared_gpu_slowdown, args.shared_profile,
+            args.gpu, args.kv_tokens)
+        rows[name] = {"measured_goodput": measured["goodput_qps"],
                             "predicted_goodput": predicted["goodput_qps"],
                             "measured": {r: {k: v[k] for k in ("attainment", "ttft_p50",
                                                                "ttft_p99", "tbt_mean_p50")}
@@ -130,7 +139,7 @@ def main() -> None:
                                                 "migrations": predicted["migrations"]}}
         m, p = measured["goodput_qps"], predicted["goodput_qps"]
         err = f"{(p - m) / m:+.0%}" if m else "n/a"
-        print(f"{run['run']:<28} measured {m:6.2f}  predicted {p:6.2f}  ({err})  predicted "
+        print(f"{name:<36} measured {m:6.2f}  predicted {p:6.2f}  ({err})  predicted "
               f"moves: {predicted['offloads']} offloads, {predicted['migrations']} migrations")
         for rate, mv in measured["rates"].items():
             pv = predicted["rates"][rate]
