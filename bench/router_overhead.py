@@ -5,10 +5,12 @@ router process in Ascendra mode in front of it, then runs the same open-loop Poi
 (text prompts the router must tokenize, 64 tokens in, 16 out) straight at the backend and through
 the router, at each rate. Added TTFT = router TTFT − direct TTFT, per percentile. The load
 generator shares this machine's cores with both servers, so the direct run at the same rate is the
-baseline that cancels its cost.
+baseline that cancels its cost. Beside it, the router process's own CPU time per token it relayed
+(user + system, from /proc): what bounds the token rate one router process can carry.
 
     python bench/router_overhead.py [--rates 200,400,600,800] [--requests 2000]
-        [--system ascendra] [--json docs/results/router-overhead.json]
+        [--system ascendra] [--gap 0.001] [--output-tokens 16]
+        [--json docs/results/router-overhead.json]
 """
 
 from __future__ import annotations
@@ -47,11 +49,19 @@ def _wait(url: str, timeout: float = 60) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rates", default="200,400,600,800")
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--gap", type=float, default=0.001, help="stand-in inter-token gap, s")
+    ap.add_argument("--output-tokens", type=int, default=16, help="tokens each request streams "
+                    "(280 and --gap 0.03: an H200's streams at ShareGPT-like load)")
     ap.add_argument("--system", default="ascendra",
                     help="the router's system (vllm-lb: no router queue, to see what holding "
                          "the queue costs)")
@@ -71,7 +81,8 @@ def main() -> None:
         _wait(f"http://127.0.0.1:{BACKEND}/health")
         _wait(f"http://127.0.0.1:{ROUTER}/health")
         work = SyntheticWorkload(ShareGptLike(prompt_median=64, prompt_sigma=0,
-                                              output_median=16, output_sigma=0))
+                                              output_median=args.output_tokens,
+                                              output_sigma=0))
         rows = []
         for rate in rates:
             row: dict[str, object] = {"rate": rate}
@@ -79,13 +90,18 @@ def main() -> None:
                 cfg = BenchConfig(url=f"http://127.0.0.1:{port}/v1", model="standin",
                                   workload=work, rates=[rate], requests=args.requests,
                                   slo=Slo(1.0, 0.15), prompt="text")
+                cpu0 = _cpu_seconds(procs[1].pid)
                 res = asyncio.run(run_rate(cfg, rate))
+                cpu = _cpu_seconds(procs[1].pid) - cpu0
                 ttft = sorted(o.ttft for o in res.outcomes if o.ttft is not None)
                 errors = sum(o.error is not None or not o.finished for o in res.outcomes)
                 row[name] = {
                     "ttft_p50_ms": round(ttft[len(ttft) // 2] * 1e3, 3) if ttft else None,
                     "ttft_p99_ms": round(ttft[int(len(ttft) * 0.99)] * 1e3, 3) if ttft else None,
                     "failed": errors, "achieved_rate": round(len(ttft) / res.wall_s, 1)}
+                if name == "router":
+                    tokens = sum(o.tokens for o in res.outcomes)
+                    row[name]["router_cpu_us_per_token"] = round(1e6 * cpu / max(1, tokens), 1)
             d, r = row["direct"], row["router"]
             if d["ttft_p50_ms"] is not None and r["ttft_p50_ms"] is not None:  # type: ignore[index]
                 row["added_p50_ms"] = round(r["ttft_p50_ms"] - d["ttft_p50_ms"], 3)  # type: ignore[index]
@@ -93,7 +109,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             rows.append(row)
         out = {"router_system": args.system,
-               "requests_per_rate": args.requests, "prompt_tokens": 64, "output_tokens": 16,
+               "requests_per_rate": args.requests, "prompt_tokens": 64,
+               "output_tokens": args.output_tokens,
                "cpu_count": os.cpu_count(), "machine": platform.machine(),
                "backend": "stand-in (bench/standin_backend.py), first token after 2 ms, "
                           f"then one every {args.gap * 1e3:g} ms",

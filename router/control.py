@@ -211,6 +211,8 @@ class ControlLoop:
 
     def finished(self, s: Session) -> None:
         """A session ended (answered, failed or abandoned): it leaves the controller too."""
+        if s.moves == 0 and s.first_token_at is not None:
+            self.metrics.engine_ttft.observe(s.first_token_at - s.sent_at)
         self.sessions.pop(s.request.id, None)
         self.core.withdraw(s.request.id)
         self.settle(s)

@@ -70,6 +70,11 @@ class RouterMetrics:
         self.queue_wait = Histogram("ascendra_queue_wait_seconds", "Arrival at the router to "
                                     "release to an engine", buckets=_LATENCY_BUCKETS,
                                     registry=r)
+        self.engine_ttft = Histogram("ascendra_engine_ttft_seconds", "Release to an engine to "
+                                     "the first token back from it, for requests never moved "
+                                     "(with ascendra_queue_wait_seconds and "
+                                     "ascendra_ttft_seconds: where a request's TTFT went)",
+                                     buckets=_LATENCY_BUCKETS, registry=r)
         self.migrations = Counter("ascendra_migrations", "Requests moved by token replay, by "
                                   "reason (tbt, recovery, drain)", ["reason"], registry=r)
         self.inflight = Gauge("ascendra_inflight_requests", "Streams in flight on each "

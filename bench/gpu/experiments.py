@@ -222,12 +222,16 @@ def _neighbor_load(url: str, model: str, load: Neighbor) -> Iterator[list[int]]:
 
 
 def _router_counters(url: str) -> dict[str, float]:
-    """The router's offload, migration, relegation, shedding and SLO counters after the run
-    (all rates and the warm-up together)."""
+    """The router's offload, migration, relegation, shedding and SLO counters and its TTFT
+    parts after the run (all rates and the warm-up together)."""
     with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
         text = r.read().decode()
     keep = ("ascendra_offloads_total", "ascendra_migrations_total", "ascendra_slo_requests_total",
-            "ascendra_relegated_requests_total", "ascendra_rejected_requests_total")
+            "ascendra_relegated_requests_total", "ascendra_rejected_requests_total",
+            # where the router's TTFT went: queue wait + the engine's + relaying (sum, count)
+            "ascendra_ttft_seconds_sum", "ascendra_ttft_seconds_count",
+            "ascendra_queue_wait_seconds_sum", "ascendra_queue_wait_seconds_count",
+            "ascendra_engine_ttft_seconds_sum", "ascendra_engine_ttft_seconds_count")
     return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
             if line.startswith(keep)}
 

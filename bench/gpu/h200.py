@@ -65,6 +65,8 @@ class Sweep:
     rates: tuple[float, ...]
     requests: int = 1200
     warmup: int = 300
+    router_args: tuple[str, ...] = ()  # policy flags beyond the system's (ascendra router -h)
+    observe: bool = False  # the router logs its observations (the TTFT predictor's data)
 
 
 @dataclass(frozen=True)
@@ -107,9 +109,11 @@ LOADS = {"sharegpt": (SHAREGPT, SLO_SHAREGPT), "longbench": (LONGBENCH, SLO_LONG
 PEER_RATE = 44  # ShareGPT-like, near one engine's 90% crossing
 
 
-def _sweep(label: str, system: str | None, load: str) -> Sweep:
+def _sweep(label: str, system: str | None, load: str, *router_args: str,
+           suffix: str = "") -> Sweep:
     work, slo = LOADS[load]
-    return Sweep(f"h200-{label}-{load}", system, work, slo, RATES[load])
+    return Sweep(f"h200-{label}-{load}{suffix}", system, work, slo, RATES[load],
+                 router_args=router_args)
 
 
 def _peer(label: str, system: str | None, suffix: str = "") -> PeerBench:
@@ -121,6 +125,9 @@ SESSIONS = [
     EngineSession("ascendra", (
         _sweep("ascendra", "ascendra", "sharegpt"),
         _peer("ascendra", "ascendra"),
+        # What holding the queue costs on a fast engine (docs/gpu.md, 2026-12-02): the same
+        # policy with every request sent at arrival, ordered by the engine's priorities.
+        _sweep("ascendra-noqueue", "ascendra", "sharegpt", "--hold-queue", "false"),
         _sweep("ascendra", "ascendra", "longbench"),
         _sweep("ascendra", "ascendra", "longbench-gaps"),
     )),
@@ -129,6 +136,10 @@ SESSIONS = [
         Profile("profile-h200"),
         _sweep("vllm", "vllm", "sharegpt"),
         _sweep("vllm-shed", "vllm-shed", "sharegpt"),
+        # Run-to-run noise of the bare engine and of the router hop (2026-12-02: four runs of
+        # one configuration at 44 req/s spread from 82.5% to 100%).
+        _sweep("vllm-direct", None, "sharegpt", suffix="-again"),
+        _sweep("vllm", "vllm", "sharegpt", suffix="-again"),
         # The peer check on the bare engine, twice, and ascendra bench's own second run of
         # the same rate: the run-to-run noise both clients' numbers are read against.
         _peer("vllm-direct", None, "-a"), _peer("vllm-direct", None, "-b"),
@@ -233,8 +244,10 @@ def _execute(step: Step, stack: LocalStack, setup: Setup, out: Path,
         step = setup.sweep(step)
         if step.system is None:
             return _bench(step, engine, stack.name)
-        obs = ["--observations", str(out / f"{step.name}.observations.jsonl")]
-        with stack.router(step.system, port, obs, step.slo) as url:
+        args = [*step.router_args]
+        if step.observe:
+            args += ["--observations", str(out / f"{step.name}.observations.jsonl")]
+        with stack.router(step.system, port, args, step.slo) as url:
             return {**_bench(step, url, stack.name), "router_counters": _router_counters(url)}
     step = setup.peer(step)
     if step.system is None:

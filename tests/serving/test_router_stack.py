@@ -179,6 +179,9 @@ def test_overload_is_held_at_the_router_and_every_stream_is_intact(stack: Stack)
     _wait_idle(stack.lp_engine, stack.hp_engine)
     tok = AutoTokenizer.from_pretrained(str(stack.model_dir))
     waits_before = _metric(stack, "ascendra_queue_wait_seconds_count")
+    parts = ("ascendra_ttft_seconds_sum", "ascendra_engine_ttft_seconds_sum",
+             "ascendra_engine_ttft_seconds_count")
+    parts_before = [_metric(stack, n) for n in parts]
 
     async def burst() -> tuple[list[dict], float]:
         async with aiohttp.ClientSession() as http:
@@ -201,6 +204,10 @@ def test_overload_is_held_at_the_router_and_every_stream_is_intact(stack: Stack)
         # UTF-8 character that decoding all ids shows as U+FFFD).
         assert r["text"].rstrip("\ufffd") == tok.decode(r["ids"]).rstrip("\ufffd")
     assert _metric(stack, "ascendra_queue_wait_seconds_count") - waits_before == 40
+    # Where the TTFT went: the engine's part (requests never moved) is within the whole.
+    ttft, engine_ttft, engine_count = (_metric(stack, n) - b
+                                       for n, b in zip(parts, parts_before, strict=True))
+    assert 0 < engine_count <= 40 and 0 < engine_ttft <= ttft
     assert deepest <= 2, f"the engines queued {deepest} requests the router should have held"
 
 
