@@ -321,7 +321,12 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     grid = ProfileGrid(prefill_tokens=_ints(args.prefill, "--prefill"),
                        decode_batches=_ints(args.decodes, "--decodes"),
                        decode_contexts=_ints(args.contexts, "--contexts"),
-                       decode_tokens=args.decode_tokens, samples=args.samples,
+                       decode_tokens=args.decode_tokens,
+                       mixed_prefill=_ints(args.mixed_prefill, "--mixed-prefill")
+                       if args.mixed_prefill else (),
+                       mixed_decodes=_ints(args.mixed_decodes, "--mixed-decodes")
+                       if args.mixed_decodes else (), mixed_context=args.mixed_context,
+                       samples=args.samples,
                        repeat=args.repeat, vocab=args.vocab)
     say = (lambda _: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     rows = profile_engine(args.url.rstrip("/").removesuffix("/v1"), args.model, grid,
@@ -568,6 +573,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--decodes", default="1,4,16,64", help="decode batch sizes")
     pr.add_argument("--contexts", default="64,512", help="decode prompt lengths")
     pr.add_argument("--decode-tokens", type=int, default=32, help="tokens per decode request")
+    pr.add_argument("--mixed-prefill", default="", help="prompt lengths prefilled while "
+                    "--mixed-decodes streams decode (steps of a loaded engine); none by default")
+    pr.add_argument("--mixed-decodes", default="", help="decode batch sizes beside them")
+    pr.add_argument("--mixed-context", type=int, default=512,
+                    help="prompt tokens of each of those decodes")
     pr.add_argument("--samples", type=int, default=1,
                     help="measurements of a composition whose median is its row")
     pr.add_argument("--repeat", type=int, default=2, help="rows per composition")

@@ -6,6 +6,11 @@ the client's end-to-end latency:
 
 * a prefill sample: one request of P prompt tokens and one output token; the engine's
   ``vllm:request_prefill_time_seconds`` for it is the time of a step that prefills P tokens;
+* a mixed sample (``mixed_prefill`` × ``mixed_decodes``): while N decode streams of
+  ``mixed_context`` prompt tokens run, one request of P prompt tokens is prefilled; its prefill
+  time is that of a step carrying P prefill tokens beside N decodes, the step a loaded engine
+  runs (fitted to pure prefills and pure decodes alone, the model put a loaded H200's mean
+  TBT at 60% of the measured one: docs/gpu.md);
 * a decode sample: N requests of C prompt tokens started together (streamed), each generating M
   tokens; once every one has its first token (all prefills done, so every later step decodes
   only), the mean of ``vllm:inter_token_latency_seconds`` until they finish is the time of a
@@ -49,16 +54,23 @@ class ProfileGrid:
     decode_batches: Sequence[int] = (1, 4, 16, 64)
     decode_contexts: Sequence[int] = (64, 512)
     decode_tokens: int = 32  # M: output tokens of each decode request
+    mixed_prefill: Sequence[int] = ()  # P of the mixed samples (none by default)
+    mixed_decodes: Sequence[int] = ()  # N decoding beside each
+    mixed_context: int = 512  # prompt tokens of each of those N
     samples: int = 1  # S: measurements of a composition whose median is its row
     repeat: int = 2
     vocab: int = 1000  # token ids drawn from [16, vocab)
 
     def check(self, max_model_len: int) -> None:
         values = [*self.prefill_tokens, *self.decode_batches, *self.decode_contexts,
+                  *self.mixed_prefill, *self.mixed_decodes, self.mixed_context,
                   self.decode_tokens, self.samples, self.repeat]
         if not values or min(values) <= 0:
             raise AscendraError("profile grid values must be positive")
-        longest = max([*self.prefill_tokens, max(self.decode_contexts) + self.decode_tokens])
+        if bool(self.mixed_prefill) != bool(self.mixed_decodes):
+            raise AscendraError("mixed samples need both prefill lengths and decode batches")
+        longest = max([*self.prefill_tokens, *self.mixed_prefill, self.mixed_context + 1,
+                       max(self.decode_contexts) + self.decode_tokens])
         if longest >= max_model_len:
             raise AscendraError(f"a profile request of {longest} tokens does not fit "
                                 f"--max-model-len {max_model_len}")
@@ -104,9 +116,10 @@ class _Engine:
         after = await self.metrics()
         return after.prefill_sum - before.prefill_sum
 
-    async def stream(self, prompt_len: int, max_tokens: int,
-                     started: Callable[[], None]) -> None:
-        """A streamed completion; ``started()`` once its first token (or its failure) is in."""
+    async def stream(self, prompt_len: int, max_tokens: int, started: Callable[[], None],
+                     tokens: list[int] | None = None) -> None:
+        """A streamed completion; ``started()`` once its first token (or its failure) is in;
+        ``tokens[0]`` counts the tokens streamed."""
         body = {"model": self.model, "max_tokens": max_tokens, "ignore_eos": True,
                 "stream": True, "prompt": self.rng.integers(16, self.vocab, prompt_len).tolist()}
         first = True
@@ -116,6 +129,8 @@ class _Engine:
                     raise AscendraError(f"the engine refused a profile request: {r.status} "
                                         f"{(await r.text())[:200]}")
                 async for line in r.content:
+                    if line.startswith(b"data:") and tokens is not None:
+                        tokens[0] += 1
                     if first and line.startswith(b"data:"):
                         first = False
                         started()
@@ -147,11 +162,60 @@ class _Engine:
         return (after.itl_sum - before.itl_sum) / gaps
 
 
+    async def mixed_time(self, prefill: int, batch: int, context: int,
+                         tokens: int) -> tuple[float, int]:
+        """A ``prefill``-token request's prefill time while ``batch`` streams of ``context``
+        tokens decode; and those streams' context then. The streams are aborted after. A
+        sample during which a stream finished (the prefill was not seated beside them: on a
+        CPU engine its API server can starve for seconds) is taken again, three times at most."""
+        for _ in range(3):
+            got = await self._mixed_once(prefill, batch, context, tokens)
+            if got is not None:
+                return got
+        raise AscendraError(f"decode streams kept finishing before a prefill beside {batch} "
+                            f"of them: the engine must seat {batch + 1} requests at once and "
+                            f"--max-model-len leave the streams room")
+
+    async def _mixed_once(self, prefill: int, batch: int, context: int,
+                          tokens: int) -> tuple[float, int] | None:
+        all_in = asyncio.Event()
+        count, streamed = 0, [0]
+
+        def started() -> None:
+            nonlocal count
+            count += 1
+            if count == batch:
+                all_in.set()
+
+        runs = [asyncio.create_task(self.stream(context, tokens, started, streamed))
+                for _ in range(batch)]
+        try:
+            await all_in.wait()
+            done, before = streamed[0], await self.metrics()
+            await self.complete(prefill, 1)
+            after = await self.metrics()
+            for _ in range(20):  # its stats may land just after its answer
+                if after.prefill_count > before.prefill_count:
+                    break
+                await asyncio.sleep(0.05)
+                after = await self.metrics()
+            if after.prefill_count - before.prefill_count != 1:  # a stream finished too
+                return None
+            return after.prefill_sum - before.prefill_sum, \
+                batch * context + (done + streamed[0]) // 2
+        finally:
+            for r in runs:
+                r.cancel()  # closing the connection aborts the request in vLLM
+            await asyncio.gather(*runs, return_exceptions=True)
+            while (await self.metrics()).running:  # the aborts land before the next sample
+                await asyncio.sleep(0.05)
+
+
 async def _median(samples: int, measure: Callable[[], Awaitable[float]]) -> float:
     return float(np.median([await measure() for _ in range(samples)]))
 
 
-async def _profile(url: str, model: str, grid: ProfileGrid,
+async def _profile(url: str, model: str, grid: ProfileGrid, max_model_len: int,
                    progress: Callable[[str], None]) -> list[Row]:
     timeout = aiohttp.ClientTimeout(total=600)
     # A fresh connection per request: a kept-alive one the server closed while the profiler
@@ -170,6 +234,16 @@ async def _profile(url: str, model: str, grid: ProfileGrid,
                 t = await _median(grid.samples, lambda p=p: engine.prefill_time(p))
                 rows.append(Row(p, 1, p * (p + 1) / 2, 0, 0, t))
                 progress(f"prefill {p} tokens: {t * 1e3:.1f} ms")
+            for n in grid.mixed_decodes:
+                for p in grid.mixed_prefill:
+                    # Streams as long as the model allows: aborted once the prefill is timed.
+                    c = grid.mixed_context
+                    got = [await engine.mixed_time(p, n, c, max_model_len - c - 1)
+                           for _ in range(grid.samples)]
+                    t, ctx = float(np.median([g[0] for g in got])), int(np.median(
+                        [g[1] for g in got]))
+                    rows.append(Row(p, 1, p * (p + 1) / 2, n, ctx, t))
+                    progress(f"prefill {p} tokens beside {n} decodes: {t * 1e3:.1f} ms")
             for c in grid.decode_contexts:
                 for n in grid.decode_batches:
                     t = await _median(grid.samples, lambda n=n, c=c: engine.decode_time(
@@ -185,7 +259,7 @@ def profile_engine(url: str, model: str, grid: ProfileGrid, out: Path, max_model
     grid.check(max_model_len)
     if not out.parent.is_dir():
         raise AscendraError(f"cannot write {out}: {out.parent} is not a directory")
-    rows = asyncio.run(_profile(url, model, grid, progress))
+    rows = asyncio.run(_profile(url, model, grid, max_model_len, progress))
     with out.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(PROFILE_COLUMNS)

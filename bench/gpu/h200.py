@@ -152,11 +152,15 @@ SESSIONS = [
 ]
 
 # The profile at the shipped settings (1,024 seats, 8,192-token steps): prefills up to the
-# longest prompt the runs allow, decode batches as large as the ShareGPT-like runs reach.
+# longest prompt the runs allow, decode batches as large as the ShareGPT-like runs reach, and
+# (since 2026-12-02, when a fit to pure steps put a loaded H200's mean TBT at 60%)
+# prefills beside running decode batches.
 H200_GRID = replace(PROFILE_GRID, prefill_tokens=(*PROFILE_GRID.prefill_tokens, 3072, 4000),
-                    decode_batches=(1, 4, 16, 64, 128, 256))
+                    decode_batches=(1, 4, 16, 64, 128, 256), mixed_prefill=(512, 2048, 4000),
+                    mixed_decodes=(64, 256), mixed_context=512)
 SMOKE_GRID = ProfileGrid(prefill_tokens=(32, 256), decode_batches=(1, 4), decode_contexts=(64,),
-                         decode_tokens=16, repeat=1)
+                         decode_tokens=16, mixed_prefill=(256,), mixed_decodes=(4,),
+                         mixed_context=64, repeat=1)
 
 
 @dataclass(frozen=True)
@@ -239,7 +243,7 @@ def _execute(step: Step, stack: LocalStack, setup: Setup, out: Path,
         return {"rows": len(rows), "profile_csv": path.name,
                 "grid": {k: getattr(setup.grid, k) for k in (
                     "prefill_tokens", "decode_batches", "decode_contexts", "decode_tokens",
-                    "samples", "repeat")}}
+                    "mixed_prefill", "mixed_decodes", "mixed_context", "samples", "repeat")}}
     if isinstance(step, Sweep):
         step = setup.sweep(step)
         if step.system is None:

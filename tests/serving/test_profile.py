@@ -3,6 +3,7 @@ the latency model's loader reads."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from serving_support import Stack, engine_metric
@@ -35,3 +36,19 @@ def test_profile_of_a_real_engine(stack: Stack, tmp_path: Path):
     _profile(stack, tmp_path / "again.csv", "--prefill", "512", "--decodes", "1", "--contexts",
              "32", "--decode-tokens", "4", "--repeat", "1")
     assert engine_metric(stack.lp_engine, "vllm:prefix_cache_hits_total") == hits
+
+
+def test_mixed_samples_time_a_prefill_beside_running_decodes(stack: Stack, tmp_path: Path):
+    """The step a loaded engine runs: a prefill while a decode batch streams (two of the test
+    engine's four seats, so that the prefill is seated at once)."""
+    out = tmp_path / "mixed.csv"
+    _profile(stack, out, "--prefill", "32", "--decodes", "1", "--contexts", "32",
+             "--decode-tokens", "16", "--mixed-prefill", "256", "--mixed-decodes", "2",
+             "--repeat", "1")
+    rows = list(csv.DictReader(out.open()))
+    mixed = [r for r in rows if int(r["num_prefill_tokens"]) and int(r["num_decodes"])]
+    assert len(rows) == 3 and len(mixed) == 1
+    row = mixed[0]
+    assert (int(row["num_prefill_tokens"]), int(row["num_decodes"])) == (256, 2)
+    assert 2 * 32 < int(row["decode_context"]) < 2 * 2048 and 0 < float(row["time_s"]) < 5
+    assert engine_metric(stack.lp_engine, "vllm:num_requests_running") == 0  # streams aborted
