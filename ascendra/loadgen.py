@@ -55,10 +55,26 @@ class RateResult:
     wall_s: float = 0.0
 
 
+# Words most tokenizers keep whole: a text prompt of N of them is about N tokens. Drawn at
+# random, so that no two prompts share a prefix the engine's cache could serve (one repeated
+# word did: every text prompt was the same).
+_COMMON_WORDS = ("the of and to in is that for it as with was on be at by this had not are "
+                 "but from or have an they which one you were her all she there would their "
+                 "we him been has when who will more no if out so said what up its about "
+                 "into than them can only other new some could time these two may then do "
+                 "first any my now such like our over man me even most made after also did "
+                 "many before must through back years where much your way well down should "
+                 "because each just those people how too little state good very make world "
+                 "still own see men work long get here between both life being under never "
+                 "day same another know while last might us great old year off come since "
+                 "against go came right used take three")
+_WORDS = np.array(_COMMON_WORDS.split())
+
+
 def _prompt(spec: RequestSpec, cfg: BenchConfig, rng: np.random.Generator) -> list[int] | str:
     if cfg.prompt == "tokens":
         return rng.integers(16, cfg.vocab, spec.prompt_len).tolist()
-    return " ".join(["hello"] * max(1, spec.prompt_len - 1))
+    return " ".join(rng.choice(_WORDS, max(1, spec.prompt_len - 1)))
 
 
 async def _events(content: aiohttp.StreamReader) -> AsyncIterator[dict[str, Any]]:

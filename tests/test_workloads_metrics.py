@@ -148,3 +148,7 @@ def test_a_bench_never_sends_the_same_prompt_twice():
     a, b = prompts_for(cfg, specs), prompts_for(cfg, specs)
     assert [len(p) for p in a] == [s.prompt_len for s in specs] == [len(p) for p in b]
     assert not {tuple(p) for p in a} & {tuple(p) for p in b}
+    text = BenchConfig(url="http://x", model="m", workload=work, rates=(4,), requests=20,
+                       slo=Slo(1.0, 0.15), prompt="text")
+    c, d = prompts_for(text, specs), prompts_for(text, specs)
+    assert len({p[:40] for p in c} | {p[:40] for p in d}) == 40  # no shared opening either
