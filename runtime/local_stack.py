@@ -96,7 +96,8 @@ class LocalStack:
         self.engine_urls: list[str] = []
         self.cancelled: Callable[[], bool] = lambda: False
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def _spawn(self, name: str, argv: list[str],
+               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         out = None
         if self.cfg.log_dir is not None:
             self.cfg.log_dir.mkdir(parents=True, exist_ok=True)
@@ -105,12 +106,17 @@ class LocalStack:
                                 stderr=subprocess.STDOUT if out else None,
                                 start_new_session=True, preexec_fn=die_with_parent)
         self.procs.append((name, proc))
+        return proc
+
+    def _ports(self, i: int) -> tuple[int, int]:
+        """Instance ``i``'s engine and agent ports."""
+        return self.cfg.base_port + 2 * i, self.cfg.base_port + 2 * i + 1
 
     def start(self) -> None:
         cfg = self.cfg
         for i, role in enumerate(cfg.roles):
             self._spawn(f"runtime-{i}-{role}", *self.runtime_command(i, role))
-            self.engine_urls.append(f"http://127.0.0.1:{cfg.base_port + 2 * i}")
+            self.engine_urls.append(f"http://127.0.0.1:{self._ports(i)[0]}")
         if cfg.router:
             self._spawn("router", self.router_command(cfg.system, cfg.port, cfg.router_args))
 
@@ -122,7 +128,7 @@ class LocalStack:
         slo = slo or Slo(cfg.ttft, cfg.tbt, TbtKind(cfg.tbt_kind))
         instances = []
         for i in range(len(cfg.roles)):
-            port_i, agent = cfg.base_port + 2 * i, cfg.base_port + 2 * i + 1
+            port_i, agent = self._ports(i)
             instances += ["--instance", f"http://127.0.0.1:{port_i},agent=http://127.0.0.1:{agent}"]
         return [sys.executable, "-m", "ascendra.cli", "router", "--model-name", self.name,
                 "--tokenizer", str(self.model), "--max-model-len", str(self.max_model_len),
@@ -139,8 +145,7 @@ class LocalStack:
                 registry_system(self.cfg.system).engine.vllm_args():
             raise AscendraError(f"{system} needs other engines than {self.cfg.system}'s")
         name = f"router-{system}-{port}"
-        self._spawn(name, self.router_command(system, port, extra or [], slo))
-        proc = self.procs[-1][1]
+        proc = self._spawn(name, self.router_command(system, port, extra or [], slo))
         url = f"http://127.0.0.1:{port}"
         try:
             self._wait(lambda: self._router_ready(url), f"the {system} router")
@@ -152,7 +157,7 @@ class LocalStack:
     def runtime_command(self, i: int, role: str) -> tuple[list[str], dict[str, str]]:
         """The ``ascendra runtime`` command and environment of instance ``i``."""
         cfg = self.cfg
-        port, agent = cfg.base_port + 2 * i, cfg.base_port + 2 * i + 1
+        port, agent = self._ports(i)
         env = {"VLLM_CPU_KVCACHE_SPACE": f"{cfg.kv_cache_gib:g}",
                "VLLM_CPU_OMP_THREADS_BIND": str(i % (os.cpu_count() or 1))} if cfg.cpu else {}
         return [sys.executable, "-m", "ascendra.cli", "runtime", "--model", str(self.model),

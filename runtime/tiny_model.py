@@ -181,10 +181,8 @@ def write_id_tokenizer(dest: Path, vocab_size: int, bos: int, eos: int) -> None:
     """
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 
-    vocab = {f"t{i}": i for i in range(vocab_size)}
-    vocab[f"t{bos}"], vocab[f"t{eos}"] = bos, eos  # keep the ids: named below as specials
-    names = {bos: "<|begin_of_text|>", eos: "<|end_of_text|>"}
-    vocab = {names.get(i, w): i for w, i in vocab.items()}
+    names = {bos: "<|begin_of_text|>", eos: "<|end_of_text|>"}  # the model's specials
+    vocab = {names.get(i, f"t{i}"): i for i in range(vocab_size)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token=names[eos]))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.add_special_tokens([AddedToken(names[i], special=True) for i in (bos, eos)])

@@ -207,8 +207,13 @@ class _Engine:
             for r in runs:
                 r.cancel()  # closing the connection aborts the request in vLLM
             await asyncio.gather(*runs, return_exceptions=True)
-            while (await self.metrics()).running:  # the aborts land before the next sample
+            for _ in range(600):  # the aborts land before the next sample (30 s at most)
+                if not (await self.metrics()).running:
+                    break
                 await asyncio.sleep(0.05)
+            else:
+                raise AscendraError("the engine kept running requests after a mixed sample: "
+                                    "is something else using it?")
 
 
 async def _median(samples: int, measure: Callable[[], Awaitable[float]]) -> float:

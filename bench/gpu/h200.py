@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from experiments import PROFILE_GRID, _engine_counters, _router_counters
+from experiments import PROFILE_GRID, _engine_counters, _router_counters, record_environment
 
 from ascendra.core.request import Slo, TbtKind
 from ascendra.loadgen import BenchConfig, report, run_bench, table
@@ -329,35 +329,12 @@ def main() -> None:
     known = {s.name for session in SESSIONS for s in session.steps}
     if wanted and wanted - known:
         sys.exit(f"unknown steps: {', '.join(sorted(wanted - known))}")
-    env = {"date": time.strftime("%Y-%m-%d"), "vllm": _version("vllm"),
-           "torch": _version("torch"), "gpu": _gpu(), "smoke": args.smoke}
-    (args.out / "environment.json").write_text(json.dumps(env, indent=1))
-    print(json.dumps(env), flush=True)
+    record_environment(args.out, smoke=args.smoke)
     for session in SESSIONS:
         steps = [s for s in session.steps if not wanted or s.name in wanted]
         if steps:
             run_session(session, steps, setup, args.out, args.port)
     print("all steps done", flush=True)
-
-
-def _version(pkg: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    for name in (pkg, f"{pkg}-cpu"):
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            continue
-    return "missing"
-
-
-def _gpu() -> str:
-    try:
-        import torch
-
-        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"
-    except ImportError:
-        return "unknown (no torch)"
 
 
 if __name__ == "__main__":
