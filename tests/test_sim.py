@@ -81,9 +81,9 @@ def test_under_overload_each_request_ends_once_served_late_or_rejected_with_a_re
             assert o.rejected in ("hopeless", "queue_full", "evicted", "timeout")
             assert o.tokens == 0 and not o.finished and not o.met
         else:  # served: on time, or late after relegation; every token exactly once
+            # (a relegated request may still meet its TTFT: relegation keeps a safety margin,
+            # and one released at once because nothing else waits can make it)
             assert o.finished and o.tokens == r.output_len
-        if o.relegated:
-            assert not o.met
     if reject:
         assert not any(o.relegated and o.finished for o in res.outcomes)
 

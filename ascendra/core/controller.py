@@ -291,15 +291,18 @@ class ClusterController:
                    if not (e.gone or e.relegated) and (k, s) < key)
 
     def _drain_time(self, view: ClusterView, tokens: int) -> float:
-        """Predicted time for the instances to take ``tokens`` of queued prompts: each absorbs
-        a window of ``release_tokens`` per step of that size beside its decodes."""
+        """Predicted time for the instances to take ``tokens`` of queued prompts: each prefills
+        at most one step's budget (and no more than its window) per step, beside its decodes."""
         if tokens <= 0:
             return 0.0
-        w = self.policy.release_tokens
-        rate = sum(w / self.predictor.batch_time(BatchShape(
-            num_prefill_tokens=w, num_prefill_seqs=1, prefill_attn_pairs=w * (w + 1) / 2,
-            num_decodes=i.running, decode_context=i.decode_context))
-            for i in view.instances if i.role is not Role.HP)
+        rate = 0.0
+        for i in view.instances:
+            if i.role is Role.HP:
+                continue
+            w = min(self.policy.release_tokens, i.token_budget)
+            rate += w / self.predictor.batch_time(BatchShape(
+                num_prefill_tokens=w, num_prefill_seqs=1, prefill_attn_pairs=w * (w + 1) / 2,
+                num_decodes=i.running, decode_context=i.decode_context))
         return tokens / rate if rate > 0 else math.inf
 
     def _retry_after(self, view: ClusterView, tokens: int) -> float:
@@ -622,8 +625,7 @@ def _step_time(model: DeadlinePredictor, inst: InstanceView) -> float:
 class _Rooms:
     """Each instance's flow-control window within one step (what was released this step counts
     as unstarted at once): room for one more while it holds fewer unstarted prompt tokens than
-    the window (``release_tokens``, at most one step's token budget), has a free seat and keeps
-    its KV reserve. And the gap guard: a request whose TBT target bounds its gaps is sent only
+    the window (``release_tokens``), has a free seat and keeps its KV reserve. And the gap guard: a request whose TBT target bounds its gaps is sent only
     where the step it would join is predicted within ``step_fraction`` of that target, or where
     no stream would feel the step."""
 
@@ -641,7 +643,7 @@ class _Rooms:
         if self._unlimited:
             return True
         p = self._policy
-        if inst.unstarted_tokens >= min(p.release_tokens, inst.token_budget) or \
+        if inst.unstarted_tokens >= p.release_tokens or \
                 inst.running + inst.unstarted >= inst.max_seqs or \
                 inst.kv_free_tokens <= p.kv_reserve * inst.kv_capacity_tokens:
             return False
