@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -31,6 +31,7 @@ from ascendra.core.systems import system
 from ascendra.core.view import Role
 from ascendra.metrics import RequestOutcome
 from ascendra.predict.observations import Observation, write_observations
+from ascendra.router.asgi import App, BodyTooLarge, ClientGone, Exchange, hot_routes
 from ascendra.router.control import ControlLoop, EngineRateModel
 from ascendra.router.discovery import KubernetesDiscovery
 from ascendra.router.formats import SSE_DONE, ResponseShape, sse
@@ -70,6 +71,9 @@ class RouterSettings:
     predictor: Path | None = None  # a learned predictor file to start from
     refit_every: int = 0  # refit the TTFT model after this many new observations (0: never)
     predictor_dir: Path | None = None  # write each refitted version here
+    # Larger request bodies are refused (413) before they are read: a prompt of the longest
+    # context as text or token ids is far smaller.
+    max_body_bytes: int = 8 << 20
 
 
 class Router:
@@ -127,11 +131,14 @@ class Router:
                        min_tokens=body.min_tokens, model=self.settings.model_name,
                        decode=self.encoder.decode, criticality=criticality)
 
-    async def generate(self, request: Request, chat: bool) -> Response:
+    async def generate(self, x: Exchange, chat: bool) -> None:
         arrival = time.time()
         endpoint = "chat" if chat else "completions"
         try:
-            raw = await request.body()
+            try:
+                raw = await x.body(self.settings.max_body_bytes)
+            except BodyTooLarge as e:
+                raise ApiError(413, str(e), code="request_too_large") from None
             if chat:
                 body: CompletionBody | ChatBody = parse_body(raw, ChatBody)
             else:
@@ -140,24 +147,28 @@ class Router:
                 raise ApiError(404, f"model {body.model!r} does not exist; this router serves "
                                     f"{self.settings.model_name!r}", param="model",
                                code="model_not_found")
-            slo = slo_from_headers(request.headers, self.settings.slo)
+            slo = slo_from_headers(x.headers, self.settings.slo)
             if isinstance(body, ChatBody):
                 ids, requested = self.encoder.chat_ids(body), body.requested_max_tokens
             else:
                 ids, requested = self.encoder.completion_ids(body), body.max_tokens
             max_tokens = self.encoder.budget(len(ids), requested)
-            criticality = criticality_from_headers(request.headers)
+            criticality = criticality_from_headers(x.headers)
             if not self.pool.routable():
                 raise ApiError(503, "no healthy engine instance is available",
                                type_="server_error", code="no_instance")
+        except ClientGone:
+            self.metrics.requests.labels(endpoint, "499").inc()
+            return
         except ApiError as e:
             self.metrics.requests.labels(endpoint, str(e.status)).inc()
-            return JSONResponse(e.body(), e.status)
+            await x.json(e.status, e.body())
+            return
         session = self._session(body, ids, max_tokens, slo, criticality, arrival)
-        placed = await self._placement(request, session)
-        if placed is not None:
-            self.metrics.requests.labels(endpoint, str(placed.status_code)).inc()
-            return placed
+        status = await self._placement(x, session)
+        if status is not None:
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            return
         shape = ResponseShape(
             chat=chat, id=("chatcmpl-" if chat else "cmpl-") + session.id,
             model=self.settings.model_name, prompt_tokens=len(ids),
@@ -168,34 +179,35 @@ class Router:
         # client or benchmark can count who was served late on purpose.
         headers = {RELEGATED_HEADER: "true"} if session.relegated else None
         if body.stream:
-            return StreamingResponse(self._stream(session, shape),
-                                     media_type="text/event-stream", headers=headers)
-        return await self._whole(request, session, shape, headers)
+            await x.stream(self._stream(session, shape), headers)
+        else:
+            await self._whole(x, session, shape, headers)
 
-    async def _placement(self, request: Request, session: Session) -> Response | None:
+    async def _placement(self, x: Exchange, session: Session) -> int | None:
         """Queue the request and wait for the controller: None once it is released to an
-        engine (the response then streams), else the answer to send (shed: 429 or 503 with
-        Retry-After; the client left: 499)."""
+        engine (the response then streams), else the status of the answer it was sent (shed:
+        429 or 503 with Retry-After; the client left: 499)."""
         self.control.submit(session)
         placed = session.placed
         assert placed is not None
         if not placed.done():
-            watch = asyncio.create_task(_disconnected(request))
+            watch = asyncio.ensure_future(x.disconnected())
             try:
                 await asyncio.wait({placed, watch}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 watch.cancel()
             if not placed.done():
                 self._record(session, "client disconnected while queued")
-                return Response(status_code=499)
+                return 499
         outcome = placed.result()
         if isinstance(outcome, Reject):
             self._record(session, outcome.message, rejected=outcome.reason.value)
             err = ApiError(outcome.reason.status, outcome.message, type_="server_error"
                            if outcome.reason.status >= 500 else "rate_limit_error",
                            code=outcome.reason.value)
-            return JSONResponse(err.body(), err.status,
-                                headers={"Retry-After": f"{outcome.retry_after:.0f}"})
+            await x.json(err.status, err.body(),
+                         {"retry-after": f"{outcome.retry_after:.0f}"})
+            return err.status
         return None
 
     async def _next_batch(self, session: Session) -> list[TokenEvent]:
@@ -225,8 +237,8 @@ class Router:
                 while not session.done:
                     parts = []
                     for ev in await self._next_batch(session):
-                        parts.append(sse(shape.chunk(ev.text, ev.token_ids, ev.finish_reason,
-                                                     first)))
+                        parts.append(shape.event(ev.text, ev.token_ids, ev.finish_reason,
+                                                 first))
                         first = False
                     if parts:
                         yield b"".join(parts)
@@ -240,8 +252,8 @@ class Router:
             await session.stop()  # a client that went away aborts the engine request
             self._record(session, error)
 
-    async def _whole(self, request: Request, session: Session, shape: ResponseShape,
-                     headers: dict[str, str] | None) -> Response:
+    async def _whole(self, x: Exchange, session: Session, shape: ResponseShape,
+                     headers: dict[str, str] | None) -> None:
         async def collect() -> dict[str, Any]:
             texts: list[str] = []
             while not session.done:
@@ -249,19 +261,22 @@ class Router:
             return shape.whole("".join(texts), session.generated, session.finish_reason,
                                len(session.generated))
 
-        work = asyncio.create_task(collect())
-        watch = asyncio.create_task(_disconnected(request))
+        work = asyncio.ensure_future(collect())
+        watch = asyncio.ensure_future(x.disconnected())
         error: str | None = None
         try:
             await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
             if not work.done():
                 error = "client disconnected"
-                return Response(status_code=499)
+                await x.empty(499)
+                return
             try:
-                return JSONResponse(work.result(), headers=headers)
+                result = work.result()
             except ApiError as e:
                 error = e.message
-                return JSONResponse(e.body(), e.status)
+                await x.json(e.status, e.body())
+                return
+            await x.json(200, result, headers)
         finally:
             for t in (work, watch):
                 t.cancel()
@@ -286,7 +301,19 @@ class Router:
         self.control.finished(s)
 
     # -- the app ---------------------------------------------------------------------------
-    def app(self) -> FastAPI:
+    def app(self) -> App:
+        """The completion endpoints as plain ASGI (ascendra.router.asgi), the rest FastAPI."""
+
+        async def completions(x: Exchange) -> None:
+            await self.generate(x, chat=False)
+
+        async def chat_completions(x: Exchange) -> None:
+            await self.generate(x, chat=True)
+
+        return hot_routes({"/v1/completions": completions,
+                           "/v1/chat/completions": chat_completions}, self._admin_app())
+
+    def _admin_app(self) -> FastAPI:
         @contextlib.asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
             self.http = self.control.http = aiohttp.ClientSession(
@@ -314,18 +341,6 @@ class Router:
         async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
             return JSONResponse(ApiError(exc.status_code, str(exc.detail)).body(),
                                 exc.status_code)
-
-        async def completions(request: Request) -> Response:
-            return await self.generate(request, chat=False)
-
-        async def chat_completions(request: Request) -> Response:
-            return await self.generate(request, chat=True)
-
-        # Plain routes for the two hot endpoints: FastAPI's dependency solving costs ~0.1 ms a
-        # request on this path and they have no parameters to inject (bodies are validated
-        # by ascendra.router.protocol).
-        app.add_route("/v1/completions", completions, methods=["POST"])
-        app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
 
         @app.get("/v1/models")
         async def models() -> dict[str, Any]:
@@ -392,9 +407,3 @@ class Router:
             self.metrics.queue.labels(i.url, role).set(i.state.waiting if i.state else 0)
             if i.state and i.state.step_time is not None:
                 self.metrics.step.labels(i.url, role).set(i.state.step_time)
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns when the client has gone away."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass

@@ -122,8 +122,10 @@ class ControlLoop:
 
     def pass_soon(self) -> None:
         """An engine gained room (a first token, a finish): one pass at the next loop turn,
-        however many such events this turn brings."""
-        if not self._pass_due:
+        however many such events this turn brings. None while the queue is empty: such a pass
+        could only release, and there is nothing to release (a pass costs a walk over every
+        open session, and a loaded H200 brings a hundred such events a second)."""
+        if not self._pass_due and len(self.core):
             self._pass_due = True
             asyncio.get_running_loop().call_soon(self._deferred_pass)
 

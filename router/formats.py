@@ -29,21 +29,26 @@ class ResponseShape:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
                 "total_tokens": self.prompt_tokens + completion_tokens}
 
-    def chunk(self, text: str, token_ids: list[int], finish_reason: str | None,
-              first: bool = False) -> dict[str, Any]:
+    def __post_init__(self) -> None:
+        # Every stream event is this prefix, the choice's fields and "}]}": rendered once per
+        # response rather than as a dict per token (the router's hottest path).
+        head = orjson.dumps({"id": self.id, "object": self.object, "created": self.created,
+                             "model": self.model})
+        self._prefix = b"data: " + head[:-1] + b',"choices":[{"index":0,'
+
+    def event(self, text: str, token_ids: list[int], finish_reason: str | None,
+              first: bool = False) -> bytes:
+        """One stream chunk as a server-sent event, byte for byte ``sse`` of the chunk's JSON
+        (OpenAI's field order)."""
+        t = orjson.dumps(text)
         if self.chat:
-            delta: dict[str, Any] = {"content": text}
-            if first:
-                delta["role"] = "assistant"
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None,
-                                      "finish_reason": finish_reason}
+            body = b'"delta":{"content":' + t + (b',"role":"assistant"}' if first else b"}")
         else:
-            choice = {"index": 0, "text": text, "logprobs": None,
-                      "finish_reason": finish_reason}
+            body = b'"text":' + t
+        body += b',"logprobs":null,"finish_reason":' + orjson.dumps(finish_reason)
         if self.return_token_ids:
-            choice["token_ids"] = token_ids
-        return {"id": self.id, "object": self.object, "created": self.created,
-                "model": self.model, "choices": [choice]}
+            body += b',"token_ids":' + orjson.dumps(token_ids)
+        return self._prefix + body + b"}]}\n\n"
 
     def usage_chunk(self, completion_tokens: int) -> dict[str, Any]:
         return {"id": self.id, "object": self.object, "created": self.created,

@@ -625,9 +625,10 @@ def _step_time(model: DeadlinePredictor, inst: InstanceView) -> float:
 class _Rooms:
     """Each instance's flow-control window within one step (what was released this step counts
     as unstarted at once): room for one more while it holds fewer unstarted prompt tokens than
-    the window (``release_tokens``), has a free seat and keeps its KV reserve. And the gap guard: a request whose TBT target bounds its gaps is sent only
-    where the step it would join is predicted within ``step_fraction`` of that target, or where
-    no stream would feel the step."""
+    the window (``release_tokens``), has a free seat and keeps its KV reserve. And the gap
+    guard: a request whose TBT target bounds its gaps is sent only where the step it would
+    join is predicted within ``step_fraction`` of that target, or where no stream would feel
+    the step."""
 
     def __init__(self, instances: Sequence[InstanceView], policy: Policy,
                  model: DeadlinePredictor) -> None:
