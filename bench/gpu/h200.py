@@ -173,9 +173,10 @@ class Setup:
     grid: ProfileGrid
     rate_scale: float = 1.0
     request_scale: float = 1.0
+    rates: tuple[float, ...] | None = None  # every sweep's, in place of its load's
 
     def sweep(self, s: Sweep) -> Sweep:
-        return replace(s, rates=tuple(r * self.rate_scale for r in s.rates),
+        return replace(s, rates=tuple(r * self.rate_scale for r in self.rates or s.rates),
                        requests=self._n(s.requests), warmup=self._n(s.warmup) if s.warmup else 0)
 
     def peer(self, p: PeerBench) -> PeerBench:
@@ -321,10 +322,14 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=9000)
     ap.add_argument("--smoke", action="store_true",
                     help="the same steps on the CPU build and the tiny model, scaled down")
+    ap.add_argument("--rates", help="comma-separated rates for every sweep of this run, in "
+                    "place of its load's (when device time is short)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("VLLM_CACHE_ROOT", "/tmp/vllm-cache")  # compile cache across starts
     setup = (smoke_setup if args.smoke else h200_setup)(args.out / "model")
+    if args.rates:
+        setup = replace(setup, rates=tuple(float(r) for r in args.rates.split(",")))
     wanted = set(args.only.split(",")) if args.only else None
     known = {s.name for session in SESSIONS for s in session.steps}
     if wanted and wanted - known:
