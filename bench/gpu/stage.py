@@ -4,7 +4,7 @@ The GPU machine has Python 3.12 and torch 2.11.0+cu130 but no vLLM, no FastAPI a
 and each device call carries at most 64 MiB. This downloads vLLM 0.26.0 and the wheels its API
 server needs (``wheels-need.txt``, from the team's GPU notes) plus what Ascendra adds (orjson),
 builds Ascendra's own wheel, cuts the vLLM wheel into pieces and packs everything into groups of
-at most ``--group-mb`` under ``.gpu-wheels/stage/gN`` (a folder ``.git/info/exclude`` ignores).
+at most ``--group-mb`` under ``.gpu-wheels/stage/gN`` (a folder ``.gitignore`` ignores).
 
     python bench/gpu/stage.py            # prints one device call per group, then the run
 
