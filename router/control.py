@@ -35,10 +35,12 @@ log = logging.getLogger("ascendra.router")
 
 @dataclass
 class EngineRateModel:
-    """A latency model from what the engines report: step time plus prefill time per token.
+    """A latency model from what the engines report: a step without prompt tokens plus what
+    each prompt token adds (``ascendra.runtime.engine_state.RateTracker``).
 
     The values are the pool's latest measurements (mutable, updated every periodic pass);
-    before any are in, the configured defaults stand.
+    before any are in, the configured defaults stand. Until an engine's fit is in, its mean
+    step time stands for the prompt-free step.
     """
 
     step_time: float = 0.02
@@ -51,7 +53,9 @@ class EngineRateModel:
         return self.batch_time(BatchShape.prefill(prompt_len))
 
     def observe(self, instances: list[Instance]) -> None:
-        steps = [i.state.step_time for i in instances if i.state and i.state.step_time]
+        steps = [i.state.decode_step_time if i.state.decode_step_time is not None
+                 else i.state.step_time for i in instances
+                 if i.state and (i.state.decode_step_time is not None or i.state.step_time)]
         rates = [i.state.prefill_s_per_token for i in instances
                  if i.state and i.state.prefill_s_per_token]
         if steps:

@@ -139,7 +139,8 @@ class InstancePool:
                     waiting=sample.waiting, kv_usage=sample.kv_usage,
                     kv_capacity_tokens=sample.kv_capacity_tokens,
                     step_time=inst._rates.step_time,
-                    prefill_s_per_token=inst._rates.prefill_s_per_token)
+                    prefill_s_per_token=inst._rates.prefill_s_per_token,
+                    decode_step_time=inst._rates.decode_step_time)
         except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError):
             inst.healthy = False
             return

@@ -88,6 +88,7 @@ class Agent:
             max_seqs=self.cfg.launch.max_seqs, token_budget=self.cfg.launch.token_budget,
             gpu=self.gpu, step_time=self.rates.step_time,
             prefill_s_per_token=self.rates.prefill_s_per_token,
+            decode_step_time=self.rates.decode_step_time,
         )
 
     def start_engine(self) -> None:

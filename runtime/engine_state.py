@@ -1,9 +1,10 @@
 """An engine's queue state and speed, read from vLLM's own ``/metrics``.
 
 Counts (running, waiting, KV use) are gauges. Speeds come from counter deltas between two
-scrapes: the mean inter-token latency over the window is the engine's current step time, and
-prefill seconds per prompt token, beyond the one step each prefill rides in, its current prefill
-rate. Both are what the engine measured, so they hold on any hardware without a profile.
+scrapes: the mean inter-token latency over the window is the engine's current step time, and a
+fit over windows of that step time against the prompt tokens each step computed gives what a
+prompt token adds to a step and what a step without prompts takes (:class:`RateTracker`). Both
+are what the engine measured, so they hold on any hardware without a profile.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ _GAUGES = {
     "vllm:num_requests_waiting": "waiting",
     "vllm:kv_cache_usage_perc": "kv_usage",
 }
-_COUNTERS = {
+_COUNTERS = {  # histograms: their _sum and _count
     "vllm:inter_token_latency_seconds": "itl",
     "vllm:request_prefill_time_seconds": "prefill",
     "vllm:request_prefill_kv_computed_tokens": "prefill_tokens",
+    "vllm:iteration_tokens_total": "step_tokens",  # one observation per engine step
 }
+_GENERATED = "vllm:generation_tokens"  # the counter vllm:generation_tokens_total
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,9 @@ class MetricsSample:
     prefill_sum: float = 0.0
     prefill_count: float = 0.0
     prefill_tokens_sum: float = 0.0
+    step_tokens_sum: float = 0.0  # prompt and generated tokens computed, over all steps
+    step_tokens_count: float = 0.0  # steps
+    generated_tokens: float = 0.0
 
 
 def parse_metrics(text: str) -> MetricsSample:
@@ -51,6 +57,9 @@ def parse_metrics(text: str) -> MetricsSample:
                     values[key + "_sum"] = values.get(key + "_sum", 0.0) + s.value
                 elif s.name.endswith("_count"):
                     values[key + "_count"] = values.get(key + "_count", 0.0) + s.value
+        elif fam.name == _GENERATED:
+            values["generated"] = sum(x.value for x in fam.samples
+                                      if x.name.endswith("_total"))
         elif fam.name == "vllm:cache_config_info":
             for s in fam.samples:
                 labels = s.labels
@@ -68,6 +77,9 @@ def parse_metrics(text: str) -> MetricsSample:
         prefill_sum=values.get("prefill_sum", 0.0),
         prefill_count=values.get("prefill_count", 0.0),
         prefill_tokens_sum=values.get("prefill_tokens_sum", 0.0),
+        step_tokens_sum=values.get("step_tokens_sum", 0.0),
+        step_tokens_count=values.get("step_tokens_count", 0.0),
+        generated_tokens=values.get("generated", 0.0),
     )
 
 
@@ -85,21 +97,42 @@ class EngineState:
     token_budget: int | None = None  # the engine's per-step token budget, when known
     gpu: str = ""  # which GPU(s) it runs on; engines that share one report the same
     step_time: float | None = None  # recent mean gap between an engine's tokens, s
-    prefill_s_per_token: float | None = None  # recent prefill time per prompt token, s,
-    # beyond one step (the latency model's batch time is step_time + tokens × this)
+    # What one more prompt token adds to a step, s, and a step with no prompt tokens at the
+    # current load (the latency model's batch time is decode_step_time + tokens × this).
+    prefill_s_per_token: float | None = None
+    decode_step_time: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
 class RateTracker:
-    """Exponentially smoothed step time and prefill rate from successive samples."""
+    """An engine's speed from successive samples: the step time (the mean gap between its
+    tokens, smoothed) and the cost of prompt tokens within a step.
 
-    def __init__(self, alpha: float = 0.3) -> None:
+    The cost is a least-squares line, over recent windows, of the mean gap between tokens
+    against the prompt tokens an engine step computed in that window (vLLM's per-step token
+    histogram less its generated tokens): its slope is what one more prompt token adds to a
+    step, its intercept a step without prompt tokens. Until the windows spread wide enough to
+    fit, the rate is each request's prefill time beyond the step it rode in, over its tokens.
+    That fallback charges every prompt of a step the step's whole excess, which the prompts a
+    step prefills together share: on an H200 with ten or more a step it read 60-125 µs a token
+    where the profile measures about 24, and the router relegated requests that then met
+    their SLO (docs/gpu.md, 2026-12-02).
+    """
+
+    def __init__(self, alpha: float = 0.3, fit_alpha: float = 0.05, min_windows: int = 8,
+                 min_spread_tokens: float = 64.0) -> None:
         self.alpha = alpha
+        self.fit_alpha = fit_alpha
+        self.min_windows = min_windows
+        self.min_spread = min_spread_tokens
         self._last: MetricsSample | None = None
+        self._windows = 0
+        self._mx = self._my = self._mxx = self._mxy = 0.0  # weighted moments of the windows
         self.step_time: float | None = None
         self.prefill_s_per_token: float | None = None
+        self.decode_step_time: float | None = None
 
     def _smooth(self, old: float | None, new: float) -> float:
         return new if old is None else old + self.alpha * (new - old)
@@ -109,15 +142,43 @@ class RateTracker:
         if last is None:
             return
         d_count = sample.itl_count - last.itl_count
-        if d_count > 0:
-            self.step_time = self._smooth(self.step_time,
-                                          (sample.itl_sum - last.itl_sum) / d_count)
+        if d_count <= 0:
+            return
+        gap = (sample.itl_sum - last.itl_sum) / d_count
+        self.step_time = self._smooth(self.step_time, gap)
+        steps = sample.step_tokens_count - last.step_tokens_count
+        if steps > 0:
+            prompt = (sample.step_tokens_sum - last.step_tokens_sum
+                      - (sample.generated_tokens - last.generated_tokens))
+            self._add_window(max(prompt, 0.0) / steps, gap)
+        if self._fit():
+            return
         d_tokens = sample.prefill_tokens_sum - last.prefill_tokens_sum
         if d_tokens > 0:
             # Each prefill took at least the step it rode in; only the rest scales with its
             # tokens. Taken whole, one short prompt (a 1-token prefill of 30 ms reads as 30 ms a
             # token) inflated the rate 30-fold, and the router's offload guard, predicting every
             # HP too slow, stopped offloading until the HP happened to prefill again.
-            fixed = (sample.prefill_count - last.prefill_count) * (self.step_time or 0.0)
+            fixed = (sample.prefill_count - last.prefill_count) * self.step_time
             per_token = max(sample.prefill_sum - last.prefill_sum - fixed, 0.0) / d_tokens
             self.prefill_s_per_token = self._smooth(self.prefill_s_per_token, per_token)
+
+    def _add_window(self, x: float, y: float) -> None:
+        self._windows += 1
+        a = max(self.fit_alpha, 1.0 / self._windows)  # a plain mean until the EWMA takes over
+        self._mx += a * (x - self._mx)
+        self._my += a * (y - self._my)
+        self._mxx += a * (x * x - self._mxx)
+        self._mxy += a * (x * y - self._mxy)
+
+    def _fit(self) -> bool:
+        """Set the rate and the prompt-free step from the line, if the windows allow one."""
+        var = self._mxx - self._mx * self._mx
+        if self._windows < self.min_windows or var < self.min_spread ** 2:
+            return False
+        slope = (self._mxy - self._mx * self._my) / var
+        if slope <= 0:
+            return False
+        self.prefill_s_per_token = slope
+        self.decode_step_time = max(self._my - slope * self._mx, 0.0)
+        return True

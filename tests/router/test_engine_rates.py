@@ -57,3 +57,58 @@ def test_a_prefill_faster_than_the_step_reads_as_free_tokens_not_negative_ones()
     rates.observe(parse_metrics(_scrape(0.0, 0, 0.0, 0, 0)))
     rates.observe(parse_metrics(_scrape(0.3, 10, 0.02, 1, 3)))
     assert rates.prefill_s_per_token == 0.0
+
+
+def _step_scrape(itl_sum: float, itl_count: float, step_tokens: float, steps: float,
+                 generated: float) -> str:
+    """The per-step families: vLLM's step-token histogram and its generated-token counter."""
+    return _scrape(itl_sum, itl_count, 0.0, 0, 0) + "\n".join([
+        "# TYPE vllm:iteration_tokens_total histogram",
+        f'vllm:iteration_tokens_total_sum{{engine="0",model_name="m"}} {step_tokens}',
+        f'vllm:iteration_tokens_total_count{{engine="0",model_name="m"}} {steps}',
+        "# TYPE vllm:generation_tokens_total counter",
+        f'vllm:generation_tokens_total{{engine="0",model_name="m"}} {generated}']) + "\n"
+
+
+def test_parse_reads_step_tokens_and_generated_tokens():
+    s = parse_metrics(_step_scrape(1.0, 10, 5000, 20, 400))
+    assert (s.step_tokens_sum, s.step_tokens_count, s.generated_tokens) == (5000, 20, 400)
+
+
+def _engine_windows(prompt_per_step: list[float], base: float, per_token: float,
+                    decodes: int = 200, steps: int = 10) -> list[str]:
+    """Scrapes of an engine whose every step takes base + per_token × its prompt tokens,
+    ``decodes`` streams each getting a token a step, ``steps`` steps a window."""
+    itl_sum = itl_count = step_tokens = nsteps = generated = 0.0
+    out = [_step_scrape(0, 0, 0, 0, 0)]
+    for p in prompt_per_step:
+        d = base + per_token * p
+        itl_sum += steps * decodes * d
+        itl_count += steps * decodes
+        step_tokens += steps * (p + decodes)
+        generated += steps * decodes
+        nsteps += steps
+        out.append(_step_scrape(itl_sum, itl_count, step_tokens, nsteps, generated))
+    return out
+
+
+def test_the_prefill_rate_is_the_slope_of_step_time_against_prompt_tokens_a_step():
+    # An H200-like engine: 30 ms without prompts, 24 µs a prompt token. Each window is one
+    # load; ten prompts of 600 tokens a step is a 6,000-token step, which charging each
+    # prompt the step's whole excess would read as ten times 24 µs.
+    rates = RateTracker()
+    loads = [0, 2000, 6000, 4000, 500, 8000, 3000, 1000, 7000, 5000] * 3
+    for text in _engine_windows(loads, 0.030, 24e-6):
+        rates.observe(parse_metrics(text))
+    assert rates.prefill_s_per_token == pytest.approx(24e-6, rel=1e-6)
+    assert rates.decode_step_time == pytest.approx(0.030, rel=1e-6)
+
+
+def test_no_fit_until_the_windows_spread():
+    # Every window the same load: no line to fit, the per-request fallback stands (here: no
+    # prefill observations, so no rate at all) and no prompt-free step is claimed.
+    rates = RateTracker()
+    for text in _engine_windows([3000] * 20, 0.030, 24e-6):
+        rates.observe(parse_metrics(text))
+    assert rates.decode_step_time is None and rates.prefill_s_per_token is None
+    assert rates.step_time == pytest.approx(0.030 + 3000 * 24e-6)
