@@ -32,8 +32,8 @@ ABLATIONS: list[tuple[str, str, tuple[float, ...], Variants]] = [  # question, p
     ("TBT migration", "azure-conv", (70.0, 80.0), {
         "off (default)": ({}, None), "on": ({"migration": True}, None)}),
     ("flow-control window", "paper-sharegpt", (130.0,), {
-        "16384 tokens (default)": ({}, None),
-        "8192": ({"releaseTokens": 8192}, None), "32768": ({"releaseTokens": 32768}, None)}),
+        "2 steps (default)": ({}, None),
+        "1": ({"releaseSteps": 1.0}, None), "4": ({"releaseSteps": 4.0}, None)}),
     ("KV reserve", "paper-sharegpt", (110.0, 130.0), {
         "5% (default)": ({}, None), "0%": ({"kvReserveFraction": 0.0}, None),
         "15%": ({"kvReserveFraction": 0.15}, None)}),

@@ -20,6 +20,11 @@ from ascendra.core.view import ClusterView, InFlight, InstanceView, Role
 LIN = LinearModel()
 
 
+def steps(tokens: int) -> float:
+    """A window of ``tokens``, in steps of the views' 8,192-token budget."""
+    return tokens / 8192
+
+
 def ctl(**policy) -> ClusterController:
     return ClusterController(Policy(**policy), FixedMarginPredictor(LIN, 0.7))
 
@@ -33,7 +38,7 @@ def released(d) -> list[int]:
 
 
 def test_flow_control_sends_while_the_engine_holds_less_than_its_window():
-    c = ctl(release_tokens=1000, order=Order.FCFS)
+    c = ctl(release_steps=steps(1000), order=Order.FCFS)
     for i in range(4):
         c.enqueue(req(i, 400, arrival=i * 0.001))
     # 0 < 1000: r0; 400 < 1000: r1; 800 < 1000: r2; then 1200 tokens wait unstarted.
@@ -48,7 +53,7 @@ def test_flow_control_sends_while_the_engine_holds_less_than_its_window():
 
 def test_orders_shortest_deadline_and_fcfs():
     def order(o: Order, reqs) -> list[int]:
-        c = ctl(release_tokens=100_000, order=o)
+        c = ctl(release_steps=steps(100_000), order=o)
         for r in reqs:
             c.enqueue(r)
         c.step(ClusterView(0.0, [inst(unstarted=1, unstarted_tokens=100_000)]))  # no room
@@ -63,7 +68,7 @@ def test_orders_shortest_deadline_and_fcfs():
 
 
 def test_criticality_bands_come_before_the_order():
-    c = ctl(release_tokens=100_000)
+    c = ctl(release_steps=steps(100_000))
     c.enqueue(req(0, 100))
     c.enqueue(req(1, 900), criticality=5)
     c.enqueue(req(2, 50), criticality=-1)
@@ -74,7 +79,7 @@ def test_a_request_that_became_hopeless_goes_behind_one_that_can_still_make_it()
     """The order is re-decided at release. A (arrival 0) and B (arrival 0.5) wait for room. At
     0.95 A would need 0.95 + 0.01 + 0.01 + 0.1 (margin) = 1.07 s > 1 s: relegated, and served
     after B, which still makes it. With a static key fixed at arrival A would go first."""
-    c = ctl(release_tokens=1000, order=Order.FCFS)
+    c = ctl(release_steps=steps(1000), order=Order.FCFS)
     c.enqueue(req(0, 100, arrival=0.0))
     c.enqueue(req(1, 100, arrival=0.5))
     assert c.step(ClusterView(0.5, [inst(unstarted=1, unstarted_tokens=5000)])).releases == []
@@ -85,7 +90,7 @@ def test_a_request_that_became_hopeless_goes_behind_one_that_can_still_make_it()
 
 
 def test_relegated_requests_wait_while_any_other_can_be_sent():
-    c = ctl(release_tokens=100, order=Order.FCFS)
+    c = ctl(release_steps=steps(100), order=Order.FCFS)
     c.enqueue(req(0, 100, arrival=0.0))
     c.enqueue(req(1, 100, arrival=0.9))
     d = c.step(ClusterView(0.95, [inst()]))
@@ -96,7 +101,7 @@ def test_relegated_requests_wait_while_any_other_can_be_sent():
 
 
 def test_sheddable_requests_are_rejected_with_a_retry_after():
-    c = ctl(release_tokens=1000)
+    c = ctl(release_steps=steps(1000))
     c.enqueue(req(0, 100, arrival=0.0), criticality=-1)
     d = c.step(ClusterView(0.95, [inst()]))
     assert d.releases == [] and [(j.request.id, j.reason) for j in d.rejects] == \
@@ -112,7 +117,7 @@ def test_sheddable_requests_are_rejected_with_a_retry_after():
 
 def test_a_sheddable_request_behind_a_long_queue_is_rejected_at_arrival():
     """90 × 1,000 tokens ahead drain at 1000 / 0.11 s ≈ 9,091 tokens/s: 9.9 s, past its 1 s."""
-    c = ctl(release_tokens=1000, order=Order.FCFS)
+    c = ctl(release_steps=steps(1000), order=Order.FCFS)
     full = inst(unstarted=1, unstarted_tokens=1000)
     for i in range(90):
         c.enqueue(req(i, 1000, arrival=0.0))
@@ -126,7 +131,7 @@ def test_a_sheddable_request_behind_a_long_queue_is_rejected_at_arrival():
 
 
 def test_a_full_queue_evicts_a_relegated_request_or_refuses_the_newcomer():
-    c = ctl(queue_limit=2, release_tokens=10, order=Order.FCFS)
+    c = ctl(queue_limit=2, release_steps=steps(10), order=Order.FCFS)
     full = inst(unstarted=1, unstarted_tokens=10)
     c.enqueue(req(0, 100, arrival=0.0))
     c.enqueue(req(1, 100, arrival=0.0))
@@ -144,7 +149,7 @@ def test_a_full_queue_evicts_a_relegated_request_or_refuses_the_newcomer():
 
 
 def test_requests_waiting_past_the_queue_timeout_are_answered_503():
-    c = ctl(queue_timeout=5.0, release_tokens=10)
+    c = ctl(queue_timeout=5.0, release_steps=steps(10))
     full = inst(unstarted=1, unstarted_tokens=10)
     c.enqueue(req(0, 100, arrival=0.0))
     c.enqueue(req(1, 100, arrival=2.0))
@@ -278,7 +283,7 @@ def test_promotion_sends_a_request_running_out_of_slack_ahead_of_shorter_ones():
     at t = 0.5 (promoted). At t = 0.75 it has no slack left, so it is not promoted: promotion
     spends capacity only on a request that can still make it."""
     def first_released(now: float, promotion: float) -> int:
-        c = ctl(release_tokens=1000, promotion_slack=promotion)
+        c = ctl(release_steps=steps(1000), promotion_slack=promotion)
         c.enqueue(req(0, 900))
         for i in (1, 2, 3):
             c.enqueue(req(i, 100))

@@ -299,7 +299,7 @@ class ClusterController:
         for i in view.instances:
             if i.role is Role.HP:
                 continue
-            w = min(self.policy.release_tokens, i.token_budget)
+            w = int(min(self.policy.release_steps, 1.0) * i.token_budget)
             rate += w / self.predictor.batch_time(BatchShape(
                 num_prefill_tokens=w, num_prefill_seqs=1, prefill_attn_pairs=w * (w + 1) / 2,
                 num_decodes=i.running, decode_context=i.decode_context))
@@ -625,10 +625,10 @@ def _step_time(model: DeadlinePredictor, inst: InstanceView) -> float:
 class _Rooms:
     """Each instance's flow-control window within one step (what was released this step counts
     as unstarted at once): room for one more while it holds fewer unstarted prompt tokens than
-    the window (``release_tokens``), has a free seat and keeps its KV reserve. And the gap
-    guard: a request whose TBT target bounds its gaps is sent only where the step it would
-    join is predicted within ``step_fraction`` of that target, or where no stream would feel
-    the step."""
+    the window (``release_steps`` of its token budget), has a free seat and keeps its KV
+    reserve. And the gap guard: a request whose TBT target bounds its gaps is sent only where
+    the step it would join is predicted within ``step_fraction`` of that target, or where no
+    stream would feel the step."""
 
     def __init__(self, instances: Sequence[InstanceView], policy: Policy,
                  model: DeadlinePredictor) -> None:
@@ -644,7 +644,7 @@ class _Rooms:
         if self._unlimited:
             return True
         p = self._policy
-        if inst.unstarted_tokens >= p.release_tokens or \
+        if inst.unstarted_tokens >= p.release_steps * inst.token_budget or \
                 inst.running + inst.unstarted >= inst.max_seqs or \
                 inst.kv_free_tokens <= p.kv_reserve * inst.kv_capacity_tokens:
             return False

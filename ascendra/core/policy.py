@@ -60,12 +60,12 @@ class Policy:
     queue_limit: int = 4096  # requests held at the router at most
     queue_timeout: float = 60.0  # s a request may wait at the router before a 503
     # An engine is sent more only while the prompt tokens it holds unstarted are fewer than
-    # this: two steps of vLLM's default budget, the step it runs and the next. The router
-    # learns that a prefill started only from its first token, a step and a relay later; a
-    # window of one step left a fast engine without prompts for that round trip (an H200 ran
-    # half-fed at 52 req/s). Small beside the queue, so the order is still re-decided at
-    # nearly every release instead of frozen in the engine's queue.
-    release_tokens: int = 16384
+    # this many steps of its token budget: the step it runs and the next. The router learns
+    # that a prefill started only from its first token, a step and a relay later; a window of
+    # one step left a fast engine without prompts for that round trip (an H200 ran half-fed
+    # at 52 req/s). Small beside the queue, so the order is still re-decided at nearly every
+    # release instead of frozen in the engine's queue.
+    release_steps: float = 2.0
     # ... and only while the KV cache keeps this fraction free once those prompts are in, so
     # that the engine neither queues what it cannot admit nor preempts streams to grow them.
     kv_reserve: float = 0.05
@@ -127,8 +127,9 @@ FIELDS: tuple[Field, ...] = (
     Field("queue_limit", "queueLimit", int, 1, 1_000_000, "requests the router holds at most"),
     Field("queue_timeout", "queueTimeoutSeconds", float, 0.1, 86_400,
           "seconds a request may wait at the router before a 503"),
-    Field("release_tokens", "releaseTokens", int, 1, 10_000_000,
-          "prompt tokens an engine may hold unstarted before it is sent more"),
+    Field("release_steps", "releaseSteps", float, 0.001, 100,
+          "steps of its token budget an engine may hold as unstarted prompt tokens before it "
+          "is sent more"),
     Field("kv_reserve", "kvReserveFraction", float, 0, 0.9,
           "fraction of an engine's KV cache kept free before it is sent more"),
     Field("step_fraction", "stepFraction", float, 0.05, 10,
