@@ -53,11 +53,10 @@ class EngineRateModel:
         return self.batch_time(BatchShape.prefill(prompt_len))
 
     def observe(self, instances: list[Instance]) -> None:
-        steps = [i.state.decode_step_time if i.state.decode_step_time is not None
-                 else i.state.step_time for i in instances
-                 if i.state and (i.state.decode_step_time is not None or i.state.step_time)]
-        rates = [i.state.prefill_s_per_token for i in instances
-                 if i.state and i.state.prefill_s_per_token]
+        states = [i.state for i in instances if i.state is not None]
+        steps = [t for t in (s.decode_step_time if s.decode_step_time is not None
+                             else s.step_time for s in states) if t]
+        rates = [s.prefill_s_per_token for s in states if s.prefill_s_per_token]
         if steps:
             self.step_time = sum(steps) / len(steps)
         if rates:

@@ -112,3 +112,19 @@ def test_no_fit_until_the_windows_spread():
         rates.observe(parse_metrics(text))
     assert rates.decode_step_time is None and rates.prefill_s_per_token is None
     assert rates.step_time == pytest.approx(0.030 + 3000 * 24e-6)
+
+
+def test_the_router_model_starts_a_batch_from_the_prompt_free_step_when_an_engine_has_one():
+    from ascendra.core.latency import BatchShape
+    from ascendra.router.control import EngineRateModel
+    from ascendra.router.instances import Instance, InstanceSpec
+    from ascendra.runtime.engine_state import EngineState
+
+    fitted, unfitted = Instance(0, InstanceSpec("http://a")), Instance(1, InstanceSpec("http://b"))
+    fitted.state = EngineState(role="lp", ready=True, step_time=0.09,
+                               prefill_s_per_token=24e-6, decode_step_time=0.03)
+    unfitted.state = EngineState(role="lp", ready=True, step_time=0.05)
+    model = EngineRateModel()
+    model.observe([fitted, unfitted])
+    assert model.step_time == pytest.approx((0.03 + 0.05) / 2)  # the mean step where no fit
+    assert model.batch_time(BatchShape.prefill(1000)) == pytest.approx(0.04 + 1000 * 24e-6)
