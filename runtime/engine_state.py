@@ -142,15 +142,14 @@ class RateTracker:
         if last is None:
             return
         d_count = sample.itl_count - last.itl_count
-        if d_count <= 0:
-            return
-        gap = (sample.itl_sum - last.itl_sum) / d_count
-        self.step_time = self._smooth(self.step_time, gap)
         steps = sample.step_tokens_count - last.step_tokens_count
-        if steps > 0:
-            prompt = (sample.step_tokens_sum - last.step_tokens_sum
-                      - (sample.generated_tokens - last.generated_tokens))
-            self._add_window(max(prompt, 0.0) / steps, gap)
+        if d_count > 0:
+            gap = (sample.itl_sum - last.itl_sum) / d_count
+            self.step_time = self._smooth(self.step_time, gap)
+            if steps > 0:
+                prompt = (sample.step_tokens_sum - last.step_tokens_sum
+                          - (sample.generated_tokens - last.generated_tokens))
+                self._add_window(max(prompt, 0.0) / steps, gap)
         if self._fit():
             return
         d_tokens = sample.prefill_tokens_sum - last.prefill_tokens_sum
@@ -159,7 +158,7 @@ class RateTracker:
             # tokens. Taken whole, one short prompt (a 1-token prefill of 30 ms reads as 30 ms a
             # token) inflated the rate 30-fold, and the router's offload guard, predicting every
             # HP too slow, stopped offloading until the HP happened to prefill again.
-            fixed = (sample.prefill_count - last.prefill_count) * self.step_time
+            fixed = (sample.prefill_count - last.prefill_count) * (self.step_time or 0.0)
             per_token = max(sample.prefill_sum - last.prefill_sum - fixed, 0.0) / d_tokens
             self.prefill_s_per_token = self._smooth(self.prefill_s_per_token, per_token)
 

@@ -128,3 +128,13 @@ def test_the_router_model_starts_a_batch_from_the_prompt_free_step_when_an_engin
     model.observe([fitted, unfitted])
     assert model.step_time == pytest.approx((0.03 + 0.05) / 2)  # the mean step where no fit
     assert model.batch_time(BatchShape.prefill(1000)) == pytest.approx(0.04 + 1000 * 24e-6)
+
+
+def test_a_window_without_tokens_between_still_counts_its_prefills():
+    # A lone request's prefill lands in a window where no stream produced a second token:
+    # no step time to fit against, but the fallback rate still takes the prefill.
+    rates = RateTracker(alpha=1.0)
+    rates.observe(parse_metrics(_scrape(0.0, 0, 0.0, 0, 0)))
+    rates.observe(parse_metrics(_scrape(0.0, 0, 0.05, 1, 100)))
+    assert rates.step_time is None
+    assert rates.prefill_s_per_token == pytest.approx(0.0005)
