@@ -133,6 +133,9 @@ SESSIONS = [
         _sweep("ascendra-noqueue", "ascendra", "sharegpt", "--hold-queue", "false"),
         _sweep("ascendra", "ascendra", "longbench"),
         _sweep("ascendra", "ascendra", "longbench-gaps"),
+        # When device time holds one engine start only: the bare engine with Ascendra's
+        # engine arguments, every request at priority 0, which vLLM orders as FCFS.
+        _sweep("vllm-direct-prio", None, "longbench-gaps"),
     )),
     EngineSession("vllm", (
         _sweep("vllm-direct", None, "sharegpt"),
