@@ -180,9 +180,23 @@ def test_the_gap_guard_keeps_a_prompt_off_engines_whose_streams_it_would_stall()
     # idle engine (0.11 s against 0.01 + 0.11); r0 fits only where no stream would feel it.
     assert [(r.request.id, r.instance) for r in d.releases] == [(1, 1), (0, 1)]
     c.enqueue(req(2, 2000, slo=gaps))
-    assert c.step(ClusterView(0.1, [streaming, inst(1, running=3)])).releases == []
+    waiting = inst(0, running=50, step_time=0.02, unstarted=1, unstarted_tokens=500)
+    busy = inst(1, running=3, unstarted=1, unstarted_tokens=500)
+    assert c.step(ClusterView(0.1, [waiting, busy])).releases == []
     c.enqueue(req(3, 1000, slo=Slo(2.5, 0.15)))  # a mean target: no guard
-    assert released(c.step(ClusterView(0.1, [streaming, inst(1, running=3)]))) == [3]
+    assert released(c.step(ClusterView(0.1, [waiting, busy]))) == [3]
+
+
+def test_the_gap_guard_never_holds_a_prompt_from_an_engine_with_nothing_left_to_start():
+    # Holding a prompt whose own step overruns cannot shorten that step, only starve the
+    # engine: on the H200 (2026-12-02), with a rate estimate several times the real one, it
+    # held every LongBench-like prompt until the engine ran dry (0-9 running, 12 req/s in).
+    gaps = Slo(2.5, 0.15, TbtKind.MAX)
+    c = ctl()
+    c.enqueue(req(0, 2000, slo=gaps))  # 0.02 + 0.2 s > 0.135 s
+    c.enqueue(req(1, 2000, slo=gaps))
+    d = c.step(ClusterView(0.0, [inst(0, running=50, step_time=0.02)]))
+    assert released(d) == [0]  # one at a time: the second would join the first's step
 
 
 def test_an_engine_short_of_kv_is_sent_nothing():

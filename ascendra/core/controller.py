@@ -628,7 +628,10 @@ class _Rooms:
     the window (``release_steps`` of its token budget), has a free seat and keeps its KV
     reserve. And the gap guard: a request whose TBT target bounds its gaps is sent only where
     the step it would join is predicted within ``step_fraction`` of that target, or where no
-    stream would feel the step."""
+    stream would feel the step; where there is no such engine, to one with nothing left to
+    start (holding a prompt whose own step overruns cannot shorten that step, only starve the
+    engine: on the H200, with a rate estimate several times the real one, the guard held
+    every LongBench-like prompt until the engine ran dry, docs/gpu.md)."""
 
     def __init__(self, instances: Sequence[InstanceView], policy: Policy,
                  model: DeadlinePredictor) -> None:
@@ -640,7 +643,8 @@ class _Rooms:
     def open_all(self) -> None:
         self._unlimited = True
 
-    def _has_room(self, inst: InstanceView, req: Request | None) -> bool:
+    def _has_room(self, inst: InstanceView, req: Request | None, *, relaxed: bool = False
+                  ) -> bool:
         if self._unlimited:
             return True
         p = self._policy
@@ -648,7 +652,8 @@ class _Rooms:
                 inst.running + inst.unstarted >= inst.max_seqs or \
                 inst.kv_free_tokens <= p.kv_reserve * inst.kv_capacity_tokens:
             return False
-        if req is None or req.slo.tbt_kind is TbtKind.MEAN or inst.running == 0:
+        if req is None or req.slo.tbt_kind is TbtKind.MEAN or inst.running == 0 or \
+                (relaxed and inst.unstarted_tokens == 0):
             return True
         prefill = min(inst.unstarted_tokens + req.prompt_len, inst.token_budget)
         step = self._model.batch_time(BatchShape(
@@ -658,10 +663,11 @@ class _Rooms:
         return step <= p.step_fraction * req.slo.tbt
 
     def any(self, req: Request | None = None) -> bool:
-        return any(self._has_room(i, req) for i in self._views.values())
+        return bool(self.open(req))
 
     def open(self, req: Request | None = None) -> list[InstanceView]:
-        return [i for i in self._views.values() if self._has_room(i, req)]
+        return [i for i in self._views.values() if self._has_room(i, req)] or \
+            [i for i in self._views.values() if self._has_room(i, req, relaxed=True)]
 
     def all(self) -> list[InstanceView]:
         return list(self._views.values())

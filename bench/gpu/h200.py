@@ -22,14 +22,18 @@ the same tokens. Each step is written to ``OUT/NAME.json`` as it ends.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -258,13 +262,42 @@ def _execute(step: Step, stack: LocalStack, setup: Setup, out: Path,
         args = [*step.router_args]
         if step.observe:
             args += ["--observations", str(out / f"{step.name}.observations.jsonl")]
-        with stack.router(step.system, port, args, step.slo) as url:
+        with stack.router(step.system, port, args, step.slo) as url, \
+                _sampling(url, out / f"{step.name}.instances.jsonl"):
             return {**_bench(step, url, stack.name), "router_counters": _router_counters(url)}
     step = setup.peer(step)
     if step.system is None:
         return _peer_bench(step, engine, stack, out)
     with stack.router(step.system, port, slo=step.slo) as url:
         return {**_peer_bench(step, url, stack, out), "router_counters": _router_counters(url)}
+
+
+@contextlib.contextmanager
+def _sampling(url: str, path: Path, every_s: float = 5.0) -> Iterator[None]:
+    """What the router believes of its engines (``/ascendra/instances``: the rates it
+    estimated, what it counts unstarted) every few seconds, a line each, written as it goes:
+    a sweep cut short by the end of device time still tells why it went as it did (the
+    every-gap sweep of 2026-12-02 ended so, its engine running 0-9 requests)."""
+    stop = threading.Event()
+
+    def sample() -> None:
+        with path.open("a") as f:
+            while not stop.wait(every_s):
+                try:
+                    with urllib.request.urlopen(url + "/ascendra/instances", timeout=5) as r:
+                        f.write(json.dumps({"t": round(time.time(), 2),
+                                            "instances": json.load(r)}) + "\n")
+                    f.flush()
+                except (OSError, ValueError) as e:  # a busy router: note it, sample on
+                    f.write(json.dumps({"t": round(time.time(), 2), "error": str(e)}) + "\n")
+
+    worker = threading.Thread(target=sample, daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join(timeout=10)
 
 
 def _bench(step: Sweep, url: str, model: str) -> dict[str, Any]:
