@@ -12,12 +12,8 @@ import sys
 from dataclasses import replace
 
 from ascendra.core.latency import BatchShape, LatencyModel
-from ascendra.core.offload import FixedMarginPredictor
 from ascendra.experiments.presets import preset
-from ascendra.experiments.sweep import preset_system
-from ascendra.metrics import summarize
-from ascendra.perf.calibration import latency_model
-from ascendra.sim.cluster import ClusterConfig, Simulation
+from ascendra.experiments.sweep import run_point
 
 
 class ScaledPrefill:
@@ -37,16 +33,10 @@ class ScaledPrefill:
 
 def main() -> None:
     k, name, rates = float(sys.argv[1]), sys.argv[2], sys.argv[3]
-    p = preset("one-h200-longbench-gaps")
-    truth = latency_model(p.model, p.gpu, p.profile)
+    p = replace(preset("one-h200-longbench-gaps"), requests=600)
     for qps in (float(r) for r in rates.split(",")):
-        cfg = ClusterConfig(preset_system(p, name), instances=1, kv_tokens=p.kv_tokens,
-                            jitter_cv=p.jitter_cv)
-        predictor = FixedMarginPredictor(ScaledPrefill(truth, k), p.margin)
-        result = Simulation(cfg, truth, predictor, p.slo, seed=p.seed).run(
-            p.workload.requests(qps, 600, p.seed))
-        s = summarize(result.outcomes, result.gaps)
-        print(f"k={k:g} {name} {qps:g} req/s: attainment {s.attainment:.1%}")
+        point = run_point(p, name, qps, decide_with=lambda truth: ScaledPrefill(truth, k))
+        print(f"k={k:g} {name} {qps:g} req/s: attainment {point.summary.attainment:.1%}")
 
 
 if __name__ == "__main__":

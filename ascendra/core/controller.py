@@ -663,7 +663,9 @@ class _Rooms:
         return step <= p.step_fraction * req.slo.tbt
 
     def any(self, req: Request | None = None) -> bool:
-        return bool(self.open(req))
+        views = self._views.values()
+        return any(self._has_room(i, req) for i in views) or \
+            any(self._has_room(i, req, relaxed=True) for i in views)
 
     def open(self, req: Request | None = None) -> list[InstanceView]:
         return [i for i in self._views.values() if self._has_room(i, req)] or \

@@ -75,9 +75,13 @@ def preset_system(preset: Preset, name: str) -> SystemSpec:
     return replace(spec, policy=policy)
 
 
-def run_point(preset: Preset, system_name: str, qps: float) -> PointResult:
+def run_point(preset: Preset, system_name: str, qps: float,
+              decide_with: Callable[[LatencyModel], LatencyModel] | None = None) -> PointResult:
+    """One rate of one system. ``decide_with`` maps the engines' true latency model to the
+    one the controller decides with (a misestimate, to see what it costs), where not the
+    truth itself."""
     truth = latency_model(preset.model, preset.gpu, preset.profile)
-    predictor = offload_predictor(preset, truth)
+    predictor = offload_predictor(preset, decide_with(truth) if decide_with else truth)
     spec = preset_system(preset, system_name)
     hp = preset.hp_instances if spec.splittable and preset.hp_instances is not None else None
     config = ClusterConfig(spec, instances=preset.instances, hp_instances=hp,

@@ -287,9 +287,9 @@ def _sampling(url: str, path: Path, every_s: float = 5.0) -> Iterator[None]:
                     with urllib.request.urlopen(url + "/ascendra/instances", timeout=5) as r:
                         f.write(json.dumps({"t": round(time.time(), 2),
                                             "instances": json.load(r)}) + "\n")
-                    f.flush()
                 except (OSError, ValueError) as e:  # a busy router: note it, sample on
                     f.write(json.dumps({"t": round(time.time(), 2), "error": str(e)}) + "\n")
+                f.flush()
 
     worker = threading.Thread(target=sample, daemon=True)
     worker.start()
