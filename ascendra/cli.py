@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from ascendra import __version__
 from ascendra.errors import AscendraError
 
 
@@ -407,6 +408,7 @@ def _cmd_predictor(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ascendra", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ascendra {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     pd = sub.add_parser("predictor", help="train or evaluate the learned deadline predictor")

@@ -32,6 +32,14 @@ def test_sim_writes_table_json_and_plot(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_version_is_the_package_version(capsys):
+    from ascendra import __version__
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"ascendra {__version__}"
+
+
 def test_list_presets(capsys):
     assert main(["sim", "--list"]) == 0
     names = capsys.readouterr().out
