@@ -19,6 +19,18 @@ class _Parser(argparse.ArgumentParser):
         raise AscendraError(f"{message} (see '{self.prog} --help')")
 
 
+def _output_file(text: str) -> Path:
+    """A file the command writes when its work is done: its directory must exist before the
+    work starts, not be found missing after a whole sweep has run."""
+    path = Path(text)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {parent} is not a directory")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not a file")
+    return path
+
+
 def _add_policy_flags(parser: argparse.ArgumentParser, applies: str) -> None:
     """One flag per policy field (ascendra.core.policy.FIELDS), as the config file and the
     CRD name them, in kebab case."""
@@ -113,7 +125,6 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         p = replace(p, profile=None)  # the shipped profile is one model on one GPU
     # An unknown GPU, a bad model config, a bad profile or an unfit predictor fails here, once.
     offload_predictor(p, latency_model(p.model, p.gpu, p.profile))
-    observations = _writable(args.observations) if args.observations else None
     if p.instances <= 0 or not 0 <= (p.hp_instances or 0) < p.instances:
         raise AscendraError(
             f"need ≥ 1 instance and 0 ≤ HP < instances, got {p.instances} and {p.hp_instances}")
@@ -128,12 +139,12 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     sweeps = run_sweep(p, systems, jobs=args.jobs, progress=bar)
     report = rep.to_json(p, sweeps)
     print(rep.table(report))
-    if observations is not None:
+    if args.observations is not None:
         seen = [o for sw in sweeps.values() for pt in sw.points.values() for o in pt.observations]
-        observations.unlink(missing_ok=True)
-        write_observations(observations, seen)
+        args.observations.unlink(missing_ok=True)
+        write_observations(args.observations, seen)
         print(f"ascendra: observe-only (no offloads): {len(seen)} observations written to "
-              f"{observations}")
+              f"{args.observations}")
     if args.json:
         rep.write_json(report, args.json)
     if args.plot:
@@ -198,7 +209,7 @@ def _cmd_router(args: argparse.Namespace) -> int:
             slo=Slo(args.ttft, args.tbt, _tbt_kind(args.tbt_kind)), system=name,
             policy=spec.policy.with_values(policy))
     if args.observations:
-        settings.observations = _writable(args.observations)
+        settings.observations = args.observations
     if args.predictor:
         settings.predictor = Path(args.predictor)  # refused at start-up if unfit, not fatal
     if args.refit_every < 0:
@@ -214,13 +225,6 @@ def _cmd_router(args: argparse.Namespace) -> int:
         raise AscendraError(f"cannot load the tokenizer from {args.tokenizer}: {e}") from None
     uvicorn.run(router.app(), host=args.host, port=args.port, log_level="warning")
     return 0
-
-
-def _writable(path: str) -> Path:
-    p = Path(path)
-    if not p.parent.is_dir():
-        raise AscendraError(f"cannot write {p}: {p.parent} is not a directory")
-    return p
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -377,7 +381,7 @@ def _cmd_predictor(args: argparse.Namespace) -> int:
         sources = [*(args.observations or []), *([args.profile] if args.profile else [])]
         if not args.out:
             raise AscendraError("predictor train: give --out")
-        save_predictor(_writable(args.out), LearnedPredictor(
+        save_predictor(args.out, LearnedPredictor(
             args.model, ttft, latency_model(), iteration, args.quantile or 0.9,
             source=", ".join(Path(s).name for s in sources)))
         print(f"ascendra: predictor for {args.model!r} ({ttft.rows} observations"
@@ -401,7 +405,7 @@ def _cmd_predictor(args: argparse.Namespace) -> int:
         raise AscendraError("predictor eval: give --profile and/or --observations")
     text = json.dumps(report, indent=1)
     if args.json:
-        _writable(args.json).write_text(text + "\n")
+        args.json.write_text(text + "\n")
     print(text)
     return 0
 
@@ -427,23 +431,24 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--quantile", type=float, help="TTFT quantile the offload rule bounds "
                     "with (train default 0.9; eval default: the file's)")
     pd.add_argument("--predictor", help="predictor file to evaluate")
-    pd.add_argument("--out", help="predictor file to write (train)")
+    pd.add_argument("--out", type=_output_file, help="predictor file to write (train)")
     pd.add_argument("--margin", type=float, default=0.7, help="the paper rule's margin, s")
-    pd.add_argument("--json", type=Path, help="also write the report here (eval)")
+    pd.add_argument("--json", type=_output_file, help="also write the report here (eval)")
     pd.set_defaults(func=_cmd_predictor)
 
     sim = sub.add_parser("sim", help="simulate a preset's QPS sweep and report goodput")
     sim.add_argument("--preset", help="experiment preset (see --list)")
     sim.add_argument("--list", action="store_true", help="list presets and exit")
-    sim.add_argument("--json", type=Path, help="write the report as JSON here")
-    sim.add_argument("--plot", type=Path, help="write attainment vs QPS as PNG here")
+    sim.add_argument("--json", type=_output_file, help="write the report as JSON here")
+    sim.add_argument("--plot", type=_output_file, help="write attainment vs QPS as PNG here")
     sim.add_argument("--systems", help="comma-separated subset of the preset's systems")
     sim.add_argument("--profile", help="measured profile CSV (ascendra profile) to fit the "
                      "latency model to, instead of the calibrated constants")
     sim.add_argument("--predictor", help="learned predictor file (ascendra predictor train, "
                      "for --model's name): the offload rule bounds with it instead of the "
                      "preset's margin")
-    sim.add_argument("--observations", help="observe only: no offloads, and every queued "
+    sim.add_argument("--observations", type=_output_file,
+                     help="observe only: no offloads, and every queued "
                      "request's snapshots and time to first token (JSONL, ascendra predictor "
                      "train's input) are written here")
     sim.add_argument("--qps", help="comma-separated request rates to start the sweep with")
@@ -499,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "max (every gap)")
     ro.add_argument("--system", help="the registry's system whose policy this router runs "
                     "(default ascendra; vllm, vllm-lb, vllm-shed and sarathi are the baselines)")
-    ro.add_argument("--observations", help="append queued requests' snapshots and times to "
+    ro.add_argument("--observations", type=_output_file,
+                    help="append queued requests' snapshots and times to "
                     "first token (JSONL, the deadline predictor's data) to this file")
     ro.add_argument("--predictor", help="learned deadline predictor file (ascendra predictor "
                     "train); one that does not fit is logged and the analytic one serves")
@@ -559,8 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--vocab", type=int, default=1000, help="token-id prompts draw from [16, N)")
     b.add_argument("--seed", type=int, default=1)
     b.add_argument("--warmup", type=int, default=0, help="unmeasured requests sent first")
-    b.add_argument("--json", help="write the report here")
-    b.add_argument("--plot", help="write attainment vs rate here (PNG)")
+    b.add_argument("--json", type=_output_file, help="write the report here")
+    b.add_argument("--plot", type=_output_file, help="write attainment vs rate here (PNG)")
     b.add_argument("--label", help="name of this system in the plot")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_cmd_bench)
@@ -569,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(engine-reported) into a profile CSV for the latency model")
     pr.add_argument("--url", default="http://127.0.0.1:8100", help="the engine's base URL")
     pr.add_argument("--model", required=True, help="the engine's served model name")
-    pr.add_argument("--out", required=True, help="profile CSV to write")
+    pr.add_argument("--out", required=True, type=_output_file, help="profile CSV to write")
     pr.add_argument("--max-model-len", type=int, default=2048)
     pr.add_argument("--prefill", default="32,128,512,1024", help="prompt lengths to prefill")
     pr.add_argument("--decodes", default="1,4,16,64", help="decode batch sizes")
