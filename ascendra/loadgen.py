@@ -195,10 +195,22 @@ async def run_rate(cfg: BenchConfig, rate: float,
     return RateResult(rate, summarize(outcomes, gaps), outcomes, time.perf_counter() - start)
 
 
+async def _reachable(url: str, timeout_s: float = 10.0) -> None:
+    """Refuse to measure a server that does not answer: every request of a sweep against a
+    stopped one fails alike, and a report of 0% attainment would hide why."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as http, http.get(f"{url}/models"):
+            pass  # any HTTP answer (also 401 or 404) says a server is there
+    except (TimeoutError, aiohttp.ClientConnectionError) as e:
+        raise AscendraError(f"cannot reach the server at {url}: {e or 'timed out'}") from None
+
+
 def run_bench(cfg: BenchConfig, progress: Callable[[int, str], Any] | None = None
               ) -> list[RateResult]:
     if not cfg.rates or any(r <= 0 for r in cfg.rates):
         raise AscendraError("rates must be positive")
+    asyncio.run(_reachable(cfg.url))
     if cfg.warmup:
         # Engines compile kernels for new batch shapes lazily; do that before measuring.
         warm = replace(cfg, requests=cfg.warmup, seed=cfg.seed + 1000)

@@ -68,6 +68,8 @@ def test_list_presets(capsys):
         (["profile", "--model", "m", "--out", "p.csv", "--prefill", "4096"],
          "does not fit --max-model-len 2048"),
         (["profile", "--model", "m", "--out", "/no/such/dir/p.csv"], "is not a directory"),
+        (["bench", "--url", "http://127.0.0.1:1/v1", "--model", "m", "--qps", "1"],
+         "cannot reach the server at http://127.0.0.1:1/v1"),
         # output files are checked before the work starts, not after a whole sweep
         (["sim", "--preset", "anchor-h100", "--json", "/no/such/dir/r.json"],
          "cannot write /no/such/dir/r.json: /no/such/dir is not a directory"),
