@@ -23,9 +23,8 @@ def _output_file(text: str) -> Path:
     """A file the command writes when its work is done: its directory must exist before the
     work starts, not be found missing after a whole sweep has run."""
     path = Path(text)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise argparse.ArgumentTypeError(f"cannot write {text}: {parent} is not a directory")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {path.parent} is not a directory")
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a directory, not a file")
     return path
