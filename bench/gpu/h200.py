@@ -142,12 +142,12 @@ SESSIONS = [
         # engine arguments, every request at priority 0, which vLLM orders as FCFS.
         _sweep("vllm-direct-prio", None, "longbench-gaps"),
         # The ShareGPT-like comparison on the same engine process (one engine start): the
-        # bare engine at one priority, vLLM's peer client on both, and vllm-shed.
+        # bare engine at one priority, and vLLM's peer client on both. (vllm-shed cannot run
+        # here: the local stack starts a router only over the engines of its own system.)
         _sweep("vllm-direct-prio", None, "sharegpt"),
         _peer("vllm-direct-prio", None, "-a"), _peer("vllm-direct-prio", None, "-b"),
         Sweep(f"h200-vllm-direct-prio-sharegpt-{PEER_RATE}-again", None, SHAREGPT,
               SLO_SHAREGPT, (PEER_RATE,), warmup=0),
-        _sweep("vllm-shed-prio", "vllm-shed", "sharegpt"),
         _sweep("ascendra", "ascendra", "sharegpt", suffix="-again"),
     )),
     EngineSession("vllm", (
