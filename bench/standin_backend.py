@@ -2,10 +2,14 @@
 
 It answers ``POST /v1/completions`` with an OpenAI/vLLM-style SSE stream of ``max_tokens`` token
 ids, the first after ``--first-delay`` and the rest ``--gap`` apart, and serves a minimal vLLM-like
-``/metrics`` so a router sees it as a healthy engine. It runs no model and must never be used to
-judge scheduling; the real engine in every other test and benchmark is vLLM.
+``/metrics`` so a router sees it as a healthy engine. With ``--refuse-token ID`` it answers a
+prompt holding that token id as vLLM answers a request it rejects (400 and an OpenAI-style error
+body): how the router's tests reach a refusal the router itself does not foresee. It runs no model
+and must never be used to judge scheduling; the real engine in every other test and benchmark is
+vLLM.
 
     python bench/standin_backend.py --port 18900 [--first-delay 0.002] [--gap 0.001]
+        [--refuse-token ID]
 """
 
 from __future__ import annotations
@@ -25,12 +29,16 @@ vllm:kv_cache_usage_perc{{engine="0",model_name="standin"}} 0.0
 """
 
 
-def make_app(first_delay: float, gap: float) -> web.Application:
+def make_app(first_delay: float, gap: float, refuse_token: int | None = None) -> web.Application:
     running = 0
 
     async def completions(request: web.Request) -> web.StreamResponse:
         nonlocal running
         body = await request.json()
+        if refuse_token is not None and refuse_token in (body.get("prompt") or ()):
+            return web.json_response({"error": {
+                "message": f"the stand-in refuses token {refuse_token}",
+                "type": "BadRequestError", "param": None, "code": 400}}, status=400)
         n = int(body.get("max_tokens") or 16)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
@@ -69,9 +77,10 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=18900)
     ap.add_argument("--first-delay", type=float, default=0.002)
     ap.add_argument("--gap", type=float, default=0.001)
+    ap.add_argument("--refuse-token", type=int, help="answer prompts holding this token id 400")
     args = ap.parse_args()
-    web.run_app(make_app(args.first_delay, args.gap), host="127.0.0.1", port=args.port,
-                print=None, access_log=None)
+    web.run_app(make_app(args.first_delay, args.gap, args.refuse_token), host="127.0.0.1",
+                port=args.port, print=None, access_log=None)
 
 
 if __name__ == "__main__":

@@ -153,6 +153,8 @@ class Router:
             else:
                 ids, requested = self.encoder.completion_ids(body), body.max_tokens
             max_tokens = self.encoder.budget(len(ids), requested)
+            body.check_min_tokens(max_tokens)
+            self.encoder.check_vocabulary(body.stop_token_ids or [], "stop_token_ids")
             criticality = criticality_from_headers(x.headers)
             if not self.pool.routable():
                 raise ApiError(503, "no healthy engine instance is available",
@@ -166,6 +168,9 @@ class Router:
             return
         session = self._session(body, ids, max_tokens, slo, criticality, arrival)
         status = await self._placement(x, session)
+        if status is None:
+            opening = await self._opening(x, session)
+            status = opening if isinstance(opening, int) else None
         if status is not None:
             self.metrics.requests.labels(endpoint, str(status)).inc()
             return
@@ -179,9 +184,9 @@ class Router:
         # client or benchmark can count who was served late on purpose.
         headers = {RELEGATED_HEADER: "true"} if session.relegated else None
         if body.stream:
-            await x.stream(self._stream(session, shape), headers)
+            await x.stream(self._stream(session, shape, opening), headers)
         else:
-            await self._whole(x, session, shape, headers)
+            await self._whole(x, session, shape, opening, headers)
 
     async def _placement(self, x: Exchange, session: Session) -> int | None:
         """Queue the request and wait for the controller: None once it is released to an
@@ -212,7 +217,9 @@ class Router:
 
     async def _next_batch(self, session: Session) -> list[TokenEvent]:
         """The token events ready for the client, once any failed instance is recovered from.
-        Raises ApiError when the stream cannot go on."""
+        Raises ApiError when the stream cannot go on: the engine refused the request (its
+        4xx, the client's error: no recovery, and the instance stays healthy), or it failed
+        and no other instance could take the request over."""
         assert self.http is not None
         out: list[TokenEvent] = []
         for ev in await session.next_events():
@@ -221,6 +228,10 @@ class Router:
                 continue
             if not session.is_current(ev):
                 continue
+            if ev.status is not None:
+                raise ApiError(ev.status, ev.error, code="engine_refused" if ev.status < 500
+                               else "internal_error", type_="invalid_request_error"
+                               if ev.status < 500 else "server_error")
             log.warning("stream %s failed on %s: %s", session.id, ev.instance.url, ev.error)
             if await self.control.recover(session, ev.instance):
                 continue
@@ -229,33 +240,70 @@ class Router:
                            code="engine_failed")
         return out
 
-    async def _stream(self, session: Session, shape: ResponseShape) -> AsyncIterator[bytes]:
-        error: str | None = None
+    async def _opening(self, x: Exchange, session: Session) -> list[TokenEvent] | int:
+        """The first token events, waited for before anything is sent, so that an engine's
+        refusal reaches the client as that HTTP error; else the status the client was
+        answered (the error's, or 499 when it left)."""
+        async def first() -> list[TokenEvent]:
+            while True:
+                events = await self._next_batch(session)
+                if events or session.done:
+                    return events
+
+        work = asyncio.ensure_future(first())
+        watch = asyncio.ensure_future(x.disconnected())
+        try:
+            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            await session.stop()
+            self._record(session, "client disconnected before its first token")
+            return 499
+        try:
+            return work.result()
+        except ApiError as e:
+            await session.stop()
+            self._record(session, e.message, client_error=e.status < 500)
+            await x.json(e.status, e.body())
+            return e.status
+
+    async def _stream(self, session: Session, shape: ResponseShape,
+                      opening: list[TokenEvent]) -> AsyncIterator[bytes]:
+        error: ApiError | None = None
         first = True
+        batch = opening
         try:
             try:
-                while not session.done:
+                while True:
                     parts = []
-                    for ev in await self._next_batch(session):
+                    for ev in batch:
                         parts.append(shape.event(ev.text, ev.token_ids, ev.finish_reason,
                                                  first))
                         first = False
                     if parts:
                         yield b"".join(parts)
+                    if session.done:
+                        break
+                    batch = await self._next_batch(session)
             except ApiError as e:
-                error = e.message
+                error = e
                 yield sse(e.body())
             if error is None and shape.include_usage:
                 yield sse(shape.usage_chunk(len(session.generated)))
             yield SSE_DONE
         finally:
             await session.stop()  # a client that went away aborts the engine request
-            self._record(session, error)
+            self._record(session, error and error.message,
+                         client_error=error is not None and error.status < 500)
 
     async def _whole(self, x: Exchange, session: Session, shape: ResponseShape,
-                     headers: dict[str, str] | None) -> None:
+                     opening: list[TokenEvent], headers: dict[str, str] | None) -> None:
         async def collect() -> dict[str, Any]:
-            texts: list[str] = []
+            texts = [ev.text for ev in opening]
             while not session.done:
                 texts += [ev.text for ev in await self._next_batch(session)]
             return shape.whole("".join(texts), session.generated, session.finish_reason,
@@ -264,6 +312,7 @@ class Router:
         work = asyncio.ensure_future(collect())
         watch = asyncio.ensure_future(x.disconnected())
         error: str | None = None
+        client_error = False
         try:
             await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
             if not work.done():
@@ -273,7 +322,7 @@ class Router:
             try:
                 result = work.result()
             except ApiError as e:
-                error = e.message
+                error, client_error = e.message, e.status < 500
                 await x.json(e.status, e.body())
                 return
             await x.json(200, result, headers)
@@ -281,9 +330,13 @@ class Router:
             for t in (work, watch):
                 t.cancel()
             await session.stop()
-            self._record(session, error)
+            self._record(session, error, client_error=client_error)
 
-    def _record(self, s: Session, error: str | None, rejected: str | None = None) -> None:
+    def _record(self, s: Session, error: str | None, rejected: str | None = None,
+                client_error: bool = False) -> None:
+        """The request's outcome into the metrics, and out of the controller. A client's
+        error is no SLO miss: a client sending what no engine can serve must not page
+        anyone."""
         r = s.request
         n = len(s.generated)
         outcome = RequestOutcome(
@@ -297,7 +350,8 @@ class Router:
             gap_p99=float(np.percentile(s.gaps, 99)) if s.gaps else None,
             relegated=s.relegated, rejected=rejected,
         )
-        self.metrics.observe(outcome, s.predicted_ttft)
+        if not client_error:
+            self.metrics.observe(outcome, s.predicted_ttft)
         self.control.finished(s)
 
     # -- the app ---------------------------------------------------------------------------

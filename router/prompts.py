@@ -72,10 +72,7 @@ class PromptEncoder:
             ids: list[int] = self.tokenizer.encode(prompt).ids
         else:
             ids = list(prompt)  # type: ignore[arg-type]
-            bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
-            if bad is not None:
-                raise ApiError(400, f"token id {bad} is outside the vocabulary "
-                                    f"(0..{self.vocab_size - 1})", param="prompt")
+            self.check_vocabulary(ids, "prompt")
         if not ids:
             raise ApiError(400, "prompt is empty", param="prompt")
         return ids
@@ -93,6 +90,12 @@ class PromptEncoder:
                            param="messages") from None
         # The template writes the special tokens itself (as transformers does).
         return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def check_vocabulary(self, ids: list[int], param: str) -> None:
+        bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise ApiError(400, f"token id {bad} is outside the vocabulary "
+                                f"(0..{self.vocab_size - 1})", param=param)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

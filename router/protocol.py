@@ -6,10 +6,10 @@ Everything a client can get wrong is refused here with an OpenAI-style 4xx error
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ascendra.core.request import Slo
@@ -36,23 +36,32 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _Sampling(BaseModel):
-    """Sampling fields passed through to vLLM unchanged."""
+# The engines' transport carries 64-bit integers only: a wider one in a field passed through
+# would fail on the way there, after the client's 200.
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
+StopString = Annotated[str, Field(min_length=1)]
 
-    model_config = ConfigDict(extra="ignore")
+
+class _Sampling(BaseModel):
+    """Sampling fields passed through to vLLM, refused here with vLLM's own bounds
+    (``vllm.SamplingParams._verify_args``) so that an engine never sees a request it rejects:
+    an engine's refusal is the client's error, but it costs a round trip and a held stream."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = None
+    top_k: int | None = Field(None, ge=-1, le=2**31 - 1)  # -1 and 0: no top-k
     min_p: float | None = Field(None, ge=0, le=1)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
+    seed: Int64 | None = None
+    stop: StopString | list[StopString] | None = None
+    stop_token_ids: list[Count] | None = None  # within the vocabulary: PromptEncoder checks
     ignore_eos: bool = False
-    min_tokens: int = Field(0, ge=0)
+    min_tokens: Count = 0
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     repetition_penalty: float | None = Field(None, gt=0)
@@ -65,6 +74,11 @@ class _Sampling(BaseModel):
                 "ignore_eos", "presence_penalty", "frequency_penalty", "repetition_penalty")
         return {k: v for k in keys if (v := getattr(self, k)) is not None}
 
+    def check_min_tokens(self, max_tokens: int) -> None:
+        if self.min_tokens > max_tokens:
+            raise ApiError(400, f"min_tokens ({self.min_tokens}) must not exceed max_tokens "
+                                f"({max_tokens})", param="min_tokens")
+
     def check_supported(self) -> None:
         if self.n != 1:
             raise ApiError(400, "n > 1 is not supported by the Ascendra router", param="n")
@@ -74,8 +88,8 @@ class _Sampling(BaseModel):
 
 
 class CompletionBody(_Sampling):
-    prompt: str | list[int] | list[str] | list[list[int]]
-    max_tokens: int | None = 16
+    prompt: str | list[Count] | list[str] | list[list[Count]]
+    max_tokens: Int64 | None = 16
     echo: bool = False
 
     def check_supported(self) -> None:
@@ -93,8 +107,8 @@ class ChatMessage(BaseModel):
 
 class ChatBody(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    max_tokens: Int64 | None = None
+    max_completion_tokens: Int64 | None = None
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -103,9 +117,12 @@ class ChatBody(_Sampling):
 
 
 def parse_body(raw: bytes, kind: type[_Sampling]) -> Any:
+    """orjson is strict where Python's json is not: it refuses NaN and Infinity, lone
+    surrogates (which no tokenizer can encode) and nesting past 1,024 levels (where json
+    recurses until it fails), each with a message for the client."""
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
         raise ApiError(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object")

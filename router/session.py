@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,9 @@ import aiohttp
 from ascendra.core.request import Request, TbtKind
 from ascendra.router.detokenize import IncrementalText
 from ascendra.router.instances import Instance
-from ascendra.router.upstream import UpstreamError, stream_tokens
+from ascendra.router.upstream import EngineRefused, UpstreamError, stream_tokens
+
+log = logging.getLogger("ascendra.router")
 
 
 @dataclass(slots=True)
@@ -36,9 +39,15 @@ class TokenEvent:
 
 @dataclass(slots=True)
 class FailureEvent:
+    """The stream's current attempt ended without finishing. ``status`` None: its instance
+    failed (the request may be recovered elsewhere); else the request itself failed, with
+    that HTTP status for the client (an engine's refusal, a router fault), and the instance
+    is as healthy as before."""
+
     attempt: int
     instance: Instance
     error: str
+    status: int | None = None
 
 
 @dataclass(eq=False)
@@ -149,6 +158,12 @@ class Session:
             raise UpstreamError("engine stream ended without a finish reason")
         except UpstreamError as e:
             self._events.put_nowait(FailureEvent(attempt, instance, str(e)))
+        except EngineRefused as e:
+            self._events.put_nowait(FailureEvent(attempt, instance, e.message, e.status))
+        except Exception as e:  # a fault here ends this request with an error, never a hang
+            log.exception("stream %s: reader failed", self.id)
+            self._events.put_nowait(FailureEvent(
+                attempt, instance, f"internal router error: {e.__class__.__name__}", 500))
 
     async def stop(self) -> None:
         """Cancel the upstream stream (the engine aborts the request)."""

@@ -25,6 +25,27 @@ class UpstreamError(Exception):
     """The engine failed the request (connection refused or lost, 5xx, malformed stream)."""
 
 
+class EngineRefused(Exception):
+    """The engine refused the request (a 4xx): the client's error, which says nothing of the
+    engine's health."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error_message(body: bytes) -> str:
+    """The message of an OpenAI-style error body (vLLM's, old form or new), else the text."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:300].decode("utf-8", "replace")
+    err = data.get("error", data) if isinstance(data, dict) else None
+    message = err.get("message") if isinstance(err, dict) else None
+    return str(message)[:1000] if message else body[:300].decode("utf-8", "replace")
+
+
 @dataclass(slots=True)
 class Delta:
     token_ids: list[int]
@@ -38,6 +59,8 @@ async def stream_tokens(http: aiohttp.ClientSession, engine_url: str,
     payload = orjson.dumps({**body, "stream": True, "return_token_ids": True})
     try:
         async with await _send(http, engine_url + "/v1/completions", payload) as resp:
+            if 400 <= resp.status < 500:
+                raise EngineRefused(resp.status, _error_message(await resp.read()))
             if resp.status != 200:
                 detail = (await resp.text())[:300]
                 raise UpstreamError(f"engine answered {resp.status}: {detail}")
