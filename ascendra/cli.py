@@ -168,19 +168,21 @@ def _cmd_runtime(args: argparse.Namespace) -> int:
                           served_model_name=args.served_model_name,
                           max_model_len=args.max_model_len, extra=tuple(args.engine_args),
                           defaults=CPU_DEFAULTS if args.cpu else ())
+    if args.progress_timeout <= 0:
+        raise AscendraError("--progress-timeout must be > 0")
     agent = Agent(AgentConfig(launch=launch, agent_port=args.agent_port, role=args.role,
-                              role_file=Path(args.role_file) if args.role_file else None))
+                              role_file=Path(args.role_file) if args.role_file else None,
+                              progress_timeout=args.progress_timeout))
     uvicorn.run(agent.app(), host=args.agent_host, port=args.agent_port, log_level="warning")
     return 0
 
 
 def _cmd_router(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from ascendra.core.request import Slo
     from ascendra.core.systems import system
     from ascendra.router.app import Router, RouterSettings
     from ascendra.router.instances import InstanceSpec
+    from ascendra.router.server import serve
 
     policy = _policy_overrides(args)
     if args.config:
@@ -222,7 +224,7 @@ def _cmd_router(args: argparse.Namespace) -> int:
         router = Router(settings)
     except OSError as e:
         raise AscendraError(f"cannot load the tokenizer from {args.tokenizer}: {e}") from None
-    uvicorn.run(router.app(), host=args.host, port=args.port, log_level="warning")
+    serve(router.app(), host=args.host, port=args.port)
     return 0
 
 
@@ -479,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--agent-port", type=int, default=8100, help="the agent's port")
     rt.add_argument("--role", default="lp", help="lp, hp or mixed (baseline)")
     rt.add_argument("--role-file", help="read the role from this file (downward API labels)")
+    rt.add_argument("--progress-timeout", type=float, default=30.0,
+                    help="requests on the engine and no engine step for this long, s: it is "
+                         "reported not ready (a hung engine core)")
     rt.add_argument("--system", default="ascendra", help="engine settings: ascendra, vllm, "
                     "sarathi")
     rt.add_argument("--max-model-len", type=int)

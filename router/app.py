@@ -31,7 +31,14 @@ from ascendra.core.systems import system
 from ascendra.core.view import Role
 from ascendra.metrics import RequestOutcome
 from ascendra.predict.observations import Observation, write_observations
-from ascendra.router.asgi import App, BodyTooLarge, ClientGone, Exchange, hot_routes
+from ascendra.router.asgi import (
+    App,
+    BodyTooLarge,
+    BodyTooSlow,
+    ClientGone,
+    Exchange,
+    hot_routes,
+)
 from ascendra.router.control import ControlLoop, EngineRateModel
 from ascendra.router.discovery import KubernetesDiscovery
 from ascendra.router.formats import SSE_DONE, ResponseShape, sse
@@ -74,6 +81,7 @@ class RouterSettings:
     # Larger request bodies are refused (413) before they are read: a prompt of the longest
     # context as text or token ids is far smaller.
     max_body_bytes: int = 8 << 20
+    body_timeout: float = 30.0  # a body slower than this is refused (408)
 
 
 class Router:
@@ -136,9 +144,11 @@ class Router:
         endpoint = "chat" if chat else "completions"
         try:
             try:
-                raw = await x.body(self.settings.max_body_bytes)
+                raw = await x.body(self.settings.max_body_bytes, self.settings.body_timeout)
             except BodyTooLarge as e:
                 raise ApiError(413, str(e), code="request_too_large") from None
+            except BodyTooSlow as e:
+                raise ApiError(408, str(e), code="request_timeout") from None
             if chat:
                 body: CompletionBody | ChatBody = parse_body(raw, ChatBody)
             else:
@@ -149,9 +159,9 @@ class Router:
                                code="model_not_found")
             slo = slo_from_headers(x.headers, self.settings.slo)
             if isinstance(body, ChatBody):
-                ids, requested = self.encoder.chat_ids(body), body.requested_max_tokens
+                ids, requested = await self.encoder.chat_ids(body), body.requested_max_tokens
             else:
-                ids, requested = self.encoder.completion_ids(body), body.max_tokens
+                ids, requested = await self.encoder.completion_ids(body), body.max_tokens
             max_tokens = self.encoder.budget(len(ids), requested)
             body.check_min_tokens(max_tokens)
             self.encoder.check_vocabulary(body.stop_token_ids or [], "stop_token_ids")
@@ -260,13 +270,13 @@ class Router:
             work.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await work
-            await session.stop()
+            await session.close()
             self._record(session, "client disconnected before its first token")
             return 499
         try:
             return work.result()
         except ApiError as e:
-            await session.stop()
+            await session.close()
             self._record(session, e.message, client_error=e.status < 500)
             await x.json(e.status, e.body())
             return e.status
@@ -296,7 +306,7 @@ class Router:
                 yield sse(shape.usage_chunk(len(session.generated)))
             yield SSE_DONE
         finally:
-            await session.stop()  # a client that went away aborts the engine request
+            await session.close()  # a client that went away aborts the engine request
             self._record(session, error and error.message,
                          client_error=error is not None and error.status < 500)
 
@@ -329,7 +339,7 @@ class Router:
         finally:
             for t in (work, watch):
                 t.cancel()
-            await session.stop()
+            await session.close()
             self._record(session, error, client_error=client_error)
 
     def _record(self, s: Session, error: str | None, rejected: str | None = None,

@@ -38,6 +38,11 @@ class BodyTooLarge(Exception):
         super().__init__(f"request body is larger than {limit} bytes")
 
 
+class BodyTooSlow(Exception):
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"request body did not arrive within {timeout:g} s")
+
+
 def _header_list(headers: dict[str, str] | None, content_type: bytes,
                  length: int | None = None) -> list[tuple[bytes, bytes]]:
     out = [(b"content-type", content_type)]
@@ -57,10 +62,19 @@ class Exchange:
         for k, v in scope["headers"]:
             self.headers.setdefault(k.decode("latin-1").lower(), v.decode("latin-1"))
 
-    async def body(self, limit: int) -> bytes:
+    async def body(self, limit: int, timeout: float | None = None) -> bytes:
+        """The whole body, refused once it is over ``limit`` bytes (from its declared length,
+        before anything is read, or as it arrives) or slower than ``timeout`` seconds."""
         declared = self.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise BodyTooLarge(limit)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._read_body(limit)
+        except TimeoutError:
+            raise BodyTooSlow(timeout or 0.0) from None
+
+    async def _read_body(self, limit: int) -> bytes:
         parts: list[bytes] = []
         size = 0
         while True:

@@ -148,8 +148,12 @@ class ControlLoop:
         self.model.observe(self.pool.routable())
         now = time.time()
         for inst in self.pool.instances:
+            hung = inst.state is not None and inst.state.stalled
             for s in list(inst.sessions.values()):
-                s.check_stall(now, self.stall_timeout)
+                if hung:  # queued there or streaming, nothing will come: recover them all
+                    s.fail_attempt(f"engine {inst.url} makes no progress")
+                else:
+                    s.check_stall(now, self.stall_timeout)
         self.run_pass(periodic=True)
         relegated = self.core.relegated_count
         self.metrics.router_queue.labels("waiting").set(len(self.core) - relegated)
@@ -167,7 +171,7 @@ class ControlLoop:
             self._reject(rej)
         for rel in d.releases:
             s = self.sessions.get(rel.request.id)
-            if s is None or s.placed is None or s.placed.done():
+            if s is None or s.closed or s.placed is None or s.placed.done():
                 continue
             inst = self.pool.instance(rel.instance)
             s.start(self.http, inst, rel.engine_priority)
@@ -178,7 +182,7 @@ class ControlLoop:
                 self._snapshot_release(s, inst, now)
         for mv in d.moves:
             s = self.sessions.get(mv.request.id)
-            if s is not None and not s.moving and not s.done:
+            if s is not None and not s.moving and not s.done and not s.closed:
                 self._start_move(s, mv)
 
     def _reject(self, rej: Reject) -> None:

@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from ascendra.core.view import InstanceView, Role
-from ascendra.runtime.engine_state import EngineState, RateTracker, parse_metrics
+from ascendra.runtime.engine_state import (
+    EngineState,
+    ProgressWatch,
+    RateTracker,
+    parse_metrics,
+)
 
 if TYPE_CHECKING:
     from ascendra.router.session import Session
@@ -57,6 +62,8 @@ class Instance:
     removed: bool = False  # gone from discovery; kept so that indexes stay stable
     sessions: dict[str, Session] = field(default_factory=dict)
     _rates: RateTracker = field(default_factory=RateTracker)
+    # A bare vLLM's progress, judged here; an agent judges its own engine's.
+    _progress: ProgressWatch = field(default_factory=lambda: ProgressWatch(30.0))
 
     @property
     def url(self) -> str:
@@ -134,8 +141,11 @@ class InstancePool:
                     r.raise_for_status()
                     sample = parse_metrics(await r.text())
                 inst._rates.observe(sample)
+                inst._progress.observe(sample, time.monotonic())
+                stalled = inst._progress.stalled(time.monotonic())
                 state = EngineState(
-                    role=inst.spec.role.value, ready=True, running=sample.running,
+                    role=inst.spec.role.value, ready=not stalled, stalled=stalled,
+                    running=sample.running,
                     waiting=sample.waiting, kv_usage=sample.kv_usage,
                     kv_capacity_tokens=sample.kv_capacity_tokens,
                     step_time=inst._rates.step_time,

@@ -76,6 +76,7 @@ class Session:
     criticality: int = 0  # the client's class: higher first, negative sheddable
     relegated: bool = False
     moving: bool = False  # a move is under way
+    closed: bool = False  # its client's answer has ended: it never runs anywhere again
     tokens_here: int = 0  # tokens from its current instance (0: it waits there unstarted)
     # Resolved when the controller releases it (None) or sheds it (the Reject); made when the
     # session is submitted.
@@ -115,6 +116,8 @@ class Session:
 
     def start(self, http: aiohttp.ClientSession, instance: Instance,
               priority: int | None) -> None:
+        if self.closed:
+            raise RuntimeError(f"session {self.id} is closed")
         self._attempt += 1
         self.instance = instance
         self.priority = priority
@@ -175,11 +178,19 @@ class Session:
         if self.instance is not None:
             self.instance.sessions.pop(self.id, None)
 
+    async def close(self) -> None:
+        """The client's answer has ended (finished, failed or abandoned): stop the upstream
+        for good. A move under way when the client leaves finds the session closed once its
+        old stream is stopped, and starts nothing (it used to start an orphan that generated
+        to ``max_tokens`` with no reader)."""
+        self.closed = True
+        await self.stop()
+
     async def move(self, http: aiohttp.ClientSession, target: Instance,
                    priority: int | None) -> bool:
         """Token replay onto ``target``. False if there is nothing left to move."""
         await self.stop()
-        if self.done:
+        if self.done or self.closed:
             return False
         if self.remaining <= 0:
             self.finish_reason = "length"
@@ -203,13 +214,17 @@ class Session:
         in an overloaded engine's queue for any time, and calling that a failure moved such
         requests and marked busy engines unhealthy (measured on a GPU). An engine that dies
         ends its streams with an error, which is recovered without this."""
-        if self.done or self.instance is None or self._stalled == self._attempt \
-                or not self.generated \
-                or now - self.last_event_at <= timeout:
+        if not self.generated or now - self.last_event_at <= timeout:
+            return False
+        return self.fail_attempt(f"no token for {timeout:g} s")
+
+    def fail_attempt(self, reason: str) -> bool:
+        """Report the current upstream as failed (once per attempt), so that the request is
+        recovered elsewhere: a stalled stream, or any request on an engine found hung."""
+        if self.done or self.closed or self.instance is None or self._stalled == self._attempt:
             return False
         self._stalled = self._attempt
-        self._events.put_nowait(FailureEvent(self._attempt, self.instance,
-                                             f"no token for {timeout:g} s"))
+        self._events.put_nowait(FailureEvent(self._attempt, self.instance, reason))
         return True
 
     async def next_events(self) -> list[TokenEvent | FailureEvent]:

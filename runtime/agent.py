@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from ascendra.runtime.engine_args import EngineLaunch
-from ascendra.runtime.engine_state import EngineState, RateTracker, parse_metrics
+from ascendra.runtime.engine_state import (
+    EngineState,
+    ProgressWatch,
+    RateTracker,
+    parse_metrics,
+)
 from ascendra.runtime.procs import die_with_parent
 
 ROLES = ("lp", "hp", "mixed")
@@ -46,6 +52,24 @@ def read_role_file(path: Path) -> str | None:
     return role if role in ROLES else None
 
 
+def stop_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Stop every process of ``proc``'s group (its leader may be gone already)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the leader, so that it does not count as left
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @dataclass
 class AgentConfig:
     launch: EngineLaunch
@@ -55,6 +79,7 @@ class AgentConfig:
     scrape_interval: float = 0.1
     python: str = sys.executable
     env: dict[str, str] | None = None
+    progress_timeout: float = 30.0  # requests on the engine and no step this long: not ready
 
 
 class Agent:
@@ -64,6 +89,7 @@ class Agent:
         self.engine_url = f"http://{cfg.launch.host}:{cfg.launch.port}"
         self.ready = False
         self.rates = RateTracker()
+        self.progress = ProgressWatch(cfg.progress_timeout)
         self.sample = parse_metrics("")
         self.proc: subprocess.Popen[bytes] | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -82,8 +108,10 @@ class Agent:
 
     def state(self) -> EngineState:
         s = self.sample
+        stalled = self.progress.stalled(time.monotonic())
         return EngineState(
-            role=self.current_role(), ready=self.ready, running=s.running, waiting=s.waiting,
+            role=self.current_role(), ready=self.ready and not stalled, stalled=stalled,
+            running=s.running, waiting=s.waiting,
             kv_usage=s.kv_usage, kv_capacity_tokens=s.kv_capacity_tokens,
             max_seqs=self.cfg.launch.max_seqs, token_budget=self.cfg.launch.token_budget,
             gpu=self.gpu, step_time=self.rates.step_time,
@@ -93,20 +121,18 @@ class Agent:
 
     def start_engine(self) -> None:
         env = {**os.environ, **(self.cfg.env or {})}
-        # Same process group as the agent: whoever stops the runtime's group stops its engine.
+        # A process group of its own: the engine's whole tree (API server, EngineCore,
+        # workers) is stopped as one, however the API server ended (a SIGKILLed one used to
+        # leave its EngineCore running). The agent stops it when it stops.
         self.proc = subprocess.Popen(self.cfg.launch.argv(self.cfg.python), env=env,
-                                     preexec_fn=die_with_parent)
+                                     start_new_session=True, preexec_fn=die_with_parent)
 
     def stop_engine(self, timeout: float = 20.0) -> None:
+        """SIGTERM the engine's process group, SIGKILL whatever is left after ``timeout``."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_group(proc, timeout)
 
     async def scrape_forever(self) -> None:
         assert self._http is not None
@@ -115,6 +141,7 @@ class Agent:
                 self.ready = False
                 print(f"ascendra runtime: vLLM exited with status {self.proc.returncode}",
                       file=sys.stderr, flush=True)
+                self.stop_engine(timeout=5.0)  # what of its tree is left
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
             try:
@@ -122,6 +149,7 @@ class Agent:
                     if resp.status == 200:
                         self.sample = parse_metrics(await resp.text())
                         self.rates.observe(self.sample)
+                        self.progress.observe(self.sample, time.monotonic())
                         self.ready = True
             except (TimeoutError, aiohttp.ClientError):
                 self.ready = False

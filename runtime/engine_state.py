@@ -83,6 +83,31 @@ def parse_metrics(text: str) -> MetricsSample:
     )
 
 
+class ProgressWatch:
+    """Whether an engine makes progress: with requests on it, its step counter (one per
+    engine step, ``vllm:iteration_tokens_total``) or its generated tokens must move within
+    ``timeout`` seconds. An engine core that hangs while its API server still answers reports
+    the same gauges forever; without this it stayed healthy, and requests queued on it waited
+    as long as it hung. ``now`` is the caller's clock."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._last: MetricsSample | None = None
+        self._since: float | None = None  # when it last moved, or last had nothing to do
+
+    def observe(self, sample: MetricsSample, now: float) -> None:
+        last, self._last = self._last, sample
+        idle = sample.running + sample.waiting == 0
+        moved = last is None or sample.step_tokens_count != last.step_tokens_count \
+            or sample.generated_tokens != last.generated_tokens
+        if idle or moved or self._since is None:
+            self._since = now
+
+    def stalled(self, now: float) -> bool:
+        return self._since is not None and self._last is not None \
+            and self._last.running + self._last.waiting > 0 and now - self._since > self.timeout
+
+
 @dataclass(frozen=True, slots=True)
 class EngineState:
     """What the runtime reports about its engine (the router's view of an instance)."""
@@ -101,6 +126,7 @@ class EngineState:
     # current load (the latency model's batch time is decode_step_time + tokens × this).
     prefill_s_per_token: float | None = None
     decode_step_time: float | None = None
+    stalled: bool = False  # requests on it and no step for a while: its core is hung
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -7,7 +7,7 @@ import asyncio
 
 import orjson
 
-from ascendra.router.asgi import BodyTooLarge, Exchange, hot_routes
+from ascendra.router.asgi import BodyTooLarge, BodyTooSlow, Exchange, hot_routes
 
 
 def _call(app, method: str, path: str, body: bytes = b"",
@@ -66,6 +66,37 @@ def test_a_body_over_the_cap_is_refused_from_its_header_or_as_it_is_read():
     streamed = _call(app, "POST", "/v1/completions", b"x" * 11)
     assert declared[0]["status"] == streamed[0]["status"] == 413
     assert seen == ["request body is larger than 10 bytes"] * 2
+
+
+def test_a_body_slower_than_its_timeout_is_refused():
+    seen: list[str] = []
+
+    async def timed(x: Exchange) -> None:
+        try:
+            await x.body(100, timeout=0.05)
+        except BodyTooSlow as e:
+            seen.append(str(e))
+            await x.json(408, {"error": str(e)})
+
+    async def receive() -> dict:  # a first part, then a client that never sends the rest
+        if not seen and not sent:
+            sent.append({})
+            return {"type": "http.request", "body": b"{", "more_body": True}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    sent: list[dict] = []
+    out: list[dict] = []
+
+    async def send(msg: dict) -> None:
+        out.append(msg)
+
+    app = hot_routes({"/v1/completions": timed}, _fallback)
+    asyncio.run(asyncio.wait_for(app({"type": "http", "method": "POST",
+                                      "path": "/v1/completions", "headers": []},
+                                     receive, send), 5))
+    assert out[0]["status"] == 408
+    assert seen == ["request body did not arrive within 0.05 s"]
 
 
 def test_a_handler_that_fails_before_answering_gets_an_openai_style_500():

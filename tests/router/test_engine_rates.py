@@ -138,3 +138,21 @@ def test_a_window_without_tokens_between_still_counts_its_prefills():
     rates.observe(parse_metrics(_scrape(0.0, 0, 0.05, 1, 100)))
     assert rates.step_time is None
     assert rates.prefill_s_per_token == pytest.approx(0.0005)
+
+
+def test_an_engine_with_work_and_no_steps_is_stalled_and_an_idle_one_is_not():
+    from ascendra.runtime.engine_state import MetricsSample, ProgressWatch
+
+    w = ProgressWatch(timeout=5.0)
+    busy = MetricsSample(running=3, step_tokens_count=100, generated_tokens=900)
+    w.observe(busy, 0.0)
+    w.observe(busy, 4.0)
+    assert not w.stalled(4.0)
+    w.observe(busy, 6.0)
+    assert w.stalled(6.0)  # requests running, not one step in 6 s
+    w.observe(MetricsSample(running=3, step_tokens_count=101, generated_tokens=903), 7.0)
+    assert not w.stalled(7.0)  # it moved again
+    idle = MetricsSample(running=0, step_tokens_count=101, generated_tokens=903)
+    for t in (8.0, 20.0, 60.0):
+        w.observe(idle, t)
+        assert not w.stalled(t)  # nothing to do is no hang

@@ -1,0 +1,138 @@
+"""Engines that fail without closing their streams: a SIGKILLed vLLM API server (which used to
+leave its EngineCore running, about 3 GB) and a hung engine core behind an API server that still
+answers (which used to stay healthy while requests waited on it for as long as it hung)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+from serving_support import SEATS, Stack, spawn, spawn_router, wait_healthy
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def _tree(pid: int) -> list[int]:
+    seen, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        seen.append(p)
+        todo += _children(p)
+    return seen
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def _runtime(stack: Stack, port: int, *extra: str):
+    agent = spawn("runtime", "--cpu", "--model", str(stack.model_dir), "--served-model-name",
+                  "tiny-llama", "--port", str(port), "--agent-port", str(port + 1), "--role",
+                  "lp", "--max-model-len", "2048", *extra, "--", "--max-num-seqs", str(SEATS))
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return agent
+        except OSError:
+            assert agent.poll() is None, "the runtime exited"
+            time.sleep(1)
+    raise AssertionError("the engine did not come up")
+
+
+def test_a_sigkilled_api_server_takes_its_engine_core_with_it(stack: Stack):
+    agent = _runtime(stack, 18220)
+    try:
+        api_servers = _children(agent.pid)
+        assert len(api_servers) == 1, api_servers
+        engine = _tree(api_servers[0])
+        assert len(engine) >= 2, "the API server and its EngineCore"
+        os.kill(api_servers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(_alive(p) for p in engine):
+            time.sleep(0.5)
+        assert not [p for p in engine if _alive(p)], "engine processes outlived the API server"
+        assert agent.wait(60) != 0  # the runtime says its engine died
+    finally:
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGKILL)
+
+
+async def _stream(http: aiohttp.ClientSession, url: str, out: dict) -> dict:
+    body = {"model": "tiny-llama", "prompt": "keep going", "max_tokens": 200, "stream": True,
+            "ignore_eos": True, "return_token_ids": True}
+    out.update(ids=[], error=None, finish=None)
+    async with http.post(url + "/v1/completions", json=body) as r:
+        assert r.status == 200, await r.text()
+        async for line in r.content:
+            if line.startswith(b"data: {"):
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    out["error"] = chunk["error"]
+                for ch in chunk.get("choices", ()):
+                    out["ids"] += ch["token_ids"]
+                    out["finish"] = ch["finish_reason"] or out["finish"]
+    return out
+
+
+def test_a_hung_engine_core_is_unhealthy_and_its_requests_finish_elsewhere(stack: Stack):
+    agent = _runtime(stack, 18230, "--progress-timeout", "3")
+    victim = "http://127.0.0.1:18230,agent=http://127.0.0.1:18231"
+    router = spawn_router(stack, 18030, [victim, f"{stack.lp_engine},agent={stack.lp_agent}"],
+                          "--dispatch", "round-robin")
+    stopped: list[int] = []
+    try:
+        wait_healthy("http://127.0.0.1:18030", 2, 120)
+        core = _tree(_children(agent.pid)[0])[1:]  # all but the API server
+
+        async def run() -> tuple[list[dict], float]:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
+                url = "http://127.0.0.1:18030"
+                outs: list[dict] = [{}, {}, {}]
+                tasks = [asyncio.create_task(_stream(http, url, outs[0]))]  # to the victim
+                tasks.append(asyncio.create_task(_stream(http, url, outs[1])))  # the other
+                while len(outs[0].get("ids", ())) < 10:  # under way on the victim
+                    assert not tasks[0].done(), outs[0]
+                    await asyncio.sleep(0.01)
+                for p in core:
+                    os.kill(p, signal.SIGSTOP)
+                    stopped.append(p)
+                t = time.monotonic()
+                # Round-robin sends the third to the victim again, where it waits unstarted.
+                tasks.append(asyncio.create_task(_stream(http, url, outs[2])))
+                await asyncio.gather(*tasks)
+                return outs, time.monotonic() - t
+
+        outs, took = asyncio.run(run())
+        for out in outs:
+            assert out["error"] is None and out["finish"] == "length" and len(out["ids"]) == 200
+        assert took < 30  # the progress timeout (3 s) and a move, not the 30 s stall timeout
+        with urllib.request.urlopen("http://127.0.0.1:18030/metrics", timeout=5) as r:
+            moved = sum(float(line.rsplit(" ", 1)[1]) for line in r.read().decode().splitlines()
+                        if line.startswith('ascendra_migrations_total{reason="recovery"}'))
+        assert moved == 2  # the started stream and the queued one, off the hung engine
+        with urllib.request.urlopen("http://127.0.0.1:18030/health", timeout=5) as r:
+            assert json.loads(r.read()) == {"healthy_instances": 1}
+    finally:
+        for p in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGCONT)
+        for proc in (router, agent):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(60)
