@@ -281,6 +281,17 @@ def test_recovery_and_drain_targets():
         [(0, 2, MoveReason.DRAIN), (1, 2, MoveReason.DRAIN)]
 
 
+def test_moves_by_choice_leave_the_last_move_of_the_budget_for_a_failure():
+    c = ctl(max_moves=2)
+    a = req(0, 1000)
+    view = ClusterView(0.0, [inst(0), inst(1), inst(2)])
+    moved_once = _flight(a, 0, generated=5, first=0.0, last=0.1, moves=1)
+    assert c.drain(view, 0, [moved_once]) == []  # a second drain would spend the last move
+    move = c.recovery(view, moved_once, failed=0)  # which recovery may
+    assert move is not None and move.reason is MoveReason.RECOVERY
+    assert c.recovery(view, _flight(a, 0, moves=2), failed=0) is None
+
+
 def test_a_withdrawn_request_is_never_released():
     c = ctl()
     c.enqueue(req(0, 100))

@@ -514,7 +514,7 @@ class ClusterController:
             if not targets:
                 continue
             queued = [(f, s) for f, s in self.engine_queue(view, inst)
-                      if f.moves < self.policy.max_moves]
+                      if self._may_move(f)]
             if not queued:
                 continue
             bounds = self.predictor.ttft_bounds([s for _, s in queued])
@@ -557,7 +557,7 @@ class ClusterController:
             if slo.tbt_kind is not TbtKind.MEAN or f.first_token_at is None \
                     or f.last_token_at is None or f.generated < 2 \
                     or (f.last_token_at - f.first_token_at) / (f.generated - 1) <= slo.tbt \
-                    or f.remaining <= 0 or f.moves >= self.policy.max_moves \
+                    or f.remaining <= 0 or not self._may_move(f) \
                     or f.tbt_moves >= self.policy.max_tbt_moves or f.instance not in by_index:
                 continue
             source = by_index[f.instance]
@@ -582,10 +582,16 @@ class ClusterController:
             prefill_attn_pairs=chunk * (chunk + 1) / 2, num_decodes=inst.running,
             decode_context=inst.decode_context))
 
+    def _may_move(self, f: InFlight) -> bool:
+        """A move by choice (offload, TBT, drain) leaves the budget's last move for a failure:
+        streams drained up to their budget could not be recovered when their new engine then
+        died, with another one healthy."""
+        return f.moves < self.policy.max_moves - 1
+
     # -- failures and drains ---------------------------------------------------------------
     def recovery(self, view: ClusterView, f: InFlight, failed: int) -> Move | None:
         """Where a request whose instance failed resumes: the healthy instance with the least
-        predicted delay, within its move budget."""
+        predicted delay, within its move budget (whose last move only a failure spends)."""
         if f.moves >= self.policy.max_moves:
             return None
         others = [i for i in view.instances if i.index != failed]
@@ -605,7 +611,7 @@ class ClusterController:
         rooms = _Rooms(list(others.values()), self.policy, self.predictor)
         moves = []
         for f in streams:
-            if f.moves >= self.policy.max_moves:
+            if not self._may_move(f):
                 continue
             target = min((rooms.current(i) for i in others),
                          key=lambda i: (predicted_delay(self.predictor, i, f.tokens), i.index))

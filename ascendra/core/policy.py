@@ -87,7 +87,7 @@ class Policy:
     offload_guard: bool = True  # only to a target predicted to meet the deadline
     migration: bool = False  # measured: it cost attainment on every preset (docs/simulator.md)
     moves_within_gpu: bool = False
-    max_moves: int = 3  # offloads, migrations, recoveries and drains per request
+    max_moves: int = 3  # moves of any kind per request; the last is for recovery
     max_tbt_moves: int = 1
     # HP instances take a new request directly only through a ticket; beyond the paper, the
     # ticket also needs the HP's step within this fraction of the TBT target (0: paper's rule).
