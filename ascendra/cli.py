@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -172,7 +173,8 @@ def _cmd_runtime(args: argparse.Namespace) -> int:
         raise AscendraError("--progress-timeout must be > 0")
     agent = Agent(AgentConfig(launch=launch, agent_port=args.agent_port, role=args.role,
                               role_file=Path(args.role_file) if args.role_file else None,
-                              progress_timeout=args.progress_timeout))
+                              progress_timeout=args.progress_timeout,
+                              admin_token=os.environ.get("ASCENDRA_ADMIN_TOKEN") or None))
     uvicorn.run(agent.app(), host=args.agent_host, port=args.agent_port, log_level="warning")
     return 0
 
@@ -181,6 +183,7 @@ def _cmd_router(args: argparse.Namespace) -> int:
     from ascendra.core.request import Slo
     from ascendra.core.systems import system
     from ascendra.router.app import Router, RouterSettings
+    from ascendra.router.auth import Credentials
     from ascendra.router.instances import InstanceSpec
     from ascendra.router.server import serve
 
@@ -220,6 +223,7 @@ def _cmd_router(args: argparse.Namespace) -> int:
         if not Path(args.predictor_dir).is_dir():
             raise AscendraError(f"--predictor-dir {args.predictor_dir} is not a directory")
         settings.predictor_dir = Path(args.predictor_dir)
+    settings.credentials = Credentials.from_env(os.environ)
     try:
         router = Router(settings)
     except OSError as e:

@@ -134,9 +134,47 @@ def router_config(spec: ServiceSpec) -> dict[str, Any]:
     }
 
 
+# Prometheus as the prometheus-operator labels its pods, in any namespace: it scrapes the
+# engines' and agents' /metrics (monitoring_objects).
+PROMETHEUS_PEER = {"namespaceSelector": {},
+                   "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+OPERATOR_PEER = {"namespaceSelector": {},
+                 "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ascendra-operator"}}}
+
+
+def runtime_policy(spec: ServiceSpec) -> dict[str, Any]:
+    """Engines and agents take connections from this service's routers, the operator and
+    Prometheus only: an engine serves anyone who reaches it, with no key and no queue."""
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": _meta(spec, f"{spec.name}-runtime", "runtime"),
+        "spec": {
+            "podSelector": {"matchLabels": {SERVICE_LABEL: spec.name,
+                                            "app.kubernetes.io/component": "runtime"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [
+                {"podSelector": {"matchLabels": {SERVICE_LABEL: spec.name,
+                                                 "app.kubernetes.io/component": "router"}}},
+                OPERATOR_PEER, PROMETHEUS_PEER]}],
+        },
+    }
+
+
+def _credential_env(spec: ServiceSpec) -> list[dict[str, Any]]:
+    """The router's client keys and admin token, from the Secrets the service names (the
+    kubelet reads them; the router's own Role grants no access to Secrets)."""
+    env = []
+    for name, ref in (("ASCENDRA_API_KEYS", spec.router_api_keys),
+                      ("ASCENDRA_ADMIN_TOKEN", spec.router_admin_token)):
+        if ref is not None:
+            env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": ref[0],
+                                                                      "key": ref[1]}}})
+    return env
+
+
 def router_objects(spec: ServiceSpec) -> list[dict[str, Any]]:
     """The router's ServiceAccount, least-privilege Role and binding, ConfigMap, Deployment and
-    Service, plus the runtime pods' headless Service."""
+    Service, plus the runtime pods' NetworkPolicy and headless Service."""
     name = f"{spec.name}-router"
     router_labels = labels(spec, "router")
     volumes, mounts = _model_volume(spec)
@@ -161,6 +199,7 @@ def router_objects(spec: ServiceSpec) -> list[dict[str, Any]]:
                                    "protocol": "TCP"}],
                         "readinessProbe": {"httpGet": {"path": "/health", "port": "http"},
                                            "periodSeconds": 5},
+                        "env": _credential_env(spec),
                         "resources": spec.router_resources,
                         "volumeMounts": [{"name": "config", "mountPath": "/etc/ascendra"},
                                          *mounts],
@@ -189,6 +228,7 @@ def router_objects(spec: ServiceSpec) -> list[dict[str, Any]]:
                   "selector": {SERVICE_LABEL: spec.name, "app.kubernetes.io/component": "router"},
                   "ports": [{"name": "http", "port": spec.router_port,
                              "targetPort": "http", "protocol": "TCP"}]}},
+        runtime_policy(spec),
         {"apiVersion": "v1", "kind": "Service",
          "metadata": _meta(spec, f"{spec.name}-runtime", "runtime"),
          "spec": {"clusterIP": "None",

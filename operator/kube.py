@@ -38,13 +38,14 @@ class Kube:
         self.core = client.CoreV1Api(self.api)
         self.apps = client.AppsV1Api(self.api)
         self.rbac = client.RbacAuthorizationV1Api(self.api)
+        self.networking = client.NetworkingV1Api(self.api)
 
     def _plain(self, obj: Any) -> dict[str, Any]:
         return self.api.sanitize_for_serialization(obj)
 
     def _ops(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
         """read, create, patch for a namespaced kind."""
-        c, a, r = self.core, self.apps, self.rbac
+        c, a, r, n = self.core, self.apps, self.rbac, self.networking
         table = {
             "ServiceAccount": (c.read_namespaced_service_account,
                                c.create_namespaced_service_account,
@@ -58,6 +59,9 @@ class Kube:
             "Role": (r.read_namespaced_role, r.create_namespaced_role, r.patch_namespaced_role),
             "RoleBinding": (r.read_namespaced_role_binding, r.create_namespaced_role_binding,
                             r.patch_namespaced_role_binding),
+            "NetworkPolicy": (n.read_namespaced_network_policy,
+                              n.create_namespaced_network_policy,
+                              n.patch_namespaced_network_policy),
         }
         return table[kind]
 

@@ -84,6 +84,9 @@ class ServiceSpec:
     router_port: int = 8000
     router_service_type: str = "ClusterIP"
     router_resources: dict[str, Any] = field(default_factory=dict)
+    # (Secret name, key) of the client API keys (comma-separated) and of the admin token
+    router_api_keys: tuple[str, str] | None = None
+    router_admin_token: tuple[str, str] | None = None
 
     def clamp_hp(self, hp: int | None) -> int:
         """An HP count within the bounds (the initial one when there is none yet)."""
@@ -174,4 +177,13 @@ def parse(body: dict[str, Any]) -> ServiceSpec:
         router_port=int(_get(spec, "router", "port", default=8000)),
         router_service_type=_get(spec, "router", "serviceType", default="ClusterIP"),
         router_resources=dict(_get(spec, "router", "resources", default={}) or {}),
+        router_api_keys=_secret_ref(spec, "apiKeysSecret", "api-keys"),
+        router_admin_token=_secret_ref(spec, "adminTokenSecret", "admin-token"),
     )
+
+
+def _secret_ref(spec: dict[str, Any], field_name: str, default_key: str) -> tuple[str, str] | None:
+    ref = _get(spec, "router", field_name)
+    if ref is None:
+        return None
+    return str(ref["name"]), str(ref.get("key", default_key))

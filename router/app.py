@@ -39,6 +39,7 @@ from ascendra.router.asgi import (
     Exchange,
     hot_routes,
 )
+from ascendra.router.auth import Credentials
 from ascendra.router.control import ControlLoop, EngineRateModel
 from ascendra.router.discovery import KubernetesDiscovery
 from ascendra.router.formats import SSE_DONE, ResponseShape, sse
@@ -82,6 +83,7 @@ class RouterSettings:
     # context as text or token ids is far smaller.
     max_body_bytes: int = 8 << 20
     body_timeout: float = 30.0  # a body slower than this is refused (408)
+    credentials: Credentials = field(default_factory=Credentials)  # none: open (local)
 
 
 class Router:
@@ -143,6 +145,7 @@ class Router:
         arrival = time.time()
         endpoint = "chat" if chat else "completions"
         try:
+            self.settings.credentials.check_client(x.headers.get("authorization"))
             try:
                 raw = await x.body(self.settings.max_body_bytes, self.settings.body_timeout)
             except BodyTooLarge as e:
@@ -406,8 +409,17 @@ class Router:
             return JSONResponse(ApiError(exc.status_code, str(exc.detail)).body(),
                                 exc.status_code)
 
-        @app.get("/v1/models")
-        async def models() -> dict[str, Any]:
+        def refused(check: Any, request: Request) -> JSONResponse | None:
+            try:
+                check(request.headers.get("authorization"))
+            except ApiError as e:
+                return JSONResponse(e.body(), e.status)
+            return None
+
+        @app.get("/v1/models", response_model=None)
+        async def models(request: Request) -> dict[str, Any] | JSONResponse:
+            if (denied := refused(self.settings.credentials.check_client, request)) is not None:
+                return denied
             return {"object": "list", "data": [{
                 "id": self.settings.model_name, "object": "model", "created": 0,
                 "owned_by": "ascendra", "max_model_len": self.settings.max_model_len}]}
@@ -423,14 +435,18 @@ class Router:
             return Response(generate_latest(self.metrics.registry),
                             media_type=CONTENT_TYPE_LATEST)
 
-        @app.get("/ascendra/instances")
-        async def instances() -> list[dict[str, Any]]:
+        @app.get("/ascendra/instances", response_model=None)
+        async def instances(request: Request) -> list[dict[str, Any]] | JSONResponse:
+            if (denied := refused(self.settings.credentials.check_admin, request)) is not None:
+                return denied
             return [{"url": i.url, "role": i.role.value, "healthy": i.healthy,
                      "state": i.state.as_dict() if i.state else None,
                      "own_streams": len(i.sessions)} for i in self.pool.instances]
 
         @app.post("/ascendra/drain")
         async def drain(request: Request) -> JSONResponse:
+            if (denied := refused(self.settings.credentials.check_admin, request)) is not None:
+                return denied
             try:
                 url = str((await request.json())["instance"]).rstrip("/")
             except (ValueError, KeyError, TypeError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import os
 import re
 import signal
@@ -80,6 +81,7 @@ class AgentConfig:
     python: str = sys.executable
     env: dict[str, str] | None = None
     progress_timeout: float = 30.0  # requests on the engine and no step this long: not ready
+    admin_token: str | None = None  # required by PUT /ascendra/role when set
 
 
 class Agent:
@@ -178,6 +180,11 @@ class Agent:
 
         @app.put("/ascendra/role")
         async def set_role(request: Request) -> JSONResponse:
+            if self.cfg.admin_token is not None and not hmac.compare_digest(
+                    request.headers.get("authorization", "").encode(),
+                    f"Bearer {self.cfg.admin_token}".encode()):
+                return JSONResponse({"error": "the role takes the admin token: "
+                                              "Authorization: Bearer TOKEN"}, 401)
             try:
                 role = (await request.json()).get("role")
             except (ValueError, AttributeError):

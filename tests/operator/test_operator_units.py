@@ -106,14 +106,34 @@ def test_router_objects_and_least_privilege_rbac():
     assert set(objs) == {("ServiceAccount", "llama-8b-router"), ("Role", "llama-8b-router"),
                          ("RoleBinding", "llama-8b-router"), ("ConfigMap", "llama-8b-router"),
                          ("Deployment", "llama-8b-router"), ("Service", "llama-8b-router"),
-                         ("Service", "llama-8b-runtime")}
+                         ("Service", "llama-8b-runtime"),
+                         ("NetworkPolicy", "llama-8b-runtime")}
     assert objs[("Role", "llama-8b-router")]["rules"] == [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
     cfg = json.loads(objs[("ConfigMap", "llama-8b-router")]["data"]["router.json"])
     assert cfg == router_config(s) and cfg["slo"] == {"ttft": 1.0, "tbt": 0.15, "tbtKind": "mean"}
     assert cfg["system"] == "ascendra" and cfg["policy"] == s.policy.as_mapping()
     assert objs[("Service", "llama-8b-runtime")]["spec"]["clusterIP"] == "None"
+    policy = objs[("NetworkPolicy", "llama-8b-runtime")]["spec"]
+    assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "runtime"
+    assert policy["ingress"][0]["from"][0] == {"podSelector": {"matchLabels": {
+        "ascendra.io/service": "llama-8b", "app.kubernetes.io/component": "router"}}}
     assert all(o["metadata"]["ownerReferences"][0]["uid"] == "uid-1" for o in objs.values())
+
+
+def test_router_credentials_come_from_the_secrets_the_service_names():
+    def router_env(s) -> list:
+        dep = next(o for o in router_objects(s) if o["kind"] == "Deployment")
+        return dep["spec"]["template"]["spec"]["containers"][0]["env"]
+
+    assert router_env(parse(body())) == []  # none named: the router is open
+    s = parse(body(router__apiKeysSecret={"name": "llama-keys"},
+                   router__adminTokenSecret={"name": "ops", "key": "token"}))
+    assert router_env(s) == [
+        {"name": "ASCENDRA_API_KEYS",
+         "valueFrom": {"secretKeyRef": {"name": "llama-keys", "key": "api-keys"}}},
+        {"name": "ASCENDRA_ADMIN_TOKEN",
+         "valueFrom": {"secretKeyRef": {"name": "ops", "key": "token"}}}]
 
 
 def test_roles_put_hp_last():

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,59 +17,22 @@ from pathlib import Path
 
 import openai
 import pytest
+from standin_router import get, standin_router
 
-from ascendra.runtime.tiny_model import build_tiny_model
-
-ROOT = Path(__file__).resolve().parents[2]
 BACKEND, ROUTER = 18960, 18970
 REFUSE = 7  # the token id the stand-in refuses
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def _wait_healthy(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if _get(url + "/health") == (200, '{"healthy_instances":1}'):
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not become healthy")
-
-
 def _metric(url: str, name: str) -> float:
-    _, text = _get(url + "/metrics")
+    _, text = get(url + "/metrics")
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name))
 
 
 @pytest.fixture(scope="module")
 def router() -> Iterator[str]:
-    model = build_tiny_model()
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "bench" / "standin_backend.py"),
-                               "--port", str(BACKEND), "--refuse-token", str(REFUSE)],
-                              start_new_session=True),
-             subprocess.Popen([sys.executable, "-m", "ascendra.cli", "router", "--model-name",
-                               "tiny-llama", "--tokenizer", str(model), "--max-model-len",
-                               "2048", "--port", str(ROUTER), "--instance",
-                               f"http://127.0.0.1:{BACKEND}"], start_new_session=True,
-                              stderr=subprocess.DEVNULL)]
-    url = f"http://127.0.0.1:{ROUTER}"
-    try:
-        _wait_healthy(url)
+    with standin_router(BACKEND, ROUTER, "--refuse-token", str(REFUSE)) as url:
         yield url
-    finally:
-        for p in procs:
-            os.killpg(p.pid, signal.SIGTERM)
-            p.wait(30)
 
 
 def _client(url: str) -> openai.OpenAI:
@@ -93,7 +53,7 @@ def test_an_engine_refusal_reaches_the_client_as_400_and_the_engine_stays_health
                 list(r)
         assert f"refuses token {REFUSE}" in e.value.body["message"]
         assert e.value.body["code"] == "engine_refused"
-    assert _get(router + "/health") == (200, '{"healthy_instances":1}')
+    assert get(router + "/health") == (200, '{"healthy_instances":1}')
     ok = c.completions.create(model="tiny-llama", prompt=[1, 2, 3], max_tokens=4)
     assert ok.usage.completion_tokens == 4
     # The refusals are no SLO misses; the one served request is the only new outcome.
@@ -142,7 +102,7 @@ def test_a_huge_header_is_refused_with_431_and_the_router_serves_on(router: str)
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
     assert b"header_too_large" in answer
-    assert _get(router + "/health") == (200, '{"healthy_instances":1}')
+    assert get(router + "/health") == (200, '{"healthy_instances":1}')
 
 
 def test_connections_that_never_send_a_whole_head_are_closed(router: str):
@@ -152,7 +112,7 @@ def test_connections_that_never_send_a_whole_head_are_closed(router: str):
     for s in socks[::2]:
         s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Slow: a")
     try:
-        assert _get(router + "/health") == (200, '{"healthy_instances":1}')  # serves on
+        assert get(router + "/health") == (200, '{"healthy_instances":1}')  # serves on
         deadline = time.monotonic() + 20
         for s in socks:
             s.settimeout(max(0.1, deadline - time.monotonic()))
@@ -183,4 +143,4 @@ def test_a_huge_prompt_is_refused_fast_and_memory_returns(router: str):
     assert e.value.code == 400 and b"context_length_exceeded" in e.value.read()
     assert time.monotonic() - t0 < 5
     assert _rss_mb(pid) < before + 64
-    assert _get(router + "/health") == (200, '{"healthy_instances":1}')
+    assert get(router + "/health") == (200, '{"healthy_instances":1}')
