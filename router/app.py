@@ -52,6 +52,8 @@ from ascendra.router.protocol import (
     ApiError,
     ChatBody,
     CompletionBody,
+    DetokenizeBody,
+    TokenizeBody,
     criticality_from_headers,
     parse_body,
     slo_from_headers,
@@ -141,17 +143,42 @@ class Router:
                        min_tokens=body.min_tokens, model=self.settings.model_name,
                        decode=self.encoder.decode, criticality=criticality)
 
+    async def _client_body(self, x: Exchange) -> bytes:
+        """A client's request body, once its key is checked, within the size and time caps."""
+        self.settings.credentials.check_client(x.headers.get("authorization"))
+        try:
+            return await x.body(self.settings.max_body_bytes, self.settings.body_timeout)
+        except BodyTooLarge as e:
+            raise ApiError(413, str(e), code="request_too_large") from None
+        except BodyTooSlow as e:
+            raise ApiError(408, str(e), code="request_timeout") from None
+
+    async def tokens(self, x: Exchange, detokenize: bool) -> None:
+        """vLLM's ``/tokenize`` and ``/detokenize``, with the router's own tokenizer: what
+        ``vllm bench serve`` asks to check that its prompts are the lengths it meant."""
+        try:
+            raw = await self._client_body(x)
+            if detokenize:
+                back = parse_body(raw, DetokenizeBody)
+                self.encoder.check_vocabulary(back.tokens, "tokens")
+                result: dict[str, Any] = {"prompt": self.encoder.decode(back.tokens)}
+            else:
+                body = parse_body(raw, TokenizeBody)
+                ids = await self.encoder.encode(body.prompt, body.add_special_tokens)
+                result = {"count": len(ids), "max_model_len": self.settings.max_model_len,
+                          "tokens": ids}
+        except ClientGone:
+            return
+        except ApiError as e:
+            await x.json(e.status, e.body())
+            return
+        await x.json(200, result)
+
     async def generate(self, x: Exchange, chat: bool) -> None:
         arrival = time.time()
         endpoint = "chat" if chat else "completions"
         try:
-            self.settings.credentials.check_client(x.headers.get("authorization"))
-            try:
-                raw = await x.body(self.settings.max_body_bytes, self.settings.body_timeout)
-            except BodyTooLarge as e:
-                raise ApiError(413, str(e), code="request_too_large") from None
-            except BodyTooSlow as e:
-                raise ApiError(408, str(e), code="request_timeout") from None
+            raw = await self._client_body(x)
             if chat:
                 body: CompletionBody | ChatBody = parse_body(raw, ChatBody)
             else:
@@ -369,7 +396,8 @@ class Router:
 
     # -- the app ---------------------------------------------------------------------------
     def app(self) -> App:
-        """The completion endpoints as plain ASGI (ascendra.router.asgi), the rest FastAPI."""
+        """The POST endpoints clients use as plain ASGI (ascendra.router.asgi): the completions,
+        /tokenize and /detokenize; the rest FastAPI."""
 
         async def completions(x: Exchange) -> None:
             await self.generate(x, chat=False)
@@ -377,8 +405,16 @@ class Router:
         async def chat_completions(x: Exchange) -> None:
             await self.generate(x, chat=True)
 
+        async def tokenize(x: Exchange) -> None:
+            await self.tokens(x, detokenize=False)
+
+        async def detokenize(x: Exchange) -> None:
+            await self.tokens(x, detokenize=True)
+
         return hot_routes({"/v1/completions": completions,
-                           "/v1/chat/completions": chat_completions}, self._admin_app())
+                           "/v1/chat/completions": chat_completions,
+                           "/tokenize": tokenize, "/detokenize": detokenize},
+                          self._admin_app())
 
     def _admin_app(self) -> FastAPI:
         @contextlib.asynccontextmanager

@@ -116,7 +116,21 @@ class ChatBody(_Sampling):
             else self.max_tokens
 
 
-def parse_body(raw: bytes, kind: type[_Sampling]) -> Any:
+class TokenizeBody(BaseModel):
+    """vLLM's ``/tokenize`` request (the completion form): what its benchmark client sends to
+    check that its tokenizer and the server's agree."""
+
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+
+
+class DetokenizeBody(BaseModel):
+    model: str | None = None
+    tokens: list[Count]
+
+
+def parse_body(raw: bytes, kind: type[BaseModel]) -> Any:
     """orjson is strict where Python's json is not: it refuses NaN and Infinity, lone
     surrogates (which no tokenizer can encode) and nesting past 1,024 levels (where json
     recurses until it fails), each with a message for the client."""
@@ -133,7 +147,8 @@ def parse_body(raw: bytes, kind: type[_Sampling]) -> Any:
         where = ".".join(str(p) for p in err["loc"]) or None
         raise ApiError(400, f"{where}: {err['msg']}" if where else err["msg"],
                        param=where) from None
-    body.check_supported()
+    if isinstance(body, _Sampling):
+        body.check_supported()
     return body
 
 

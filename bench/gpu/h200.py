@@ -330,7 +330,7 @@ def _peer_bench(step: PeerBench, url: str, stack: LocalStack, out: Path) -> dict
             f.write(json.dumps({"prompt": " ".join(f"t{i}" for i in ids),
                                 "output_tokens": s.output_len}) + "\n")
     result = f"{step.name}.vllm.json"
-    argv = [sys.executable, "-c", PEER_MAIN, "--backend", "vllm", "--base-url", url,
+    argv = [sys.executable, "-m", "ascendra.peer_bench", "--backend", "vllm", "--base-url", url,
             "--endpoint", "/v1/completions", "--model", stack.name, "--served-model-name",
             stack.name, "--tokenizer", str(stack.model), "--dataset-name", "custom",
             "--dataset-path", str(data), "--custom-output-len", "-1", "--skip-chat-template",
@@ -349,13 +349,6 @@ def _peer_bench(step: PeerBench, url: str, stack: LocalStack, out: Path) -> dict
     return {"system": step.system or "vllm", "direct_to_engine": step.system is None,
             "slo": _slo(step.slo), "rate": step.rate, "requests": step.requests,
             "vllm_result": result, "argv": argv[3:]}
-
-
-# ``vllm bench serve`` through its library entry (the ``vllm`` command looks its own version
-# up in the package metadata, which the CPU build installs under another name).
-PEER_MAIN = ("import sys; from vllm.benchmarks.serve import add_cli_args, main; "
-             "from vllm.utils.argparse_utils import FlexibleArgumentParser; "
-             "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
 
 
 def _slo(slo: Slo) -> dict[str, object]:
