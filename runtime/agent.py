@@ -34,7 +34,7 @@ from ascendra.runtime.engine_state import (
     RateTracker,
     parse_metrics,
 )
-from ascendra.runtime.procs import die_with_parent
+from ascendra.runtime.procs import adopt_orphans, die_with_parent, kill_children
 
 ROLES = ("lp", "hp", "mixed")
 ROLE_LABEL = "ascendra.io/role"
@@ -51,24 +51,6 @@ def read_role_file(path: Path) -> str | None:
     m = _LABEL_LINE.search(text)
     role = (m.group(1) if m else text.strip()).lower()
     return role if role in ROLES else None
-
-
-def stop_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
-    """Stop every process of ``proc``'s group (its leader may be gone already)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        proc.poll()  # reap the leader, so that it does not count as left
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 @dataclass
@@ -123,18 +105,27 @@ class Agent:
 
     def start_engine(self) -> None:
         env = {**os.environ, **(self.cfg.env or {})}
-        # A process group of its own: the engine's whole tree (API server, EngineCore,
-        # workers) is stopped as one, however the API server ended (a SIGKILLed one used to
-        # leave its EngineCore running). The agent stops it when it stops.
+        # Same process group as the agent: whoever stops the runtime's group stops its engine.
+        # The agent adopts the engine's orphans, so that an API server that dies any way
+        # (SIGKILL included, which used to leave its EngineCore running) leaves nothing.
+        adopt_orphans()
         self.proc = subprocess.Popen(self.cfg.launch.argv(self.cfg.python), env=env,
-                                     start_new_session=True, preexec_fn=die_with_parent)
+                                     preexec_fn=die_with_parent)
 
     def stop_engine(self, timeout: float = 20.0) -> None:
-        """SIGTERM the engine's process group, SIGKILL whatever is left after ``timeout``."""
+        """SIGTERM the API server; SIGKILL it after ``timeout``, and then whatever of the
+        engine is left (its children, adopted once it is gone)."""
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        stop_group(proc, timeout)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        kill_children()
 
     async def scrape_forever(self) -> None:
         assert self._http is not None
