@@ -235,15 +235,9 @@ class Router:
         self.control.submit(session)
         placed = session.placed
         assert placed is not None
-        if not placed.done():
-            watch = asyncio.ensure_future(x.disconnected())
-            try:
-                await asyncio.wait({placed, watch}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                watch.cancel()
-            if not placed.done():
-                self._record(session, "client disconnected while queued")
-                return 499
+        if not await x.unless_gone(placed):
+            self._record(session, "client disconnected while queued")
+            return 499
         outcome = placed.result()
         if isinstance(outcome, Reject):
             self._record(session, outcome.message, rejected=outcome.reason.value)
@@ -291,12 +285,7 @@ class Router:
                     return events
 
         work = asyncio.ensure_future(first())
-        watch = asyncio.ensure_future(x.disconnected())
-        try:
-            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watch.cancel()
-        if not work.done():
+        if not await x.unless_gone(work):
             work.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await work
@@ -350,12 +339,10 @@ class Router:
                                len(session.generated))
 
         work = asyncio.ensure_future(collect())
-        watch = asyncio.ensure_future(x.disconnected())
         error: str | None = None
         client_error = False
         try:
-            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if not work.done():
+            if not await x.unless_gone(work):
                 error = "client disconnected"
                 await x.empty(499)
                 return
@@ -367,8 +354,7 @@ class Router:
                 return
             await x.json(200, result, headers)
         finally:
-            for t in (work, watch):
-                t.cancel()
+            work.cancel()
             await session.close()
             self._record(session, error, client_error=client_error)
 

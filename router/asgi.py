@@ -94,6 +94,16 @@ class Exchange:
         while (await self._receive())["type"] != "http.disconnect":
             pass
 
+    async def unless_gone(self, task: asyncio.Future[Any]) -> bool:
+        """Wait for ``task`` or for the client to go away, whichever comes first; True when
+        ``task`` is done (the caller decides what a departure means for it)."""
+        watch = asyncio.ensure_future(self.disconnected())
+        try:
+            await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        return task.done()
+
     async def json(self, status: int, payload: Any,
                    headers: dict[str, str] | None = None) -> None:
         data = orjson.dumps(payload)
