@@ -320,6 +320,23 @@ def test_promotion_sends_a_request_running_out_of_slack_ahead_of_shorter_ones():
     assert first_released(0.75, 0.3) == 1
 
 
+def test_promotion_waits_out_a_backlog_that_is_not_passing():
+    """Promotion only while the whole queue is predicted to drain within the request's slack.
+    The window is 1,000 tokens a 0.11 s step here, about 9,100 tokens a second. At t = 0.5 L
+    has 0.205 s of slack: behind three 100-token prompts the queue (1,200 tokens) drains in
+    0.13 s and L goes first; behind twenty (2,900 tokens, 0.32 s) the backlog outlasts its
+    slack, which is sustained overload, where serving the short ones is what the order is for."""
+    def first_released(shorter: int) -> int:
+        c = ctl(release_steps=steps(1000), promotion_slack=0.3)
+        c.enqueue(req(0, 900))
+        for i in range(1, shorter + 1):
+            c.enqueue(req(i, 100))
+        return released(c.step(ClusterView(0.5, [inst(unstarted=1, unstarted_tokens=950)])))[0]
+
+    assert first_released(3) == 0
+    assert first_released(20) == 1
+
+
 # -- properties ---------------------------------------------------------------------------
 _events = st.lists(st.tuples(
     st.sampled_from(["arrive", "arrive", "pass", "tick", "leave"]),

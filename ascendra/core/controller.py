@@ -19,7 +19,7 @@ One step:
    its TTFT even released now to the fastest instance is relegated behind every request that
    still can (or, if sheddable, rejected). Relegated requests go only when no other waits.
    With promotion on, a request that is running out of slack but can still make it goes
-   first.
+   first, while the whole queue is predicted to drain within that slack (a passing backlog).
    With ``hold_queue`` off (stock vLLM behind a load balancer) every request is released at
    once and the engines' queues hold the backlog.
 3. On the host's periodic pass (streams given): requests waiting too long are answered 503,
@@ -371,9 +371,9 @@ class ClusterController:
         q.gone = True  # skipped wherever it still sits in a heap
         self._done(q)
 
-    def _promoted(self, view: ClusterView, rooms: _Rooms) -> _Queued | None:
-        """The most urgent queued request, if its slack is within the promotion slack and it
-        can still make its TTFT."""
+    def _promoted(self, view: ClusterView, rooms: _Rooms) -> tuple[_Queued, float] | None:
+        """The most urgent queued request and its slack, if that is within the promotion
+        slack and it can still make its TTFT."""
         heap = self._by_deadline
         while heap and (heap[0][2].gone or heap[0][2].relegated):
             heapq.heappop(heap)
@@ -381,24 +381,35 @@ class ClusterController:
             return None
         q = heap[0][2]
         slack = self._release_slack(view.now, rooms.all(), q.request)
-        return q if 0 <= slack <= self.policy.promotion_slack else None
+        return (q, slack) if 0 <= slack <= self.policy.promotion_slack else None
 
     def _release(self, view: ClusterView, rooms: _Rooms, d: Decisions) -> None:
+        backlog: int | None = None  # the live queue's prompt tokens, counted when first needed
         while self._queue and rooms.any():
             _, _, q = self._queue[0]
             if q.gone or q.relegated:
                 heapq.heappop(self._queue)
                 continue
-            urgent = self._promoted(view, rooms) if self._by_deadline else None
-            if urgent is not None and urgent is not q:
-                candidates = self._candidates(view, rooms, urgent.request)
+            promoted = self._promoted(view, rooms) if self._by_deadline else None
+            if promoted is not None and promoted[0] is not q:
+                urgent, slack = promoted
+                passing = True
+                if self.policy.promotion_guard:  # a passing backlog only (Policy says why)
+                    if backlog is None:
+                        backlog = self._queued_tokens()
+                    passing = self._drain_time(view, backlog) <= slack
+                candidates = self._candidates(view, rooms, urgent.request) if passing else []
                 if candidates:  # sent out of order; its entry in the queue is skipped later
                     self._send(view, rooms, urgent, candidates, d)
+                    if backlog is not None:
+                        backlog -= urgent.request.prompt_len
                     continue
             candidates = self._candidates(view, rooms, q.request)
             if not candidates:
                 break  # no room this request may take: it waits for one
             heapq.heappop(self._queue)
+            if backlog is not None:
+                backlog -= q.request.prompt_len
             if self._hopeless(view.now, rooms.all(), q.request):
                 if self._sheddable(q):
                     self._done(q)

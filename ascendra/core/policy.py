@@ -78,6 +78,11 @@ class Policy:
     # slack (time left before it must be released to meet its TTFT) falls within this goes
     # first, most urgent first, as long as it can still make it. 0: never.
     promotion_slack: float = 0.0
+    # ... and only while the whole queue is predicted to drain within that slack: a passing
+    # backlog, where the request misses only because later, shorter arrivals keep overtaking
+    # it. Under sustained overload the order's choice of whom to serve stands. Off, a burst
+    # the engines clear in the end is served as by deadline (and sustained load pays).
+    promotion_guard: bool = True
     dispatch: Dispatch = Dispatch.LEAST_DELAY
     # Moves. Offload: an unstarted request on an engine predicted to miss its TTFT moves to an
     # instance predicted to meet it. Migration: a stream whose mean TBT is at risk moves by
@@ -139,6 +144,8 @@ FIELDS: tuple[Field, ...] = (
           "seconds of safety added to a request's predicted TTFT before relegating it"),
     Field("promotion_slack", "promotionSlackSeconds", float, 0, 60,
           "a queued request with this little slack left goes ahead of the order (0: never)"),
+    Field("promotion_guard", "promotionGuard", bool, help="promote only while the whole "
+          "queue is predicted to drain within the request's slack"),
     Field("dispatch", "dispatch", Dispatch, help="instance choice: least-delay, least-tokens "
           "or round-robin"),
     Field("offload", "offload", bool, help="move unstarted requests predicted to miss their "

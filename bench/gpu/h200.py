@@ -89,9 +89,11 @@ class PeerBench:
 
 @dataclass(frozen=True)
 class Profile:
-    """``ascendra profile`` of the idle engine."""
+    """``ascendra profile`` of the idle engine: the setup's grid, or with ``at_load`` its
+    grid of the batches a loaded engine runs (hundreds of decodes, prefills beside them)."""
 
     name: str
+    at_load: bool = False
 
 
 Step = Sweep | PeerBench | Profile
@@ -132,6 +134,14 @@ def _peer(label: str, system: str | None, suffix: str = "") -> PeerBench:
 SESSIONS = [
     EngineSession("ascendra", (
         _sweep("ascendra", "ascendra", "sharegpt"),
+        # The steps a loaded engine runs, which the 2026-12-02 profile (decodes up to 256, no
+        # prefill beside a decode batch) never measured: the ShareGPT-like runs reach 1,015
+        # running, and the simulator fitted to that profile predicted TTFT a quarter of the
+        # measured. Its rows join the 2026-12-02 ones in the shipped profile.
+        Profile("profile-h200-at-load", at_load=True),
+        # Promotion only while the queue is a passing one (2026-12-03c): at 52 req/s the
+        # default order held 20 long prompts past their TTFT that the bare engine served.
+        _sweep("ascendra-promote", "ascendra", "sharegpt", "--promotion-slack-seconds", "0.5"),
         _peer("ascendra", "ascendra"),
         # What holding the queue costs on a fast engine (docs/gpu.md, 2026-12-02): the same
         # policy with every request sent at arrival, ordered by the engine's priorities.
@@ -177,6 +187,10 @@ SESSIONS = [
 H200_GRID = replace(PROFILE_GRID, prefill_tokens=(*PROFILE_GRID.prefill_tokens, 3072, 4000),
                     decode_batches=(1, 4, 16, 64, 128, 256), mixed_prefill=(512, 2048, 4000),
                     mixed_decodes=(64, 256), mixed_context=512)
+H200_LOAD_GRID = ProfileGrid(prefill_tokens=(512, 2048, 4000), decode_batches=(512, 1024),
+                             decode_contexts=(128, 512), decode_tokens=96,
+                             mixed_prefill=(512, 2048, 4000), mixed_decodes=(64, 256, 768),
+                             mixed_context=512)
 SMOKE_GRID = ProfileGrid(prefill_tokens=(32, 256), decode_batches=(1, 4), decode_contexts=(64,),
                          decode_tokens=16, mixed_prefill=(256,), mixed_decodes=(4,),
                          mixed_context=64, repeat=1)
@@ -190,6 +204,7 @@ class Setup:
     cpu: bool
     engine_args: tuple[str, ...]
     grid: ProfileGrid
+    load_grid: ProfileGrid
     rate_scale: float = 1.0
     request_scale: float = 1.0
     rates: tuple[float, ...] | None = None  # every sweep's, in place of its load's
@@ -211,7 +226,8 @@ def h200_setup(root: Path) -> Setup:
     cfg = json.loads((HERE / "llama31-8b" / "config.json").read_text())
     shutil.copy(HERE / "llama31-8b" / "config.json", d / "config.json")
     write_id_tokenizer(d, cfg["vocab_size"], cfg["bos_token_id"], cfg["eos_token_id"])
-    return Setup(d, cpu=False, engine_args=("--load-format", "dummy"), grid=H200_GRID)
+    return Setup(d, cpu=False, engine_args=("--load-format", "dummy"), grid=H200_GRID,
+                 load_grid=H200_LOAD_GRID)
 
 
 def smoke_setup(root: Path) -> Setup:
@@ -221,8 +237,8 @@ def smoke_setup(root: Path) -> Setup:
     (d / "ascendra-tiny-model.json").unlink()  # served under its folder's name
     cfg = json.loads((d / "config.json").read_text())
     write_id_tokenizer(d, cfg["vocab_size"], cfg["bos_token_id"], cfg["eos_token_id"])
-    return Setup(d, cpu=True, engine_args=(), grid=SMOKE_GRID, rate_scale=0.1,
-                 request_scale=0.02)
+    return Setup(d, cpu=True, engine_args=(), grid=SMOKE_GRID, load_grid=SMOKE_GRID,
+                 rate_scale=0.1, request_scale=0.02)
 
 
 def run_session(session: EngineSession, steps: list[Step], setup: Setup, out: Path,
@@ -258,10 +274,11 @@ def _execute(step: Step, stack: LocalStack, setup: Setup, out: Path,
     engine = stack.engine_urls[0]
     if isinstance(step, Profile):
         path = out / f"{step.name}.csv"
-        rows = profile_engine(engine, stack.name, setup.grid, path, max_model_len=4096,
+        grid = setup.load_grid if step.at_load else setup.grid
+        rows = profile_engine(engine, stack.name, grid, path, max_model_len=4096,
                               progress=lambda line: print(line, flush=True))
         return {"rows": len(rows), "profile_csv": path.name,
-                "grid": {k: getattr(setup.grid, k) for k in (
+                "grid": {k: getattr(grid, k) for k in (
                     "prefill_tokens", "decode_batches", "decode_contexts", "decode_tokens",
                     "mixed_prefill", "mixed_decodes", "mixed_context", "samples", "repeat")}}
     if isinstance(step, Sweep):
