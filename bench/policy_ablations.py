@@ -2,6 +2,8 @@
 at a time from ``ascendra``'s policy (same requests, same seed), attainment side by side.
 
     python bench/policy_ablations.py --json docs/results/policy-ablations.json
+    python bench/policy_ablations.py --only "promotion slack" \
+        --json docs/results/policy-ablations-promotion.json
 
 Each row is (preset, rate, policy overrides or HP count); the presets are those of
 ``ascendra sim`` with the measured H100 profile. A preset name ending in ``@burst`` is that
@@ -44,6 +46,7 @@ ABLATIONS: list[tuple[str, str, tuple[float, ...], Variants]] = [  # question, p
     ("promotion slack", name, rates, {
         "off (default)": ({}, None), "0.25 s": ({"promotionSlackSeconds": 0.25}, None),
         "0.5 s": ({"promotionSlackSeconds": 0.5}, None),
+        "0.5 s unguarded": ({"promotionSlackSeconds": 0.5, "promotionGuard": False}, None),
         "fcfs": ({"order": "fcfs"}, None)})
     for name, rates in (("one-h100-sharegpt", (40.0, 44.0)), ("paper-sharegpt", (130.0, 140.0)),
                         ("paper-longbench", (36.0,)),
@@ -67,10 +70,13 @@ def _point(task: tuple[str, float, tuple[tuple[str, Any], ...], int | None]) -> 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
+    ap.add_argument("--only", help="one question's rows (e.g. 'promotion slack')")
     ap.add_argument("--jobs", type=int, default=min(len(os.sched_getaffinity(0)), 8))
     args = ap.parse_args()
     tasks, keys = [], []
     for question, name, rates, variants in ABLATIONS:
+        if args.only is not None and question != args.only:
+            continue
         for label, (policy, hp) in variants.items():
             for rate in rates:
                 tasks.append((name, rate, tuple(policy.items()), hp))
