@@ -54,7 +54,7 @@ def runtime_pod_name(spec: ServiceSpec, index: int) -> str:
 def _model_volume(spec: ServiceSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     if not spec.model_volume:
         return [], []
-    parent = spec.model_path.rstrip("/").rsplit("/", 1)[0] or "/"
+    parent = spec.model_path.rstrip("/").rsplit("/", 1)[0]  # never / (spec.parse)
     return ([{"name": "model", **spec.model_volume}],
             [{"name": "model", "mountPath": parent, "readOnly": True}])
 

@@ -19,6 +19,9 @@ from ascendra.perf.hardware import GPUS, ModelShape
 
 GROUP, VERSION, PLURAL, KIND = "ascendra.io", "v1alpha1", "ascendraservices", "AscendraService"
 _QUANTITY = re.compile(r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numkMGTPE]i?|Ki)?$")
+# Its children include a Service, whose name must be an RFC 1035 label: checked before any child
+# exists (a dotted name used to pass, and fail at the Service after five children were made).
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
@@ -129,6 +132,14 @@ def parse(body: dict[str, Any]) -> ServiceSpec:
     name = meta.get("name", "")
     if len(name) > 40:
         raise SpecError(f"name {name!r} is longer than 40 characters; child names would not fit")
+    if not _DNS_LABEL.match(name):
+        raise SpecError(f"name {name!r} must be lowercase letters, digits and '-', start with a "
+                        f"letter and end with a letter or digit (its Service's name)")
+    model_path, model_volume = _get(spec, "model", "path"), _get(spec, "model", "volume")
+    if model_volume and (not str(model_path).startswith("/")
+                         or str(model_path).rstrip("/").rsplit("/", 1)[0] == ""):
+        raise SpecError(f"model.path: {model_path!r} must be an absolute path below a folder "
+                        f"(model.volume is mounted at its parent, which must not be /)")
     node_selector = dict(_get(spec, "placement", "nodeSelector", default={}) or {})
     for key, value in node_selector.items():
         if not _LABEL_VALUE.match(str(value)):
@@ -148,9 +159,9 @@ def parse(body: dict[str, Any]) -> ServiceSpec:
                         f"{', '.join(k.value for k in TbtKind)}") from None
     return ServiceSpec(
         name=name, namespace=meta.get("namespace", "default"), uid=meta.get("uid", ""),
-        model_name=_get(spec, "model", "name"), model_path=_get(spec, "model", "path"),
+        model_name=_get(spec, "model", "name"), model_path=model_path,
         max_model_len=int(_get(spec, "model", "maxModelLen", default=8192)),
-        model_volume=_get(spec, "model", "volume"),
+        model_volume=model_volume,
         image=_get(spec, "runtime", "image"),
         image_pull_policy=_get(spec, "runtime", "imagePullPolicy", default="IfNotPresent"),
         args=tuple(_get(spec, "runtime", "args", default=[]) or ()),

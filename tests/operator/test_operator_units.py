@@ -71,6 +71,24 @@ def test_long_names_are_refused():
         parse(b)
 
 
+@pytest.mark.parametrize("name", ["llama.8b", "8b-llama", "Llama", "llama-", "llama_8b", ""])
+def test_names_a_service_could_not_take_are_refused_before_any_child(name):
+    b = body()
+    b["metadata"]["name"] = name
+    with pytest.raises(SpecError, match="must be lowercase letters"):
+        parse(b)
+
+
+@pytest.mark.parametrize("path", ["/llama", "llama/8b", "/"])
+def test_a_model_volume_is_never_mounted_over_the_root(path):
+    b = body(model__path=path, model__volume={"persistentVolumeClaim": {"claimName": "m"}})
+    with pytest.raises(SpecError, match=r"model\.path: .* must be an absolute path"):
+        parse(b)
+    assert parse(body(model__path="/models/llama",
+                      model__volume={"persistentVolumeClaim": {"claimName": "m"}})).model_path \
+        == "/models/llama"
+
+
 def test_runtime_pod_places_on_gpus_and_reads_its_role_live():
     s = parse(body(runtime__gpusPerInstance=2, runtime__tensorParallel=2))
     pod = runtime_pod(s, 2, "hp")
