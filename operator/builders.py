@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any
 
-from ascendra.operator.spec import GROUP, KIND, VERSION, ServiceSpec
+from ascendra.operator.spec import GROUP, KIND, VERSION, ServiceSpec, model_mount_dir
 
 ENGINE_PORT, AGENT_PORT = 8000, 8001
 ROLE_LABEL = "ascendra.io/role"
@@ -54,7 +54,7 @@ def runtime_pod_name(spec: ServiceSpec, index: int) -> str:
 def _model_volume(spec: ServiceSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     if not spec.model_volume:
         return [], []
-    parent = spec.model_path.rstrip("/").rsplit("/", 1)[0]  # never / (spec.parse)
+    parent = model_mount_dir(spec.model_path)  # never / (spec.parse refuses it)
     return ([{"name": "model", **spec.model_volume}],
             [{"name": "model", "mountPath": parent, "readOnly": True}])
 

@@ -120,6 +120,11 @@ def _planner(raw: dict[str, Any] | None) -> Planner | None:
     return Planner(model, gpu_name, int(raw.get("kvTokensPerInstance", 451_840)))
 
 
+def model_mount_dir(model_path: str) -> str:
+    """Where ``model.volume`` is mounted: the folder that holds the model's."""
+    return model_path.rstrip("/").rsplit("/", 1)[0]
+
+
 def parse(body: dict[str, Any]) -> ServiceSpec:
     meta, spec = body.get("metadata", {}), body.get("spec") or {}
     hp = _get(spec, "pool", "hp", default={}) or {}
@@ -137,7 +142,7 @@ def parse(body: dict[str, Any]) -> ServiceSpec:
                         f"letter and end with a letter or digit (its Service's name)")
     model_path, model_volume = _get(spec, "model", "path"), _get(spec, "model", "volume")
     if model_volume and (not str(model_path).startswith("/")
-                         or str(model_path).rstrip("/").rsplit("/", 1)[0] == ""):
+                         or model_mount_dir(str(model_path)) == ""):
         raise SpecError(f"model.path: {model_path!r} must be an absolute path below a folder "
                         f"(model.volume is mounted at its parent, which must not be /)")
     node_selector = dict(_get(spec, "placement", "nodeSelector", default={}) or {})

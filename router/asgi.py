@@ -97,6 +97,8 @@ class Exchange:
     async def unless_gone(self, task: asyncio.Future[Any]) -> bool:
         """Wait for ``task`` or for the client to go away, whichever comes first; True when
         ``task`` is done (the caller decides what a departure means for it)."""
+        if task.done():  # placed in the step of its arrival: no watch to start and cancel
+            return True
         watch = asyncio.ensure_future(self.disconnected())
         try:
             await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
