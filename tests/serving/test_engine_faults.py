@@ -90,6 +90,11 @@ async def _stream(http: aiohttp.ClientSession, url: str, out: dict) -> dict:
     return out
 
 
+def _instances(url: str) -> object:
+    with urllib.request.urlopen(url + "/ascendra/instances", timeout=5) as r:
+        return json.loads(r.read())
+
+
 def test_a_hung_engine_core_is_unhealthy_and_its_requests_finish_elsewhere(stack: Stack):
     agent = _runtime(stack, 18230, "--progress-timeout", "3")
     victim = "http://127.0.0.1:18230,agent=http://127.0.0.1:18231"
@@ -115,7 +120,13 @@ def test_a_hung_engine_core_is_unhealthy_and_its_requests_finish_elsewhere(stack
                 t = time.monotonic()
                 # Round-robin sends the third to the victim again, where it waits unstarted.
                 tasks.append(asyncio.create_task(_stream(http, url, outs[2])))
-                await asyncio.gather(*tasks)
+                _, pending = await asyncio.wait(tasks, timeout=90)
+                assert not pending, (
+                    "streams unfinished after 90 s (tokens, error, finish): "
+                    f"{[(len(o.get('ids', ())), o.get('error'), o.get('finish')) for o in outs]}"
+                    f"; the router's instances: {_instances(url)}")
+                for task in tasks:
+                    task.result()
                 return outs, time.monotonic() - t
 
         outs, took = asyncio.run(run())

@@ -26,8 +26,9 @@ def test_profile_of_a_real_engine(stack: Stack, tmp_path: Path):
     prefill = {r.shape.num_prefill_tokens: r.time_s for r in rows if r.shape.num_prefill_tokens}
     decode = [r for r in rows if r.shape.num_decodes]
     assert sorted(prefill) == [32, 512] and [r.shape.num_decodes for r in decode] == [1, 4] * 2
-    # A 512-token prefill costs several times a 32-token one on this CPU engine.
-    assert prefill[512] > 2 * prefill[32] > 0
+    # A 512-token prefill costs more than a 32-token one. (Not a multiple: on the tiny model a
+    # step's fixed cost is most of it, 12.7 ms against 22.7 ms on a loaded CI run.)
+    assert prefill[512] > prefill[32] > 0
     assert all(0 < r.time_s < 5 for r in decode)
     assert decode[1].shape.decode_context == 4 * (32 + 8)
 

@@ -344,6 +344,8 @@ def _hopeless_scenario(stack: Stack, hold_queue: str
                 _check_held(holders)
                 holders[0].cancel()  # one seat frees
                 res = await asyncio.gather(a, b)
+                # A second seat freed on its own meanwhile lets both start in one step.
+                _check_held(holders[1:])
                 for h in holders:
                     h.cancel()
                 await asyncio.gather(*holders, return_exceptions=True)
