@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -298,11 +299,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise AscendraError(f"--requests must be positive, got {args.requests}")
     if args.prompt not in ("tokens", "text"):
         raise AscendraError("--prompt must be tokens or text")
+    if not 0 <= args.lead_seconds < math.inf:
+        raise AscendraError(f"--lead-seconds must be 0 or more, got {args.lead_seconds}")
     cfg = loadgen.BenchConfig(
         url=args.url.rstrip("/"), model=args.model, workload=_bench_workload(args),
         rates=_rates(args.qps), requests=args.requests,
         slo=Slo(args.ttft, args.tbt, _tbt_kind(args.tbt_kind)), prompt=args.prompt,
-        vocab=args.vocab, seed=args.seed, warmup=args.warmup, criticality=args.criticality)
+        vocab=args.vocab, seed=args.seed, warmup=args.warmup, lead_seconds=args.lead_seconds,
+        criticality=args.criticality)
 
     def bar(total: int, desc: str) -> tqdm:
         return tqdm(total=total, desc=desc, unit="req", disable=args.quiet, file=sys.stderr,
@@ -573,6 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--vocab", type=int, default=1000, help="token-id prompts draw from [16, N)")
     b.add_argument("--seed", type=int, default=1)
     b.add_argument("--warmup", type=int, default=0, help="unmeasured requests sent first")
+    b.add_argument("--lead-seconds", type=float, default=0.0, help="each rate's stream begins "
+                   "with this many seconds of unmeasured arrivals at that rate, so that the "
+                   "measured ones meet the load sustained (not an idle engine)")
     b.add_argument("--json", type=_output_file, help="write the report here")
     b.add_argument("--plot", type=_output_file, help="write attainment vs rate here (PNG)")
     b.add_argument("--label", help="name of this system in the plot")

@@ -25,7 +25,7 @@ from ascendra.core.request import Slo
 from ascendra.errors import AscendraError
 from ascendra.metrics import LatencySummary, RequestOutcome, goodput, summarize
 from ascendra.router.protocol import RELEGATED_HEADER
-from ascendra.workloads.spec import RequestSpec, Workload
+from ascendra.workloads.spec import RequestSpec, Workload, rate_load
 
 SHED_REASONS = frozenset(r.value for r in RejectReason)
 
@@ -43,6 +43,7 @@ class BenchConfig:
     seed: int = 1
     drain_timeout: float = 60.0
     warmup: int = 0  # requests sent (at the first rate) and not measured before the sweep
+    lead_seconds: float = 0.0  # each rate's unmeasured lead-in at that rate (RateLoad)
     slo_headers: bool = True  # tell an Ascendra router the SLOs (others ignore the headers)
     criticality: int | None = None  # sent as X-Ascendra-Criticality (negative: sheddable)
 
@@ -169,20 +170,24 @@ def prompts_for(cfg: BenchConfig, specs: list[RequestSpec]) -> list[list[int] | 
 
 async def run_rate(cfg: BenchConfig, rate: float,
                    on_done: Callable[[], None] = lambda: None) -> RateResult:
-    specs = cfg.workload.requests(rate, cfg.requests, cfg.seed)
+    load = rate_load(cfg.workload, rate, cfg.requests, cfg.seed, cfg.lead_seconds)
+    specs = load.specs
     prompts = prompts_for(cfg, specs)
-    gaps: list[float] = []
+    gaps: list[float] = []  # the measured requests' gaps
+    unmeasured: list[float] = []
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
     start = time.perf_counter()
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         tasks: list[asyncio.Task[RequestOutcome]] = []
-        for spec, prompt in zip(specs, prompts, strict=True):
+        for i, (spec, prompt) in enumerate(zip(specs, prompts, strict=True)):
             delay = start + spec.arrival - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            t = asyncio.create_task(_one(http, cfg, spec, prompt, gaps))
-            t.add_done_callback(lambda _: on_done())
+            t = asyncio.create_task(_one(http, cfg, spec, prompt,
+                                         gaps if i >= load.lead else unmeasured))
+            if i >= load.lead:
+                t.add_done_callback(lambda _: on_done())
             tasks.append(t)
         done, pending = await asyncio.wait(tasks, timeout=cfg.drain_timeout
                                            + max(0.0, start + specs[-1].arrival
@@ -191,7 +196,7 @@ async def run_rate(cfg: BenchConfig, rate: float,
             t.cancel()
         outcomes = [t.result() if t in done else RequestOutcome(
             id=s.id, arrival=s.arrival, prompt_len=s.prompt_len, output_len=s.output_len,
-            slo=cfg.slo) for t, s in zip(tasks, specs, strict=True)]
+            slo=cfg.slo) for t, s in zip(tasks, specs, strict=True)][load.lead:]
     return RateResult(rate, summarize(outcomes, gaps), outcomes, time.perf_counter() - start)
 
 
@@ -232,7 +237,8 @@ def report(cfg: BenchConfig, results: list[RateResult]) -> dict[str, Any]:
     curve = [(r.rate, r.summary.attainment) for r in results]
     return {
         "endpoint": cfg.url, "model": cfg.model, "workload": cfg.workload.name,
-        "requests_per_rate": cfg.requests, "prompt": cfg.prompt,
+        "requests_per_rate": cfg.requests, "lead_seconds": cfg.lead_seconds,
+        "prompt": cfg.prompt,
         "slo": {"ttft_s": cfg.slo.ttft, "tbt_s": cfg.slo.tbt, "tbt_kind": cfg.slo.tbt_kind.value},
         "goodput_qps": round(goodput(curve), 4),
         "curve": [[q, round(a, 4)] for q, a in curve],

@@ -55,6 +55,28 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _loop_lag(url: str) -> dict[str, float]:
+    """The router's event-loop lag histogram so far: its count, sum and buckets."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        lines = r.read().decode().splitlines()
+    return {line.split(" ")[0]: float(line.split(" ")[1]) for line in lines
+            if line.startswith("ascendra_event_loop_lag_seconds_")
+            and "_created" not in line}
+
+
+def _lag_row(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    """Mean lateness of the router's periodic wake-ups during a run, and the fraction that
+    woke more than 10 ms and more than 100 ms late."""
+    d = {k: after[k] - before.get(k, 0.0) for k in after}
+    n = d.get("ascendra_event_loop_lag_seconds_count", 0.0)
+    if n <= 0:
+        return {"loop_lag_mean_ms": None}
+    over = {ms: 1 - d[f'ascendra_event_loop_lag_seconds_bucket{{le="{ms / 1e3:g}"}}'] / n
+            for ms in (10, 100)}
+    return {"loop_lag_mean_ms": round(1e3 * d["ascendra_event_loop_lag_seconds_sum"] / n, 2),
+            "loop_lag_over_10ms": round(over[10], 4), "loop_lag_over_100ms": round(over[100], 4)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rates", default="200,400,600,800")
@@ -90,9 +112,10 @@ def main() -> None:
                 cfg = BenchConfig(url=f"http://127.0.0.1:{port}/v1", model="standin",
                                   workload=work, rates=[rate], requests=args.requests,
                                   slo=Slo(1.0, 0.15), prompt="text")
-                cpu0 = _cpu_seconds(procs[1].pid)
+                cpu0, lag0 = _cpu_seconds(procs[1].pid), _loop_lag(f"http://127.0.0.1:{ROUTER}")
                 res = asyncio.run(run_rate(cfg, rate))
                 cpu = _cpu_seconds(procs[1].pid) - cpu0
+                lag = _lag_row(lag0, _loop_lag(f"http://127.0.0.1:{ROUTER}"))
                 ttft = sorted(o.ttft for o in res.outcomes if o.ttft is not None)
                 errors = sum(o.error is not None or not o.finished for o in res.outcomes)
                 row[name] = {
@@ -102,6 +125,7 @@ def main() -> None:
                 if name == "router":
                     tokens = sum(o.tokens for o in res.outcomes)
                     row[name]["router_cpu_us_per_token"] = round(1e6 * cpu / max(1, tokens), 1)
+                    row[name] |= lag
             d, r = row["direct"], row["router"]
             if d["ttft_p50_ms"] is not None and r["ttft_p50_ms"] is not None:  # type: ignore[index]
                 row["added_p50_ms"] = round(r["ttft_p50_ms"] - d["ttft_p50_ms"], 3)  # type: ignore[index]

@@ -26,14 +26,18 @@ vllm:num_requests_running{{engine="0",model_name="standin"}} {running}
 vllm:num_requests_waiting{{engine="0",model_name="standin"}} 0
 # TYPE vllm:kv_cache_usage_perc gauge
 vllm:kv_cache_usage_perc{{engine="0",model_name="standin"}} 0.0
+# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{{engine="0",model_name="standin"}} {generated}
 """
 
 
 def make_app(first_delay: float, gap: float, refuse_token: int | None = None) -> web.Application:
     running = 0
+    generated = 0  # what a router's progress check reads: without it, streams longer than its
+    # timeout (30 s) made the stand-in look hung and every request was recovered, then failed
 
     async def completions(request: web.Request) -> web.StreamResponse:
-        nonlocal running
+        nonlocal running, generated
         body = await request.json()
         if refuse_token is not None and refuse_token in (body.get("prompt") or ()):
             return web.json_response({"error": {
@@ -52,6 +56,7 @@ def make_app(first_delay: float, gap: float, refuse_token: int | None = None) ->
                              "index": 0, "text": " tok", "token_ids": [100 + i % 500],
                              "finish_reason": "length" if last else None}]}
                 await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                generated += 1
                 if not last:
                     await asyncio.sleep(gap)
             await resp.write(b"data: [DONE]\n\n")
@@ -60,7 +65,7 @@ def make_app(first_delay: float, gap: float, refuse_token: int | None = None) ->
         return resp
 
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(text=METRICS.format(running=running))
+        return web.Response(text=METRICS.format(running=running, generated=generated))
 
     async def health(_: web.Request) -> web.Response:
         return web.Response(text="ok")

@@ -490,7 +490,9 @@ class Router:
         return app
 
     async def _control_forever(self) -> None:
+        tick = self.settings.policy.tick
         while True:
+            began = time.monotonic()
             try:
                 self.control.tick()
             except Exception:  # the loop must outlive any one bad pass
@@ -498,7 +500,10 @@ class Router:
             self._flush_observations()
             # 0 whenever the analytic predictor serves, also after a learned one failed
             self.metrics.predictor_version.set(getattr(self.control.predictor, "version", 0))
-            await asyncio.sleep(self.settings.policy.tick)
+            slept = time.monotonic()
+            self.metrics.control_pass.observe(slept - began)
+            await asyncio.sleep(tick)
+            self.metrics.loop_lag.observe(max(0.0, time.monotonic() - slept - tick))
 
     def _export_gauges(self) -> None:
         now = time.time()

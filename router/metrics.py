@@ -9,6 +9,8 @@ from ascendra.metrics import RequestOutcome
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5,
                     3.0, 5.0, 7.5, 10.0, 20.0, 60.0)
 
+_LOOP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
 _LENGTH_BUCKETS = (16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144,
                    8192, 16384, 32768)
 
@@ -75,6 +77,15 @@ class RouterMetrics:
                                      "(with ascendra_queue_wait_seconds and "
                                      "ascendra_ttft_seconds: where a request's TTFT went)",
                                      buckets=_LATENCY_BUCKETS, registry=r)
+        # The router's own health: a pass of the controller that takes long, or a loop that
+        # wakes late (relaying thousands of tokens a second is CPU work on one thread), delays
+        # every release and every token of every stream.
+        self.control_pass = Histogram("ascendra_control_pass_seconds", "Time one periodic pass "
+                                      "of the controller took (its decisions and their "
+                                      "execution)", buckets=_LOOP_BUCKETS, registry=r)
+        self.loop_lag = Histogram("ascendra_event_loop_lag_seconds", "How late the router's "
+                                  "event loop woke for its periodic pass (0 while it keeps up)",
+                                  buckets=_LOOP_BUCKETS, registry=r)
         self.migrations = Counter("ascendra_migrations", "Requests moved by token replay, by "
                                   "reason (tbt, recovery, drain)", ["reason"], registry=r)
         self.inflight = Gauge("ascendra_inflight_requests", "Streams in flight on each "

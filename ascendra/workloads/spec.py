@@ -8,6 +8,7 @@ replayed mean rate matches, which keeps the trace's burst shape.
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -27,6 +28,29 @@ class RequestSpec:
     arrival: float  # seconds from the start of the run
     prompt_len: int
     output_len: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateLoad:
+    """One rate's arrivals: a lead-in, sent and not measured, that brings the system to the
+    state sustained load holds it in, then the measured requests, one Poisson stream. Measured
+    from an idle engine, 1,200 requests at 60 req/s end before the first of them finish (a
+    ShareGPT-like request streams for about 25 s on the H200): such a run measures how a
+    burst fills an empty engine, not what the engine sustains (docs/gpu.md, 2026-12-03c)."""
+
+    specs: list[RequestSpec]
+    lead: int  # the first ``lead`` specs are the lead-in
+
+    @property
+    def measured(self) -> list[RequestSpec]:
+        return self.specs[self.lead:]
+
+
+def rate_load(workload: Workload, rate: float, requests: int, seed: int,
+              lead_seconds: float = 0.0) -> RateLoad:
+    """``requests`` measured arrivals at ``rate``, after ``lead_seconds`` of lead-in."""
+    lead = math.ceil(rate * lead_seconds) if lead_seconds > 0 else 0
+    return RateLoad(workload.requests(rate, lead + requests, seed), lead)
 
 
 class Workload(Protocol):

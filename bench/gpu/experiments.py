@@ -231,9 +231,11 @@ def _router_counters(url: str) -> dict[str, float]:
             # where the router's TTFT went: queue wait + the engine's + relaying (sum, count)
             "ascendra_ttft_seconds_sum", "ascendra_ttft_seconds_count",
             "ascendra_queue_wait_seconds_sum", "ascendra_queue_wait_seconds_count",
-            "ascendra_engine_ttft_seconds_sum", "ascendra_engine_ttft_seconds_count")
+            "ascendra_engine_ttft_seconds_sum", "ascendra_engine_ttft_seconds_count",
+            # the router's own saturation: its controller's passes and its loop's lateness
+            "ascendra_control_pass_seconds_", "ascendra_event_loop_lag_seconds_")
     return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
-            if line.startswith(keep)}
+            if line.startswith(keep) and "_created" not in line}
 
 
 def _engine_counters(url: str) -> dict[str, float]:
