@@ -106,13 +106,13 @@ class ControlLoop:
     # -- the view --------------------------------------------------------------------------
     def view(self, now: float, periodic: bool) -> ClusterView:
         live = self.pool.routable()
+        views = [i.view(self.pool.default_seats, self.token_budget) for i in live]
         streams = None
         if periodic:
             streams = tuple(in_flight(s, i.index) for i in live for s in i.sessions.values()
                             if not s.done and not s.moving) \
-                if self.core.needs_streams or self.on_observations else ()
-        return ClusterView(now, [i.view(self.pool.default_seats, self.token_budget)
-                                 for i in live], streams)
+                if self.core.needs_streams(views) or self.on_observations else ()
+        return ClusterView(now, views, streams)
 
     # -- passes ----------------------------------------------------------------------------
     def submit(self, session: Session) -> None:

@@ -83,18 +83,25 @@ class Instance:
         in detail. Streams of other routers show in the engine's running count only; each is
         taken to be as long as this router's average."""
         st = self.state or EngineState(role=self.role.value, ready=False)
-        unstarted = [s for s in self.sessions.values() if s.unstarted]
-        streams = [s for s in self.sessions.values() if not s.unstarted]
-        context = sum(len(s.prompt_ids) + len(s.generated) for s in streams)
+        # One walk over the sessions: every release decision builds this view, and a loaded
+        # H200 holds a thousand of them.
+        unstarted = unstarted_tokens = streams = context = remaining = 0
+        for s in self.sessions.values():
+            tokens = len(s.prompt_ids) + len(s.generated)
+            remaining += s.max_tokens - len(s.generated)
+            if s.tokens_here == 0:  # Session.unstarted
+                unstarted += 1
+                unstarted_tokens += tokens
+            else:
+                streams += 1
+                context += tokens
         others = max(0, st.running - len(self.sessions))
         if others:
-            context += others * (context // len(streams) if streams else 0)
+            context += others * (context // streams if streams else 0)
         return InstanceView(
-            index=self.index, role=self.role, unstarted=len(unstarted),
-            unstarted_tokens=sum(len(s.prompt_ids) + len(s.generated) for s in unstarted),
-            running=len(streams) + others, decode_context=context,
-            outstanding_tokens=sum(s.remaining for s in self.sessions.values())
-            + sum(len(s.prompt_ids) + len(s.generated) for s in unstarted),
+            index=self.index, role=self.role, unstarted=unstarted,
+            unstarted_tokens=unstarted_tokens, running=streams + others,
+            decode_context=context, outstanding_tokens=remaining + unstarted_tokens,
             kv_free_fraction=1.0 - st.kv_usage, kv_capacity_tokens=st.kv_capacity_tokens,
             max_seqs=st.max_seqs or default_seats,
             token_budget=st.token_budget or default_budget, step_time=st.step_time,

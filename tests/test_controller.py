@@ -388,3 +388,14 @@ def test_every_request_ends_once_and_the_queue_stays_within_its_bound(events, li
     assert len(c) == n - len(released | rejected | withdrawn)
     if not hold:  # no queue: everything that arrived before the last pass went out
         assert not rejected
+
+
+def test_the_streams_are_needed_only_where_a_move_could_use_them():
+    """Offload moves only onto HP instances: a pool without one needs the streams for
+    migration alone, so a host may skip walking every open stream on each periodic pass."""
+    lps = [inst(0), inst(1)]
+    with_hp = [inst(0), inst(1, role=Role.HP)]
+    assert not ctl().needs_streams(lps)
+    assert ctl().needs_streams(with_hp)
+    assert not ctl(offload=False).needs_streams(with_hp)
+    assert ctl(migration=True).needs_streams(lps)

@@ -193,11 +193,13 @@ class ClusterController:
     def relegated_count(self) -> int:
         return sum(1 for _, _, q in self._relegated if not q.gone)
 
-    @property
-    def needs_streams(self) -> bool:
-        """Whether periodic passes need the streams (for moves); a host may skip building
-        them otherwise."""
-        return self.policy.offload or self.policy.migration
+    def needs_streams(self, instances: Iterable[InstanceView]) -> bool:
+        """Whether a periodic pass over ``instances`` needs the streams (for moves); a host
+        may skip building them otherwise. Offload moves only onto HP instances, so a pool
+        without one needs them only for migration (building them walked every open stream
+        twenty times a second: the router's largest cost at a thousand streams)."""
+        return self.policy.migration or (
+            self.policy.offload and any(i.role is Role.HP for i in instances))
 
     def _order_key(self, q: _Queued) -> tuple[float, ...]:
         r = q.request

@@ -96,7 +96,7 @@ class SplitQuery:
 class ClusterView:
     """``streams`` marks the host's periodic pass (every ``policy.tick``): every request in
     flight, or an empty tuple when the controller needs none
-    (:attr:`~ascendra.core.controller.ClusterController.needs_streams`). ``None`` on the passes
+    (:meth:`~ascendra.core.controller.ClusterController.needs_streams`). ``None`` on the passes
     events trigger (an arrival, a first token, a finish), which only admit and release."""
 
     now: float

@@ -183,11 +183,11 @@ class Simulation:
     # -- the controller's view ---------------------------------------------------------------
     def _view(self, now: float, periodic: bool) -> ClusterView:
         streams: tuple[InFlight, ...] | None = None
+        views = [i.view() for i in self.instances]
         if periodic:
-            streams = self._streams() if self.controller.needs_streams or self.recorder \
-                else ()
-        return ClusterView(now, [i.view() for i in self.instances], streams,
-                           self._split_query(now) if periodic else None)
+            streams = self._streams() if self.controller.needs_streams(views) \
+                or self.recorder else ()
+        return ClusterView(now, views, streams, self._split_query(now) if periodic else None)
 
     def _streams(self) -> tuple[InFlight, ...]:
         out = []

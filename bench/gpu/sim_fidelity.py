@@ -70,7 +70,8 @@ def model_for(instances: int, profile: Path | None = None, slowdown: float = 1.0
 
 def predict(run: dict[str, Any], profile: Path | None = None, paper: bool = False,
             slowdown: float = 1.0, shared_profile: Path | None = None, gpu: str = "h100",
-            kv_full: int = KV_FULL) -> dict[str, Any]:
+            kv_full: int = KV_FULL, policy: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``policy``: fields (camelCase, as in the CRD) that change the system's policy."""
     rep = run["report"]
     args = run["engine_args"]
     seats = _arg(args, "--max-num-seqs")
@@ -81,6 +82,8 @@ def predict(run: dict[str, Any], profile: Path | None = None, paper: bool = Fals
     hp = int(run.get("hp", 1 if run["system"] == "ascendra" and instances > 1 else 0))
     name = "ascendra-paper" if run["system"] == "ascendra" and paper else run["system"]
     spec = system(name, max_seqs=int(seats) if seats else None)
+    if policy:
+        spec = replace(spec, policy=spec.policy.with_values(policy))
     lm = model_for(instances, profile, slowdown, shared_profile, gpu)
     slo = Slo(rep["slo"]["ttft_s"], rep["slo"].get("tbt_s", rep["slo"].get("tbt_mean_s")),
               TbtKind(rep["slo"].get("tbt_kind", "mean")))  # the every-gap runs' too
