@@ -309,7 +309,19 @@ def _check_held(holders: list[asyncio.Task[None]]) -> None:
         raise _SeatFreed([h.exception() for h in holders if h.done()])
 
 
-def _with_seats_held(attempt, tries: int = 3):  # type: ignore[no-untyped-def]
+async def _until(probe, what: str, holders: list[asyncio.Task[None]],  # type: ignore[no-untyped-def]
+                 timeout: float = 30.0) -> None:
+    """Poll ``probe()`` (blocking, so off the loop) until it holds: a scenario's next step
+    waits for the state it needs, not for a sleep that a loaded machine can outlast. A seat
+    freed meanwhile (the state may then never come) is _SeatFreed."""
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(probe):
+        _check_held(holders)
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+def _with_seats_held(attempt, tries: int = 5):  # type: ignore[no-untyped-def]
     """Run ``attempt()`` (a scenario with a router of its own over held seats) until its seats
     stayed held throughout, ``tries`` times at most. How long 2,000 tokens hold a seat depends
     on this machine's load (0.6 to 5 s measured), so a scenario can outlive its holders."""
@@ -329,6 +341,16 @@ def _hopeless_scenario(stack: Stack, hold_queue: str
     url = "http://127.0.0.1:18012"
     router = spawn_router(stack, 18012, [f"{stack.lp_engine},agent={stack.lp_agent}"],
                           "--hold-queue", hold_queue)
+    held_at_router = hold_queue == "true"
+
+    def waiting(n: int):  # type: ignore[no-untyped-def]
+        """Whether ``n`` requests wait: in the router's queue, or (sent at arrival) the
+        engine's."""
+        if held_at_router:
+            return lambda: sum(engine_metric(url, "ascendra_router_queue_requests", state=s)
+                               for s in ("waiting", "relegated")) >= n
+        return lambda: engine_metric(stack.lp_engine, "vllm:num_requests_waiting") >= n
+
     try:
         wait_healthy(url, 1, 120)
 
@@ -338,9 +360,15 @@ def _hopeless_scenario(stack: Stack, hold_queue: str
                 body = {"model": MODEL, "prompt": "wait for a seat", "max_tokens": 16,
                         "ignore_eos": True}
                 a = asyncio.create_task(_stream(http, url, body, {"X-Ascendra-TTFT-SLO": "0.2"}))
-                await asyncio.sleep(0.05)
+                await _until(waiting(1), "A never waited", holders)  # A arrives before B
                 b = asyncio.create_task(_stream(http, url, body, {"X-Ascendra-TTFT-SLO": "60"}))
-                await asyncio.sleep(0.25)  # A is past saving now
+                await _until(waiting(2), "B never waited", holders)
+                if held_at_router:  # A is past saving, and the router has said so
+                    await _until(lambda: engine_metric(
+                        url, "ascendra_relegated_requests_total") >= 1, "A never relegated",
+                        holders)
+                else:
+                    await asyncio.sleep(0.25)
                 _check_held(holders)
                 holders[0].cancel()  # one seat frees
                 res = await asyncio.gather(a, b)
@@ -381,13 +409,25 @@ def test_a_request_that_becomes_hopeless_is_served_after_one_that_can_still_make
     assert relegated == {"a": hold_queue == "true", "b": False}
 
 
+async def _refused(holders: list[asyncio.Task[None]], create, **kwargs  # type: ignore[no-untyped-def]
+                   ) -> openai.RateLimitError:
+    """The 429 that ``create(**kwargs)`` must get while the seats are held; served, because a
+    seat freed meanwhile, the attempt proves nothing (_SeatFreed)."""
+    try:
+        await asyncio.to_thread(create, **kwargs)
+    except openai.RateLimitError as e:
+        return e
+    _check_held(holders)
+    raise AssertionError(f"served with every seat held: {kwargs}")
+
+
 def _overload_scenario(stack: Stack) -> tuple[int, dict, str, dict[str, float]]:
     """Shed, queue-full and queue-timeout answers over held seats, with a router of its own
     (its counters count this attempt only)."""
     _wait_idle(stack.lp_engine, stack.hp_engine)
     url = "http://127.0.0.1:18015"
     router = spawn_router(stack, 18015, [f"{stack.lp_engine},agent={stack.lp_agent}"],
-                          "--queue-limit", "1", "--queue-timeout-seconds", "2")
+                          "--queue-limit", "1", "--queue-timeout-seconds", "1")
     try:
         wait_healthy(url, 1, 120)
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
@@ -395,22 +435,23 @@ def _overload_scenario(stack: Stack) -> tuple[int, dict, str, dict[str, float]]:
         async def run() -> tuple[int, dict, str]:
             async with aiohttp.ClientSession() as http:
                 holders = await _fill_seats(http, stack.lp_engine, url)
-                with pytest.raises(openai.RateLimitError) as shed:
-                    await asyncio.to_thread(
-                        client.completions.create, model=MODEL, prompt="shed me", max_tokens=4,
-                        extra_headers={"X-Ascendra-Criticality": "-1",
-                                       "X-Ascendra-TTFT-SLO": "0.3"})
-                assert "shed" in shed.value.message
-                assert int(shed.value.response.headers["retry-after"]) >= 1
+                shed = await _refused(holders, client.completions.create, model=MODEL,
+                                      prompt="shed me", max_tokens=4,
+                                      extra_headers={"X-Ascendra-Criticality": "-1",
+                                                     "X-Ascendra-TTFT-SLO": "0.3"})
+                assert "shed" in shed.message
+                assert int(shed.response.headers["retry-after"]) >= 1
                 waiting = asyncio.create_task(http.post(
                     url + "/v1/completions", json={"model": MODEL, "prompt": "hold on",
                                                    "max_tokens": 4},
                     headers={"X-Ascendra-TTFT-SLO": "60"}))
-                await asyncio.sleep(0.3)
+                await _until(lambda: engine_metric(url, "ascendra_router_queue_requests",
+                                                   state="waiting") >= 1, "nothing waited",
+                             holders)
                 _check_held(holders)
-                with pytest.raises(openai.RateLimitError, match="queue is full"):
-                    await asyncio.to_thread(client.completions.create, model=MODEL,
-                                            prompt="no room", max_tokens=4)
+                full = await _refused(holders, client.completions.create, model=MODEL,
+                                      prompt="no room", max_tokens=4)
+                assert "queue is full" in full.message
                 resp = await waiting
                 _check_held(holders)  # the seats were still taken when it timed out
                 status, body = resp.status, await resp.json()
