@@ -251,17 +251,38 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return run(cfg)
 
 
+def _origin(text: str) -> str:
+    """An --allow-prometheus-url value: scheme://host[:port], nothing after it."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(text)
+    try:
+        _ = parts.port  # raises on a port that is not a number
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or \
+            parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise AscendraError(f"--allow-prometheus-url must be an origin such as "
+                            f"http://prometheus.monitoring.svc:9090, got {text!r}")
+    return text
+
+
 def _cmd_operator(args: argparse.Namespace) -> int:
     import logging
 
     import kopf
 
-    import ascendra.operator.handlers  # noqa: F401  (registers the handlers with kopf)
+    origins = tuple(_origin(o) for o in args.allow_prometheus_url or ())
+
+    # Importing the module registers its handlers with kopf.
+    from ascendra.operator.handlers import OperatorOptions
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     kopf.run(standalone=True, clusterwide=not args.namespace, namespaces=args.namespace or (),
              liveness_endpoint=args.liveness,
-             memo=kopf.Memo(monitoring_objects=args.monitoring_objects))
+             memo=kopf.Memo(options=OperatorOptions(
+                 monitoring_objects=args.monitoring_objects,
+                 prometheus_origins=origins)))
     return 0
 
 
@@ -552,6 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not create a ServiceMonitor, PodMonitor and PrometheusRule per "
                          "service even where the prometheus-operator CRDs exist (the chart's "
                          "cluster-wide monitoring objects are used instead)")
+    op.add_argument("--allow-prometheus-url", action="append", metavar="ORIGIN",
+                    help="an origin (scheme://host[:port]; no port: any) that a service's "
+                         "autoscaling.prometheusUrl may name besides a Service in its own "
+                         "namespace (repeat)")
     op.set_defaults(func=_cmd_operator)
 
     b = sub.add_parser("bench", help="load an OpenAI-compatible endpoint and measure SLO "

@@ -59,7 +59,9 @@ class Operator:
 
     def start(self) -> None:
         out = self.log.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "ascendra.cli", "operator"],
+        # The e2e Prometheus (and the unreachable one a test names) run on this machine.
+        self.proc = subprocess.Popen([sys.executable, "-m", "ascendra.cli", "operator",
+                                      "--allow-prometheus-url", "http://127.0.0.1"],
                                      env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 

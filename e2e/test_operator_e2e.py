@@ -257,7 +257,13 @@ def test_helm_chart_lints_templates_and_installs(kubectl: Kubectl, kubeconfig: P
                               capture_output=True, text=True, env=env, check=True).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "Role",
+                     "RoleBinding", "RoleBinding", "ServiceAccount"]
+    # Watching a and b, it holds pod rights in a and b only; cluster-wide, discovery.
+    cluster_role = next(d for d in docs if d["kind"] == "ClusterRole")
+    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {
+        "customresourcedefinitions", "namespaces"}
+    assert {d["metadata"]["namespace"] for d in docs if d["kind"] == "Role"} == {"a", "b"}
     args = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"][
         "containers"][0]["args"]
     assert "--namespace=a" in args and "--namespace=b" in args
@@ -279,6 +285,26 @@ def test_helm_chart_lints_templates_and_installs(kubectl: Kubectl, kubeconfig: P
     assert dep["status"].get("availableReplicas") == 1
     subprocess.run([helm, "uninstall", "ascendra", "-n", "ascendra-system"], env=env,
                    check=True, capture_output=True)
+    # Installed watching one namespace, the API server's RBAC lets the operator create pods
+    # there and nowhere else.
+    kubectl("create", "namespace", "watched", check=False)
+    install = subprocess.run([helm, "install", "ascendra", chart, "-n", "ascendra-system",
+                              "--set", "operator.watchNamespaces={watched}"],
+                             capture_output=True, text=True, env=env)
+    assert install.returncode == 0, install.stdout + install.stderr
+    try:
+        account = "system:serviceaccount:ascendra-system:ascendra-operator"
+        for ns, allowed in (("watched", "yes"), ("default", "no"), ("kube-system", "no")):
+            for verb in ("create", "delete"):
+                r = kubectl("auth", "can-i", verb, "pods", "-n", ns, "--as", account,
+                            check=False)
+                assert r.stdout.strip() == allowed, (verb, ns, r.stdout, r.stderr)
+        r = kubectl("auth", "can-i", "list", "ascendraservices.ascendra.io", "-n", "watched",
+                    "--as", account, check=False)
+        assert r.stdout.strip() == "yes", r.stdout + r.stderr
+    finally:
+        subprocess.run([helm, "uninstall", "ascendra", "-n", "ascendra-system"], env=env,
+                       check=True, capture_output=True)
 
 
 def test_chart_ships_the_same_crd():

@@ -4,12 +4,18 @@ The queries read the routers' own metrics for one AscendraService; the decision 
 core's (``ascendra.core.split``, the same function the simulator runs). Any trouble with
 Prometheus (unreachable, slow, an error, a body that is not what the API returns) raises
 :class:`SignalError`; the caller then holds the split and says so in a condition.
+
+A namespace user chooses ``autoscaling.prometheusUrl`` and the operator GETs it from its own
+place in the network, so :func:`check_url` admits only a Service in the user's own namespace or
+an origin the operator's installer allowed, and no error message carries anything the answer
+said: what reaches a condition or an Event is the URL, the HTTP status and the answer's shape.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,6 +31,55 @@ class SignalError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+# The errorType values of Prometheus's HTTP API: named in a message, never its free text.
+_PROMETHEUS_ERROR_TYPES = frozenset({"timeout", "canceled", "execution", "bad_data", "internal",
+                                     "unavailable", "not_found", "not_acceptable"})
+
+
+def check_url(spec: ServiceSpec, allowed_origins: tuple[str, ...] = ()) -> None:
+    """Raise SignalError("NotAllowed") unless ``autoscaling.prometheusUrl`` is a Service of the
+    AscendraService's own namespace (``<name>.<namespace>.svc[.cluster.local]``, reachable by
+    its user anyway) or has the scheme, host and (where the origin names one) port of one of
+    ``allowed_origins`` (``ascendra operator --allow-prometheus-url``)."""
+    url = spec.autoscaling.prometheus_url or ""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    own_service = re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\." + re.escape(spec.namespace)
+                               + r"\.svc(\.cluster\.local)?", parts.hostname or "")
+    if port != -1 and parts.username is None and parts.password is None and (
+            own_service or any(_same_origin(parts, port, o) for o in allowed_origins)):
+        return
+    raise SignalError("NotAllowed",
+                      f"autoscaling.prometheusUrl {url!r} is neither a Service in namespace "
+                      f"{spec.namespace} (name.{spec.namespace}.svc) nor an origin the operator "
+                      "allows (ascendra operator --allow-prometheus-url, the chart's "
+                      "operator.prometheusUrls)")
+
+
+def _same_origin(url: urllib.parse.SplitResult, port: int | None, origin: str) -> bool:
+    o = urllib.parse.urlsplit(origin)
+    try:
+        o_port = o.port
+    except ValueError:
+        return False
+    return o.scheme == url.scheme and o.hostname == url.hostname and \
+        (o_port is None or o_port == port)
+
+
+def _shape(body: Any) -> str:
+    """What an answer that is not a result was, without its content."""
+    if isinstance(body, dict) and body.get("status") == "error":
+        kind = body.get("errorType")
+        return (f"an error of type {kind}" if kind in _PROMETHEUS_ERROR_TYPES
+                else "an error")
+    if isinstance(body, dict):
+        return "an object that is not a Prometheus API answer"
+    return f"a JSON {type(body).__name__}, not a Prometheus API answer"
 
 
 def queries(spec: ServiceSpec) -> dict[str, str]:
@@ -48,7 +103,7 @@ def queries(spec: ServiceSpec) -> dict[str, str]:
 def scalar(body: Any) -> float | None:
     """The value of an instant-vector answer: None when empty or NaN (no data)."""
     if not isinstance(body, dict) or body.get("status") != "success":
-        raise SignalError("BadResponse", f"Prometheus answered {str(body)[:200]!r}")
+        raise SignalError("BadResponse", f"Prometheus answered {_shape(body)}")
     data = body.get("data")
     if not isinstance(data, dict) or data.get("resultType") not in ("vector", "scalar"):
         raise SignalError("BadResponse", "Prometheus answer has no vector result")
@@ -62,7 +117,8 @@ def scalar(body: Any) -> float | None:
     try:
         value = float(result[0]["value"][1])
     except (KeyError, IndexError, TypeError, ValueError):
-        raise SignalError("BadResponse", f"unreadable sample {str(result[0])[:100]!r}") from None
+        raise SignalError("BadResponse", "Prometheus answered a sample that is not a number") \
+            from None
     return None if math.isnan(value) else value
 
 
@@ -71,14 +127,15 @@ def buckets(body: Any) -> list[tuple[float, float]]:
     if not isinstance(body, dict) or body.get("status") != "success" or \
             not isinstance(body.get("data"), dict) or \
             not isinstance(body["data"].get("result"), list):
-        raise SignalError("BadResponse", f"Prometheus answered {str(body)[:200]!r}")
+        raise SignalError("BadResponse", f"Prometheus answered {_shape(body)}")
     out = []
     for series in body["data"]["result"]:
         try:
             out.append((float(series["metric"]["le"]), float(series["value"][1])))
         except (KeyError, IndexError, TypeError, ValueError):
             raise SignalError("BadResponse",
-                              f"unreadable histogram bucket {str(series)[:100]!r}") from None
+                              "Prometheus answered a histogram bucket without le or value") \
+                from None
     return sorted(out)
 
 

@@ -12,6 +12,8 @@ import hashlib
 import json
 from typing import Any
 
+from kubernetes.utils.quantity import parse_quantity
+
 from ascendra.operator.spec import GROUP, KIND, VERSION, ServiceSpec, model_mount_dir
 
 ENGINE_PORT, AGENT_PORT = 8000, 8001
@@ -241,14 +243,23 @@ def router_objects(spec: ServiceSpec) -> list[dict[str, Any]]:
     ]
 
 
-def drifted(desired: Any, actual: Any) -> bool:
-    """True when ``actual`` lacks something ``desired`` sets (server defaults may add more)."""
+def drifted(desired: Any, actual: Any, quantities: bool = False) -> bool:
+    """True when ``actual`` lacks something ``desired`` sets (server defaults may add more).
+    Under a ``resources`` key, strings compare as quantities: the API server stores
+    ``cpu: "0.5"`` as ``500m`` and ``1024Mi`` as ``1Gi``, and comparing text patched the
+    Deployment (and posted an Event) on every pass."""
     if desired in ({}, [], "", None) and actual in ({}, [], "", None):
         return False  # the API server drops empty fields
     if isinstance(desired, dict):
         return not isinstance(actual, dict) or any(
-            drifted(v, actual.get(k)) for k, v in desired.items())
+            drifted(v, actual.get(k), quantities or k == "resources")
+            for k, v in desired.items())
     if isinstance(desired, list):
         return not isinstance(actual, list) or len(desired) != len(actual) or any(
-            drifted(d, a) for d, a in zip(desired, actual, strict=True))
+            drifted(d, a, quantities) for d, a in zip(desired, actual, strict=True))
+    if quantities and isinstance(desired, str | int | float) and isinstance(actual, str):
+        try:
+            return parse_quantity(desired) != parse_quantity(actual)
+        except ValueError:
+            pass  # not quantities (a Role's resources: [pods]): compared as text
     return str(desired) != str(actual) if isinstance(desired, int | float) else desired != actual

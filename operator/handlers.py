@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ascendra.core.request import Slo as CoreSlo
 from ascendra.core.split import SplitPlan, SplitPolicy, decide_split
-from ascendra.operator.autoscale import SignalError, fetch, fetch_mix
+from ascendra.operator.autoscale import SignalError, check_url, fetch, fetch_mix
 from ascendra.operator.builders import ROLE_LABEL, router_objects, runtime_selector
 from ascendra.operator.kube import Kube, api_message, load_config
 from ascendra.operator.monitoring import monitoring_objects
@@ -34,8 +35,25 @@ RECONCILE_INTERVAL = 5.0
 MONITORING_PLURALS = {"ServiceMonitor": "servicemonitors", "PodMonitor": "podmonitors",
                       "PrometheusRule": "prometheusrules"}
 _locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
-_last_check: dict[str, float] = {}  # uid → when its split was last checked
 _monitoring_served: list[float | bool] = [-1e9, False]  # (checked at, served)
+
+
+@dataclass(frozen=True)
+class OperatorOptions:
+    """What ``ascendra operator`` was started with (kopf.run(memo=...)); absent: these."""
+    monitoring_objects: bool = True
+    prometheus_origins: tuple[str, ...] = ()  # what autoscaling.prometheusUrl may name
+
+
+@dataclass(frozen=True)
+class WrittenSplit:
+    """The split this operator last wrote for one service, kept in its kopf memo. The operator
+    is the split's one writer, and its own status patch reaches the body a handler is given
+    only once the watch brings it back: a reconcile that read the split from an older body
+    wrote the older split back (a resize lost, then made again one cooldown later)."""
+    hp: int
+    resized_at: float | None
+    checked_at: float  # when the SLO signals were last read
 
 
 @kopf.on.startup()
@@ -50,26 +68,25 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 60
 
 
-def _autoscale(body: kopf.Body, spec: ServiceSpec, hp: int, current: dict[str, Any],
-               generation: int, previous: list[dict[str, Any]]
-               ) -> tuple[int, dict[str, Any] | None, dict[str, Any]]:
-    """(HP count, SloSignal condition, other status fields) after a resize check, when one is
-    due. Stale or unreadable signals hold the split and say so; they never move it."""
+def _autoscale(body: kopf.Body, spec: ServiceSpec, options: OperatorOptions,
+               split: WrittenSplit, generation: int, previous: list[dict[str, Any]]
+               ) -> tuple[WrittenSplit, dict[str, Any] | None, dict[str, Any]]:
+    """(the split after a resize check, when one is due; SloSignal condition; other status
+    fields). Stale or unreadable signals hold the split and say so; they never move it."""
     if not spec.autoscaling.enabled:
-        return hp, None, {}
+        return split, None, {}
     now = time.time()
     kept = next((c for c in previous if c.get("type") == "SloSignal"), None)
-    if now - _last_check.get(spec.uid, 0.0) < spec.autoscaling.interval:
-        return hp, kept, {}
-    _last_check[spec.uid] = now
+    if now - split.checked_at < spec.autoscaling.interval:
+        return split, kept, {}
+    hp, resized_at = split.hp, split.resized_at
     try:
+        check_url(spec, options.prometheus_origins)
         signals, attainment = fetch(spec)
     except SignalError as e:
         kopf.warn(body, reason="SloSignalStale", message=f"holding the split: {e}")
-        return hp, condition("SloSignal", False, e.reason, f"stale; split held: {e}",
-                             generation, previous), {}
-    last = (current.get("lastResize") or {}).get("time")
-    last_at = datetime.fromisoformat(last).timestamp() if last else None
+        return WrittenSplit(hp, resized_at, now), condition(
+            "SloSignal", False, e.reason, f"stale; split held: {e}", generation, previous), {}
     updates: dict[str, Any] = {}
     plan = None
     if spec.autoscaling.planner is not None:
@@ -80,18 +97,25 @@ def _autoscale(body: kopf.Body, spec: ServiceSpec, hp: int, current: dict[str, A
         if plan is not None:
             updates["plan"] = {"predictedAttainment": {str(k): v for k, v in
                                                        plan.predicted.items()}}
-    decision = decide_split(signals, hp, spec.hp_min, spec.hp_max, now, last_at,
+    decision = decide_split(signals, hp, spec.hp_min, spec.hp_max, now, resized_at,
                             SplitPolicy(cooldown=spec.autoscaling.cooldown), plan)
     if attainment is not None:
         updates["observedAttainment"] = round(attainment, 4)
     if decision.moved(hp):
-        updates["lastResize"] = {"time": datetime.now(UTC).isoformat(timespec="seconds"),
-                                 "from": hp, "to": decision.hp, "reason": decision.reason}
+        updates["lastResize"] = {"time": datetime.fromtimestamp(now, UTC).isoformat(
+            timespec="seconds"), "from": hp, "to": decision.hp, "reason": decision.reason}
         _note(body, "SplitResized", f"HP {hp} -> {decision.hp}: {decision.reason}")
-        hp = decision.hp
+        hp, resized_at = decision.hp, now
     fresh = condition("SloSignal", True, "Fresh", f"last check: {decision.reason}", generation,
                       previous)
-    return hp, fresh, updates
+    return WrittenSplit(hp, resized_at, now), fresh, updates
+
+
+def _split_from_status(spec: ServiceSpec, status: dict[str, Any]) -> WrittenSplit:
+    """The split as status says it (after an operator restart: nothing of ours in flight)."""
+    last = (status.get("lastResize") or {}).get("time")
+    return WrittenSplit(spec.clamp_hp((status.get("split") or {}).get("hp")),
+                        datetime.fromisoformat(last).timestamp() if last else None, 0.0)
 
 
 def _plan(spec: ServiceSpec) -> SplitPlan | None:
@@ -125,12 +149,12 @@ def _note(body: kopf.Body, reason: str, message: str) -> None:
 def reconcile(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger | Any,
               memo: kopf.Memo) -> None:
     with _locks[body["metadata"]["uid"]]:
-        # ``memo`` carries the CLI's options (kopf.run(memo=...)); absent means the defaults.
-        _reconcile(body, patch, logger, memo.get("monitoring_objects", True))
+        _reconcile(body, patch, logger, memo)
 
 
-def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any,
-               monitoring: bool) -> None:
+def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any, memo: kopf.Memo) -> None:
+    # kopf gives each object its own shallow copy of the CLI's memo (kopf.run(memo=...)).
+    options: OperatorOptions = memo.get("options") or OperatorOptions()
     generation = body["metadata"].get("generation", 0)
     previous = list((body.get("status") or {}).get("conditions") or [])
     try:
@@ -143,9 +167,12 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any,
             "observedGeneration": generation}]
         return
     kube = Kube()
-    status_now = body.get("status") or {}
-    hp = spec.clamp_hp((status_now.get("split") or {}).get("hp"))
-    hp, signal, updates = _autoscale(body, spec, hp, status_now, generation, previous)
+    written: WrittenSplit | None = memo.get("split")
+    split = (WrittenSplit(spec.clamp_hp(written.hp), written.resized_at, written.checked_at)
+             if written else _split_from_status(spec, body.get("status") or {}))
+    split, signal, updates = _autoscale(body, spec, options, split, generation, previous)
+    memo["split"] = split
+    hp = split.hp
     error = None
     pods: list[dict[str, Any]] = []
     try:
@@ -154,7 +181,7 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any,
             if result != "unchanged":
                 _note(body, f"{obj['kind']}{result.capitalize()}",
                       f"{obj['kind']} {obj['metadata']['name']} {result}")
-        if monitoring and _serves_monitoring(kube):
+        if options.monitoring_objects and _serves_monitoring(kube):
             for obj in monitoring_objects(spec):
                 result = kube.apply_custom(obj, MONITORING_PLURALS[obj["kind"]])
                 if result != "unchanged":

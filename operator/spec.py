@@ -130,10 +130,13 @@ def parse(body: dict[str, Any]) -> ServiceSpec:
     hp = _get(spec, "pool", "hp", default={}) or {}
     hp_min, hp_max = int(hp.get("min", 0)), int(hp.get("max", 0))
     resources = _get(spec, "runtime", "resources", default={}) or {}
-    for kind in ("requests", "limits"):
-        for res, qty in (resources.get(kind) or {}).items():
-            if not _QUANTITY.match(str(qty)):
-                raise SpecError(f"runtime.resources.{kind}.{res}: {qty!r} is not a quantity")
+    router_resources = _get(spec, "router", "resources", default={}) or {}
+    for section, given in (("runtime", resources), ("router", router_resources)):
+        for kind in ("requests", "limits"):
+            for res, qty in (given.get(kind) or {}).items():
+                if not _QUANTITY.match(str(qty)):
+                    raise SpecError(f"{section}.resources.{kind}.{res}: {qty!r} is not a "
+                                    "quantity")
     name = meta.get("name", "")
     if len(name) > 40:
         raise SpecError(f"name {name!r} is longer than 40 characters; child names would not fit")
@@ -192,7 +195,7 @@ def parse(body: dict[str, Any]) -> ServiceSpec:
         router_replicas=int(_get(spec, "router", "replicas", default=1)),
         router_port=int(_get(spec, "router", "port", default=8000)),
         router_service_type=_get(spec, "router", "serviceType", default="ClusterIP"),
-        router_resources=dict(_get(spec, "router", "resources", default={}) or {}),
+        router_resources=dict(router_resources),
         router_api_keys=_secret_ref(spec, "apiKeysSecret", "api-keys"),
         router_admin_token=_secret_ref(spec, "adminTokenSecret", "admin-token"),
     )

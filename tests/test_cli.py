@@ -115,6 +115,12 @@ def test_list_presets(capsys):
         (["up", "--system", "vllm-v0"], "--system must be one of ascendra, vllm"),
         (["up", "--hp", "2"], "--hp must be within 0..1"),
         (["up", "--system", "vllm", "--hp", "1"], "--hp applies to ascendra only"),
+        (["operator", "--allow-prometheus-url", "http://prometheus:9090/api"],
+         "--allow-prometheus-url must be an origin"),
+        (["operator", "--allow-prometheus-url", "ftp://prometheus"],
+         "--allow-prometheus-url must be an origin"),
+        (["operator", "--allow-prometheus-url", "http://p:port"],
+         "--allow-prometheus-url must be an origin"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys):

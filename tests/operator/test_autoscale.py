@@ -16,6 +16,7 @@ from test_operator_units import EXAMPLE
 from ascendra.operator.autoscale import (
     SignalError,
     buckets,
+    check_url,
     fetch,
     fetch_mix,
     queries,
@@ -58,6 +59,9 @@ def test_queries_select_the_service():
                for v in q.values())
 
 
+SECRET = "s3cr3t-internal-answer"
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     mode = "ok"
 
@@ -73,8 +77,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                         "result": [{"metric": {"le": le}, "value": [1, c]} for le, c in
                                    (("+Inf", "100"), ("100", "50"), ("200", "100"))]}}).encode())
             return
+        if self.mode == "secret":  # an internal service, not Prometheus, named as one
+            self._reply(json.dumps({"status": "ok", "token": SECRET}).encode())
+            return
         body = b"<html>not json" if self.mode == "garbage" else json.dumps(
-            {"status": "error", "error": "x"} if self.mode == "error" else vector("0.5")).encode()
+            {"status": "error", "errorType": "bad_data", "error": SECRET}
+            if self.mode == "error" else vector("0.5")).encode()
         self._reply(body)
 
     def _reply(self, body: bytes) -> None:
@@ -97,13 +105,43 @@ def fake_prometheus() -> Iterator[tuple[str, type[_Handler]]]:
 
 @pytest.mark.parametrize(("mode", "reason"), [("slow", "Timeout"), ("500", "BadResponse"),
                                               ("garbage", "BadResponse"),
-                                              ("error", "BadResponse")])
+                                              ("error", "BadResponse"),
+                                              ("secret", "BadResponse")])
 def test_bad_prometheus_raises_signal_error(fake_prometheus, mode, reason):
     url, handler = fake_prometheus
     handler.mode = mode
     with pytest.raises(SignalError) as e:
         fetch(spec_with(url), timeout=1.0)
     assert e.value.reason == reason
+    # What the answer said never reaches a message (a condition, an Event) a user can read.
+    assert SECRET not in str(e.value)
+    if mode == "error":
+        assert "an error of type bad_data" in str(e.value)
+
+
+@pytest.mark.parametrize(("url", "allowed"), [
+    ("http://prometheus.default.svc:9090", True),
+    ("https://prom-1.default.svc.cluster.local", True),
+    ("http://prometheus.other.svc:9090", False),  # another namespace's Service
+    ("http://prometheus.monitoring.svc:9090/api", True),  # ... as the installer allows
+    ("http://prometheus.monitoring.svc:9091", False),  # not on the allowed port
+    ("https://prometheus.monitoring.svc:9090", False),  # nor its scheme
+    ("http://127.0.0.1:9090", True),  # an allowed origin without a port: any port
+    ("http://user:pw@prometheus.default.svc", False),
+    ("http://default.svc", False),
+    ("http://169.254.169.254/latest/meta-data", False),
+    ("http://prometheus.default.svc.evil.example", False),
+    ("http://prometheus.default.svc:x", False),
+])
+def test_the_prometheus_url_is_an_own_service_or_an_allowed_origin(url, allowed):
+    spec = spec_with(url)
+    origins = ("http://prometheus.monitoring.svc:9090", "http://127.0.0.1")
+    if allowed:
+        check_url(spec, origins)
+    else:
+        with pytest.raises(SignalError) as e:
+            check_url(spec, origins)
+        assert e.value.reason == "NotAllowed" and "--allow-prometheus-url" in str(e.value)
 
 
 def test_good_prometheus_and_unreachable(fake_prometheus):

@@ -53,6 +53,7 @@ def test_parse_example():
 
 @pytest.mark.parametrize(("override", "message"), [
     ({"runtime__resources": {"requests": {"cpu": "lots"}}}, "not a quantity"),
+    ({"router__resources": {"limits": {"memory": "1 GB"}}}, "router.resources.limits.memory"),
     ({"placement__nodeSelector": {"pool": "bad value!"}}, "not a label value"),
     ({"policy": {"queueLimit": 0}}, "policy.queueLimit: 0 is out of range"),
     ({"policy": {"order": "lifo"}}, "policy.order: 'lifo' is not one of"),
@@ -220,6 +221,26 @@ def test_drift_ignores_server_defaults_but_not_edits():
     assert not drifted(dep, served)
     served["spec"]["replicas"] = 5
     assert drifted(dep, served)
+
+
+def test_resources_drift_as_quantities_not_as_text():
+    """The API server stores quantities in canonical form; the same amount written another
+    way is no drift (it patched the router Deployment every pass), a different one is."""
+    s = parse(body(router__resources={"requests": {"cpu": "0.5", "memory": "1024Mi"},
+                                      "limits": {"memory": 2147483648}}))
+    dep = next(o for o in router_objects(s) if o["kind"] == "Deployment")
+    served = copy.deepcopy(dep)
+    container = served["spec"]["template"]["spec"]["containers"][0]
+    container["resources"] = {"requests": {"cpu": "500m", "memory": "1Gi"},
+                              "limits": {"memory": "2Gi"}}
+    assert not drifted(dep, served)
+    container["resources"]["requests"]["cpu"] = "1"
+    assert drifted(dep, served)
+    role = next(o for o in router_objects(s) if o["kind"] == "Role")
+    assert not drifted(role, copy.deepcopy(role))  # rules' resources: [pods] stay text
+    changed = copy.deepcopy(role)
+    changed["rules"][0]["resources"] = ["secrets"]
+    assert drifted(role, changed)
 
 
 def test_router_reads_the_operators_config():
