@@ -223,6 +223,13 @@ INVALID = [
     ({"system": "vllm-v0"}, "spec.system"),
     ({"model": {"name": "m"}}, "spec.model.path"),
     ({"router": {"port": 70000}}, "spec.router.port"),
+    # Image references and the model's volume sources are checked at admission.
+    ({"runtime": {"image": "vllm/vllm-openai:v0.26.0; rm -rf /"}}, "spec.runtime.image"),
+    ({"runtime": {"image": "img:"}}, "spec.runtime.image"),
+    ({"router": {"image": "http://registry/router"}}, "spec.router.image"),
+    ({"model": {"name": "m", "path": "/models/m", "volume": {"hostPath": {"path": "/"}}}},
+     "spec.model.volume.hostPath"),
+    ({"model": {"name": "m", "path": "/models/m", "volume": {}}}, "spec.model.volume"),
 ]
 
 

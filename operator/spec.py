@@ -22,6 +22,9 @@ _QUANTITY = re.compile(r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numk
 # Its children include a Service, whose name must be an RFC 1035 label: checked before any child
 # exists (a dotted name used to pass, and fail at the Service after five children were made).
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# What a model is served from; the CRD admits these only (a hostPath would hand a namespace
+# user the node's filesystem). Checked here too, for an older CRD still installed.
+MODEL_VOLUME_SOURCES = ("persistentVolumeClaim", "nfs", "csi", "image", "ephemeral")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
@@ -144,6 +147,11 @@ def parse(body: dict[str, Any]) -> ServiceSpec:
         raise SpecError(f"name {name!r} must be lowercase letters, digits and '-', start with a "
                         f"letter and end with a letter or digit (its Service's name)")
     model_path, model_volume = _get(spec, "model", "path"), _get(spec, "model", "volume")
+    if model_volume is not None and (not isinstance(model_volume, dict) or len(model_volume) != 1
+                                     or next(iter(model_volume)) not in MODEL_VOLUME_SOURCES):
+        given = ", ".join(model_volume) if isinstance(model_volume, dict) else repr(model_volume)
+        raise SpecError(f"model.volume must be exactly one of {', '.join(MODEL_VOLUME_SOURCES)}"
+                        f", got {given}")
     if model_volume and (not str(model_path).startswith("/")
                          or model_mount_dir(str(model_path)) == ""):
         raise SpecError(f"model.path: {model_path!r} must be an absolute path below a folder "

@@ -54,6 +54,9 @@ def test_parse_example():
 @pytest.mark.parametrize(("override", "message"), [
     ({"runtime__resources": {"requests": {"cpu": "lots"}}}, "not a quantity"),
     ({"router__resources": {"limits": {"memory": "1 GB"}}}, "router.resources.limits.memory"),
+    ({"model__volume": {"hostPath": {"path": "/"}}}, "model.volume must be exactly one of"),
+    ({"model__volume": {"persistentVolumeClaim": {"claimName": "m"}, "emptyDir": {}}},
+     "got persistentVolumeClaim, emptyDir"),
     ({"placement__nodeSelector": {"pool": "bad value!"}}, "not a label value"),
     ({"policy": {"queueLimit": 0}}, "policy.queueLimit: 0 is out of range"),
     ({"policy": {"order": "lifo"}}, "policy.order: 'lifo' is not one of"),
