@@ -317,7 +317,7 @@ class Router:
                         first = False
                     if parts:
                         yield b"".join(parts)
-                    if session.done:
+                    if session.relayed:
                         break
                     batch = await self._next_batch(session)
             except ApiError as e:
@@ -335,7 +335,7 @@ class Router:
                      opening: list[TokenEvent], headers: dict[str, str] | None) -> None:
         async def collect() -> dict[str, Any]:
             texts = [ev.text for ev in opening]
-            while not session.done:
+            while not session.relayed:
                 texts += [ev.text for ev in await self._next_batch(session)]
             return shape.whole("".join(texts), session.generated, session.finish_reason,
                                len(session.generated))

@@ -99,6 +99,14 @@ class Session:
         return self.finish_reason is not None
 
     @property
+    def relayed(self) -> bool:
+        """Finished, and every event of it taken for the client's answer. The reader sets the
+        finish reason when its last event arrives, which under load is before the relay has
+        taken the events queued ahead of it: ending the answer at ``done`` cut streams short
+        by their last few tokens and their finish, with no error (seen on the CPU stack)."""
+        return self.done and self._events.empty()
+
+    @property
     def unstarted(self) -> bool:
         """No token yet from the instance it was last sent to."""
         return self.tokens_here == 0

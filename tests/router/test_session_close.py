@@ -51,3 +51,22 @@ def test_a_closed_session_cannot_be_started():
     with pytest.raises(RuntimeError, match="closed"):
         s.start(None, b, None)  # type: ignore[arg-type]
     assert b.sessions == {}
+
+
+def test_a_session_is_relayed_only_once_its_queued_events_are_taken():
+    """The reader sets the finish reason with its last event, often before the relay took the
+    events ahead of it: an answer that ended at ``done`` lost the last tokens and the finish."""
+    from ascendra.router.session import TokenEvent
+
+    async def run() -> None:
+        s, _, _ = _session()
+        for ids, finish in (([5], None), ([6], None), ([7], "length")):
+            s._events.put_nowait(TokenEvent(ids, "t", finish))
+        s.generated, s.finish_reason = [5, 6, 7], "length"
+        assert s.done and not s.relayed
+        events = await s.next_events()
+        assert [e.token_ids for e in events] == [[5], [6], [7]]
+        assert events[-1].finish_reason == "length"
+        assert s.relayed
+
+    asyncio.run(run())

@@ -509,3 +509,43 @@ def test_router_records_observations_and_serves_past_an_unfit_predictor(stack: S
     assert len(obs) >= 4
     assert all(o.remaining > 0 and o.slo_ttft == 1.0 and o.snapshot.prompt_len > 0
                for o in obs)
+
+
+def test_two_routers_share_an_engines_seats_through_its_own_counts(stack: Stack):
+    """Two router replicas in front of one engine (4 seats), a burst of 16 through each: every
+    router holds what the engine cannot seat, counting the other's streams through the engine's
+    own running count (polled every 0.1 s). A router that knew only its own streams would keep
+    4 in flight, and the two would keep 4 waiting in the engine's queue throughout. Measured:
+    one router alone keeps that queue at 0; two, at 1.3-1.8 on average, since both fill a seat
+    that freed within one poll (the one that loses waits in the engine for the next)."""
+    _wait_idle(stack.lp_engine, stack.hp_engine)
+    urls = ["http://127.0.0.1:18016", "http://127.0.0.1:18017"]
+    routers = [spawn_router(stack, int(u.rsplit(":", 1)[1]),
+                            [f"{stack.lp_engine},agent={stack.lp_agent}"]) for u in urls]
+    try:
+        for u in urls:
+            wait_healthy(u, 1, 120)
+
+        async def burst() -> tuple[list[dict], list[float]]:
+            async with aiohttp.ClientSession() as http:
+                tasks = [asyncio.create_task(_stream(
+                    http, urls[i % 2], {"model": MODEL, "prompt": f"replica {i} " * 10,
+                                        "max_tokens": 80, "ignore_eos": True},
+                    {"X-Ascendra-TTFT-SLO": "60"})) for i in range(32)]
+                waiting = []
+                while not all(t.done() for t in tasks):
+                    waiting.append(await asyncio.to_thread(
+                        engine_metric, stack.lp_engine, "vllm:num_requests_waiting"))
+                    await asyncio.sleep(0.05)
+                return [t.result() for t in tasks], waiting
+
+        results, waiting = asyncio.run(burst())
+    finally:
+        for r in routers:
+            os.killpg(r.pid, signal.SIGTERM)
+            r.wait()
+    assert all(len(r["ids"]) == 80 and r["finish"] == "length" for r in results), \
+        [(i, len(r["ids"]), r["finish"]) for i, r in enumerate(results)
+         if len(r["ids"]) != 80 or r["finish"] != "length"]
+    mean = sum(waiting) / len(waiting)
+    assert mean < 3.0, f"the engine queued {mean:.2f} on average (max {max(waiting)})"
