@@ -468,9 +468,7 @@ class Router:
         async def instances(request: Request) -> list[dict[str, Any]] | JSONResponse:
             if (denied := refused(self.settings.credentials.check_admin, request)) is not None:
                 return denied
-            return [{"url": i.url, "role": i.role.value, "healthy": i.healthy,
-                     "state": i.state.as_dict() if i.state else None,
-                     "own_streams": len(i.sessions)} for i in self.pool.instances]
+            return [self.control.describe(i) for i in self.pool.instances]
 
         @app.post("/ascendra/drain")
         async def drain(request: Request) -> JSONResponse:

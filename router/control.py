@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -113,6 +114,19 @@ class ControlLoop:
                             if not s.done and not s.moving) \
                 if self.core.needs_streams(views) or self.on_observations else ()
         return ClusterView(now, views, streams)
+
+    def describe(self, inst: Instance) -> dict[str, Any]:
+        """What ``/ascendra/instances`` says of ``inst``: the engine's report, and the view
+        the controller decides on (this router's unstarted requests and tokens, what the
+        report cannot count yet) with whether its flow-control window lets one more in."""
+        v = inst.view(self.pool.default_seats, self.token_budget)
+        view = {f: getattr(v, f) for f in ("unstarted", "unstarted_tokens",
+                                           "unreported_tokens", "engine_waiting", "running",
+                                           "kv_free_fraction", "step_time")}
+        return {"url": inst.url, "role": inst.role.value, "healthy": inst.healthy,
+                "state": inst.state.as_dict() if inst.state else None,
+                "own_streams": len(inst.sessions),
+                "view": {**view, "has_room": self.core.has_room(v)}}
 
     # -- passes ----------------------------------------------------------------------------
     def submit(self, session: Session) -> None:

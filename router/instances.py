@@ -3,7 +3,7 @@
 State comes from the runtime agent beside each engine (``GET /ascendra/state``) or, for a bare
 vLLM, from its ``/metrics``; either way it is the engine's own count, shared by every router
 replica. What only this router knows is added on top: the requests it sent that the engine has
-not reported yet (``pending``) and its own streams on the instance.
+not reported yet (their prompt tokens, ``unreported_tokens``) and its own streams on it.
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ class Instance:
     index: int
     spec: InstanceSpec
     state: EngineState | None = None
-    state_at: float = 0.0
+    # When the engine counts in ``state`` were taken (at the latest): what was sent after is
+    # not in them.
+    sampled_at: float = 0.0
     healthy: bool = False
     removed: bool = False  # gone from discovery; kept so that indexes stay stable
     sessions: dict[str, Session] = field(default_factory=dict)
@@ -85,13 +87,15 @@ class Instance:
         st = self.state or EngineState(role=self.role.value, ready=False)
         # One walk over the sessions: every release decision builds this view, and a loaded
         # H200 holds a thousand of them.
-        unstarted = unstarted_tokens = streams = context = remaining = 0
+        unstarted = unstarted_tokens = unreported = streams = context = remaining = 0
         for s in self.sessions.values():
             tokens = len(s.prompt_ids) + len(s.generated)
             remaining += s.max_tokens - len(s.generated)
             if s.tokens_here == 0:  # Session.unstarted
                 unstarted += 1
                 unstarted_tokens += tokens
+                if s.sent_at >= self.sampled_at:
+                    unreported += tokens
             else:
                 streams += 1
                 context += tokens
@@ -105,7 +109,8 @@ class Instance:
             kv_free_fraction=1.0 - st.kv_usage, kv_capacity_tokens=st.kv_capacity_tokens,
             max_seqs=st.max_seqs or default_seats,
             token_budget=st.token_budget or default_budget, step_time=st.step_time,
-            gpu=st.gpu)
+            gpu=st.gpu, engine_waiting=st.waiting if self.state is not None else None,
+            unreported_tokens=unreported)
 
 
 class InstancePool:
@@ -137,6 +142,7 @@ class InstancePool:
         return self.instances[index]
 
     async def refresh(self, http: aiohttp.ClientSession, inst: Instance) -> None:
+        asked = time.time()
         try:
             if inst.spec.agent_url:
                 async with http.get(inst.spec.agent_url + "/ascendra/state") as r:
@@ -161,7 +167,8 @@ class InstancePool:
         except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError):
             inst.healthy = False
             return
-        inst.state, inst.state_at, inst.healthy = state, time.time(), state.ready
+        inst.state, inst.healthy = state, state.ready
+        inst.sampled_at = asked - state.sample_age
 
     async def poll_forever(self, http: aiohttp.ClientSession) -> None:
         while True:

@@ -75,6 +75,7 @@ class Agent:
         self.rates = RateTracker()
         self.progress = ProgressWatch(cfg.progress_timeout)
         self.sample = parse_metrics("")
+        self._sampled_at = time.monotonic()  # when the scrape behind ``sample`` was sent
         self.proc: subprocess.Popen[bytes] | None = None
         self._http: aiohttp.ClientSession | None = None
         env = {**os.environ, **(cfg.env or {})}
@@ -101,6 +102,7 @@ class Agent:
             gpu=self.gpu, step_time=self.rates.step_time,
             prefill_s_per_token=self.rates.prefill_s_per_token,
             decode_step_time=self.rates.decode_step_time,
+            sample_age=time.monotonic() - self._sampled_at,
         )
 
     def start_engine(self) -> None:
@@ -138,9 +140,11 @@ class Agent:
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
             try:
+                asked = time.monotonic()
                 async with self._http.get(self.engine_url + "/metrics") as resp:
                     if resp.status == 200:
                         self.sample = parse_metrics(await resp.text())
+                        self._sampled_at = asked
                         self.rates.observe(self.sample)
                         self.progress.observe(self.sample, time.monotonic())
                         self.ready = True

@@ -127,6 +127,7 @@ class EngineState:
     prefill_s_per_token: float | None = None
     decode_step_time: float | None = None
     stalled: bool = False  # requests on it and no step for a while: its core is hung
+    sample_age: float = 0.0  # how old the engine's counts were when this was reported, s
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

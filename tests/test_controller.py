@@ -51,6 +51,36 @@ def test_flow_control_sends_while_the_engine_holds_less_than_its_window():
     assert d.releases[0].predicted_ttft == pytest.approx(0.03 - 0.003 + 0.01 + 0.1399)
 
 
+def test_the_window_binds_only_while_the_engine_may_hold_a_queue():
+    """1,200 tokens are unstarted (sent, no first token back): past the 1,000-token window.
+    An engine that has not said what waits in it, or says one request waits, gets nothing
+    more. One that reports nothing waiting has scheduled all it was sent: it gets more until
+    what was sent since its report fills a window of its own."""
+    def sent(**engine) -> list[int]:
+        c = ctl(release_steps=steps(1000), order=Order.FCFS)
+        for i in range(4):
+            c.enqueue(req(i, 400, arrival=i * 0.001))
+        return released(c.step(ClusterView(0.01, [inst(unstarted=3, unstarted_tokens=1200,
+                                                       **engine)])))
+
+    assert sent() == []
+    assert sent(engine_waiting=1) == []
+    # 0, 400 and 800 unreported tokens are under the window; 1,200 are not.
+    assert sent(engine_waiting=0) == [0, 1, 2]
+    assert sent(engine_waiting=0, unreported_tokens=700) == [0]
+    assert sent(engine_waiting=0, unreported_tokens=1000) == []
+
+
+def test_an_engine_without_a_queue_still_keeps_its_seats_and_kv_reserve():
+    c = ctl(release_steps=steps(1000), order=Order.FCFS)
+    c.enqueue(req(0, 400))
+    full = inst(unstarted=3, unstarted_tokens=1200, engine_waiting=0, running=1021)
+    assert c.step(ClusterView(0.01, [full])).releases == []
+    no_kv = inst(unstarted=3, unstarted_tokens=1200, engine_waiting=0,
+                 kv_capacity_tokens=100_000, kv_free_fraction=0.05)
+    assert c.step(ClusterView(0.02, [no_kv])).releases == []
+
+
 def test_orders_shortest_deadline_and_fcfs():
     def order(o: Order, reqs) -> list[int]:
         c = ctl(release_steps=steps(100_000), order=o)

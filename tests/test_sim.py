@@ -27,12 +27,12 @@ HOP = ClusterConfig(system("vllm")).release_delay
 
 def simulate(name: str, reqs: list[RequestSpec], *, instances: int = 3, hp: int | None = None,
              jitter: float = 0.0, seed: int = 0, kv_tokens: int = 451_840, slo: Slo = SLO,
-             **policy):
+             first_token_delay: float = 0.0, **policy):
     spec = system(name)
     if policy:
         spec = replace(spec, policy=replace(spec.policy, **policy))
     cfg = ClusterConfig(spec, instances=instances, hp_instances=hp, jitter_cv=jitter,
-                        kv_tokens=kv_tokens)
+                        kv_tokens=kv_tokens, first_token_delay=first_token_delay)
     return Simulation(cfg, LM, FixedMarginPredictor(LM, 0.7), slo, seed=seed).run(reqs)
 
 
@@ -48,6 +48,34 @@ def test_lone_request_ttft_is_the_hop_and_its_prefill_time(name):
     assert o.ttft == pytest.approx(HOP + prefill)
     assert o.finished and o.tokens == 5 and o.met and not o.relegated and o.rejected is None
     assert o.tbt_mean == pytest.approx(LM.batch_time(BatchShape.decode(1, 1001)), rel=0.01)
+
+
+def test_a_first_token_delay_adds_to_ttft_and_not_to_the_gaps():
+    plain = simulate("ascendra", [RequestSpec(0, 1.0, 1000, 5)]).outcomes[0]
+    late = simulate("ascendra", [RequestSpec(0, 1.0, 1000, 5)],
+                    first_token_delay=0.25).outcomes[0]
+    assert late.ttft == pytest.approx(plain.ttft + 0.25)
+    assert late.tbt_mean == pytest.approx(plain.tbt_mean) and late.tokens == 5
+
+
+@settings(max_examples=20, deadline=None)
+@given(name=st.sampled_from(sorted(SYSTEMS)), n=st.integers(1, 120), seed=st.integers(0, 99),
+       delay=st.sampled_from([0.05, 0.3, 2.0]))
+def test_with_a_first_token_delay_every_request_ends_once_with_exact_tokens(name, n, seed,
+                                                                            delay):
+    """Requests of one token (first and last arrive together), moves while a first token is
+    on its way, and overload (40 req/s on three instances): the router's count of unstarted
+    requests settles, and each request ends once."""
+    reqs = [replace(r, output_len=1) if r.id % 7 == 0 else r
+            for r in SyntheticWorkload(ShareGptLike()).requests(40.0, n, seed)]
+    cfg = ClusterConfig(system(name), jitter_cv=0.03, first_token_delay=delay)
+    sim = Simulation(cfg, LM, FixedMarginPredictor(LM, 0.7), SLO, seed=seed)
+    res = sim.run(reqs)
+    assert all(not i.unstarted and i.unstarted_tokens == 0 and i.in_transit_tokens == 0
+               for i in sim.instances)
+    assert [o.id for o in res.outcomes] == [r.id for r in reqs]
+    assert all(o.rejected is not None or (o.finished and o.tokens == r.output_len)
+               for o, r in zip(res.outcomes, reqs, strict=True))
 
 
 @pytest.mark.parametrize("name", sorted(SYSTEMS))

@@ -11,17 +11,17 @@ One step:
    request is evicted with a 503 to make room) or it is sheddable (criticality < 0, or the
    policy rejects on overload) and predicted to miss its TTFT even after the queue ahead of it
    drains (429 at once, with Retry-After).
-2. Release (flow control). While some instance has room — fewer unstarted prompt tokens than
-   the window (about one step of work), a free seat, its KV reserve, and, for a gap TBT target,
-   a next step predicted short enough — the head of the queue goes to the instance the
-   dispatcher picks. The queue is ordered by criticality, then by the policy's order (shortest,
-   least slack or arrival), and is re-decided at every release: a head that can no longer meet
-   its TTFT even released now to the fastest instance is relegated behind every request that
-   still can (or, if sheddable, rejected). Relegated requests go only when no other waits.
-   With promotion on, a request that is running out of slack but can still make it goes
-   first, while the whole queue is predicted to drain within that slack (a passing backlog).
-   With ``hold_queue`` off (stock vLLM behind a load balancer) every request is released at
-   once and the engines' queues hold the backlog.
+2. Release (flow control). While some instance has room — fewer unstarted prompt tokens than the
+   window (about one step of work) or no queue in the engine itself, a free seat, its KV
+   reserve, and, for a gap TBT target, a next step predicted short enough — the head of the
+   queue goes to the instance the dispatcher picks. The queue is ordered by criticality, then by
+   the policy's order (shortest, least slack or arrival), and is re-decided at every release: a
+   head that can no longer meet its TTFT even released now to the fastest instance is relegated
+   behind every request that still can (or, if sheddable, rejected). Relegated requests go only
+   when no other waits. With promotion on, a request that is running out of slack but can still
+   make it goes first, while the whole queue is predicted to drain within that slack (a passing
+   backlog). With ``hold_queue`` off (stock vLLM behind a load balancer) every request is
+   released at once and the engines' queues hold the backlog.
 3. On the host's periodic pass (streams given): requests waiting too long are answered 503,
    requests that could not make it even on an idle engine are relegated wherever they wait,
    LP requests at risk move to an HP (offload), streams whose mean TBT is at risk move by token
@@ -192,6 +192,11 @@ class ClusterController:
     @property
     def relegated_count(self) -> int:
         return sum(1 for _, _, q in self._relegated if not q.gone)
+
+    def has_room(self, inst: InstanceView) -> bool:
+        """Whether ``inst`` would take a request now (a mean-TBT one): what a host shows of the
+        flow control, so that a run can tell which instance it held back, and why."""
+        return _Rooms([inst], self.policy, self.predictor)._has_room(inst, None)
 
     def needs_streams(self, instances: Iterable[InstanceView]) -> bool:
         """Whether a periodic pass over ``instances`` needs the streams (for moves); a host
@@ -642,15 +647,16 @@ def _step_time(model: DeadlinePredictor, inst: InstanceView) -> float:
 
 
 class _Rooms:
-    """Each instance's flow-control window within one step (what was released this step counts
-    as unstarted at once): room for one more while it holds fewer unstarted prompt tokens than
-    the window (``release_steps`` of its token budget), has a free seat and keeps its KV
-    reserve. And the gap guard: a request whose TBT target bounds its gaps is sent only where
-    the step it would join is predicted within ``step_fraction`` of that target, or where no
-    stream would feel the step; where there is no such engine, to one with nothing left to
-    start (holding a prompt whose own step overruns cannot shorten that step, only starve the
-    engine: on the H200, with a rate estimate several times the real one, the guard held
-    every LongBench-like prompt until the engine ran dry, docs/gpu.md)."""
+    """Each instance's flow-control window within one step (what was released this step counts as
+    unstarted at once): room for one more while it holds fewer unstarted prompt tokens than the
+    window (``release_steps`` of its token budget) or the engine reports no queue of its own
+    (:meth:`_window_full`), has a free seat and keeps its KV reserve. And the gap guard: a
+    request whose TBT target bounds its gaps is sent only where the step it would join is
+    predicted within ``step_fraction`` of that target, or where no stream would feel the step;
+    where there is no such engine, to one with nothing left to start (holding a prompt whose own
+    step overruns cannot shorten that step, only starve the engine: on the H200, with a rate
+    estimate several times the real one, the guard held every LongBench-like prompt until the
+    engine ran dry, docs/gpu.md)."""
 
     def __init__(self, instances: Sequence[InstanceView], policy: Policy,
                  model: DeadlinePredictor) -> None:
@@ -667,8 +673,7 @@ class _Rooms:
         if self._unlimited:
             return True
         p = self._policy
-        if inst.unstarted_tokens >= p.release_steps * inst.token_budget or \
-                inst.running + inst.unstarted >= inst.max_seqs or \
+        if self._window_full(inst) or inst.running + inst.unstarted >= inst.max_seqs or \
                 inst.kv_free_tokens <= p.kv_reserve * inst.kv_capacity_tokens:
             return False
         if req is None or req.slo.tbt_kind is TbtKind.MEAN or inst.running == 0 or \
@@ -680,6 +685,19 @@ class _Rooms:
             prefill_attn_pairs=prefill * (prefill + 1) / 2, num_decodes=inst.running,
             decode_context=inst.decode_context))
         return step <= p.step_fraction * req.slo.tbt
+
+    def _window_full(self, inst: InstanceView) -> bool:
+        """The window binds only while the engine may hold a queue of its own: its report
+        says requests wait there, or more was sent since than the report can show. An engine
+        that has scheduled everything it was sent has no queue, however long its first tokens
+        take to come back (on the H200 a quarter of a second of each TTFT is not prefill, so
+        under sustained load the unstarted count filled the window while the engine ran 120 of
+        1,024 seats with nothing waiting, docs/gpu.md 2026-12-04)."""
+        window = self._policy.release_steps * inst.token_budget
+        if inst.unstarted_tokens < window:
+            return False
+        return inst.engine_waiting is None or inst.engine_waiting > 0 or \
+            inst.unreported_tokens >= window
 
     def any(self, req: Request | None = None) -> bool:
         views = self._views.values()
@@ -702,4 +720,5 @@ class _Rooms:
             return
         self._views[index] = replace(
             v, unstarted=v.unstarted + 1, unstarted_tokens=v.unstarted_tokens + tokens,
-            outstanding_tokens=v.outstanding_tokens + tokens)
+            outstanding_tokens=v.outstanding_tokens + tokens,
+            unreported_tokens=v.unreported_tokens + tokens)

@@ -36,6 +36,11 @@ class InstanceView:
     token_budget: int = 8192  # tokens the engine computes per step at most
     step_time: float | None = None  # its recent step time, s
     gpu: str = ""  # instances that share a GPU share this; "" shares with none
+    # The engine's own queue: requests it reports waiting for their first step (None: it has
+    # not said), and the prompt tokens sent here that its report cannot count yet (sent after
+    # the report was sampled, or still on the way there).
+    engine_waiting: int | None = None
+    unreported_tokens: int = 0
 
     @property
     def kv_free_tokens(self) -> float:

@@ -33,7 +33,7 @@ from ascendra.predict.observations import Observation, ObservationRecorder
 from ascendra.sim.planner import PlannerConfig, WorkloadMix, plan_split
 from ascendra.workloads.spec import RequestSpec
 
-_ARRIVAL, _STEP_DONE, _AT_ENGINE, _TICK = 0, 1, 2, 3
+_ARRIVAL, _STEP_DONE, _AT_ENGINE, _TICK, _FIRST_BACK = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,10 @@ class ClusterConfig:
     kv_tokens: int = 451_840  # per instance (H100 80GB, Llama-3.1-8B, 0.9 memory)
     release_delay: float = 0.002  # router → engine for a released request, s
     offload_delay: float = 0.01  # a move (abort here, resend there), s
+    # Engine → router for a first token beyond its step (a real engine's API server and output
+    # path; every later token is late alike, so gaps are not). The router counts the request
+    # unstarted until then.
+    first_token_delay: float = 0.0
     jitter_cv: float = 0.0  # multiplicative noise on step times
     drain_timeout: float = 120.0  # stop this long after the last arrival; unfinished = missed
     resize: SplitConfig | None = None
@@ -84,6 +88,7 @@ class _Track:
     instance: int = -1  # where it runs or is headed; -1 while queued at the router
     attempt: int = 0  # bumped by every send, so a superseded arrival at an engine is dropped
     at_engine: bool = False  # in its instance's scheduler (not on the way there)
+    first_on_the_way: bool = False  # its first token here is computed, not yet at the router
     sent_at: float = 0.0
     engine_priority: int | None = None
     first: float = -1.0
@@ -114,6 +119,7 @@ class _Instance:
     # What the router knows of it, kept up to date as requests come and go.
     unstarted: dict[int, int] = field(default_factory=dict)  # id → tokens to prefill
     unstarted_tokens: int = 0
+    in_transit_tokens: int = 0  # of those, on the way to the engine (not in its scheduler yet)
     streams: set[int] = field(default_factory=set)
     context: int = 0  # Σ tokens of its streams
     outstanding: int = 0  # tokens still to compute for everything sent here
@@ -126,7 +132,8 @@ class _Instance:
             decode_context=self.context, outstanding_tokens=self.outstanding,
             kv_free_fraction=s.kv.free_fraction, kv_capacity_tokens=s.kv.capacity_tokens,
             max_seqs=s.max_seqs,
-            token_budget=s.token_budget, step_time=self.last_step)
+            token_budget=s.token_budget, step_time=self.last_step,
+            engine_waiting=len(s.waiting), unreported_tokens=self.in_transit_tokens)
 
 
 @dataclass
@@ -195,9 +202,10 @@ class Simulation:
             if t.instance < 0 or t.finished or t.rejected:
                 continue
             r = t.request
+            seen = 0 if t.first_on_the_way else t.tokens  # what the router has of it
             out.append(InFlight(
-                r, t.instance, r.prompt_len + t.tokens, t.tokens,
-                t.first if t.tokens else None, t.last if t.tokens else None, t.sent_at,
+                r, t.instance, r.prompt_len + seen, seen,
+                t.first if seen else None, t.last if seen else None, t.sent_at,
                 t.engine_priority, t.moves, t.tbt_moves))
         return tuple(out)
 
@@ -258,6 +266,7 @@ class Simulation:
         t.attempt += 1
         inst.unstarted[t.request.id] = tokens
         inst.unstarted_tokens += tokens
+        inst.in_transit_tokens += tokens
         inst.outstanding += tokens + t.request.max_tokens - t.tokens
         self._push(at, _AT_ENGINE, (inst, t, t.attempt))
 
@@ -277,9 +286,12 @@ class Simulation:
             inst.streams.discard(req.id)
             inst.context -= req.num_tokens
         inst.outstanding -= req.max_tokens - t.tokens
+        t.first_on_the_way = False
         if t.at_engine:
             inst.scheduler.remove(req)
             t.at_engine = False
+        elif tokens is not None:
+            inst.in_transit_tokens -= tokens
 
     def _move(self, mv: Move, now: float) -> None:
         t = self._tracks[mv.request.id]
@@ -375,18 +387,24 @@ class Simulation:
                 if self._keep_gaps:
                     t.gaps = []
                 if self.recorder is not None:
-                    self._observations += self.recorder.first_token(req.id, now)
+                    self._observations += self.recorder.first_token(
+                        req.id, now + self.config.first_token_delay)
             if req.id in inst.unstarted:  # a first token, or a moved stream's first here
-                inst.unstarted_tokens -= inst.unstarted.pop(req.id)
-                inst.streams.add(req.id)
-                inst.context += req.num_tokens
-                changed = True
+                if not self.config.first_token_delay:
+                    self._first_here(inst, t)
+                    changed = True
+                elif not t.first_on_the_way:
+                    t.first_on_the_way = True
+                    self._push(now + self.config.first_token_delay, _FIRST_BACK,
+                               (inst, t, t.attempt))
             else:
                 inst.context += 1
             t.last = now
             t.tokens += 1
         for req in result.finished:
             t = self._tracks[req.id]
+            if t.first_on_the_way:  # its first and last tokens reach the router together
+                self._first_here(inst, t)
             t.finished = True
             inst.streams.discard(req.id)
             inst.context -= req.num_tokens
@@ -394,6 +412,14 @@ class Simulation:
         if inst.next_role is not None:
             self._swap_role(inst, inst.next_role)
         return changed
+
+    def _first_here(self, inst: _Instance, t: _Track) -> None:
+        """The router has the first token of ``t`` from ``inst``: it is a stream there."""
+        req = t.request
+        t.first_on_the_way = False
+        inst.unstarted_tokens -= inst.unstarted.pop(req.id)
+        inst.streams.add(req.id)
+        inst.context += req.num_tokens
 
     def _fresh(self, spec: RequestSpec) -> Request:
         return Request(
@@ -430,10 +456,16 @@ class Simulation:
                 self._tracks[req.id] = _Track(req)
                 self.controller.enqueue(req)
                 self._pass(now)
+            elif kind == _FIRST_BACK:
+                inst, t, attempt = payload  # type: ignore[misc]
+                if attempt == t.attempt and t.first_on_the_way:
+                    self._first_here(inst, t)
+                    self._pass(now)
             elif kind == _AT_ENGINE:
                 inst, t, attempt = payload  # type: ignore[misc]
                 if attempt == t.attempt and not t.finished:
                     t.at_engine = True
+                    inst.in_transit_tokens -= inst.unstarted[t.request.id]
                     inst.scheduler.add(t.request, t.engine_priority)
                     self._kick(inst, now)
             else:
@@ -463,7 +495,7 @@ class Simulation:
                            rejected=t.rejected)
         many = t.tokens > 1
         return replace(
-            base, ttft=t.first - spec.arrival,
+            base, ttft=t.first + self.config.first_token_delay - spec.arrival,
             tbt_mean=(t.last - t.first) / (t.tokens - 1) if many else None,
             max_gap=t.max_gap if many else None,
             gap_p99=float(np.percentile(t.gaps, 99)) if t.gaps else None,

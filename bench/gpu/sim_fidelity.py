@@ -70,8 +70,10 @@ def model_for(instances: int, profile: Path | None = None, slowdown: float = 1.0
 
 def predict(run: dict[str, Any], profile: Path | None = None, paper: bool = False,
             slowdown: float = 1.0, shared_profile: Path | None = None, gpu: str = "h100",
-            kv_full: int = KV_FULL, policy: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``policy``: fields (camelCase, as in the CRD) that change the system's policy."""
+            kv_full: int = KV_FULL, policy: dict[str, Any] | None = None,
+            first_token_delay: float = 0.0) -> dict[str, Any]:
+    """``policy``: fields (camelCase, as in the CRD) that change the system's policy;
+    ``first_token_delay``: the engine's first-token latency beyond its steps, s."""
     rep = run["report"]
     args = run["engine_args"]
     seats = _arg(args, "--max-num-seqs")
@@ -94,7 +96,8 @@ def predict(run: dict[str, Any], profile: Path | None = None, paper: bool = Fals
         load = rate_load(work, float(rate), rep["requests_per_rate"], 1,  # loadgen's seed
                          rep.get("lead_seconds", 0.0))
         res = Simulation(ClusterConfig(spec, instances=instances, hp_instances=hp,
-                                       kv_tokens=kv), lm,
+                                       kv_tokens=kv, first_token_delay=first_token_delay),
+                         lm,
                          FixedMarginPredictor(lm), slo, seed=1).run(load.specs)
         out["offloads"] += res.offloads
         out["migrations"] += res.migrations
@@ -124,9 +127,14 @@ def main() -> None:
                     "owning the GPU, in tokens (vLLM logs it at start)")
     ap.add_argument("--paper", action="store_true", help="simulate Ascendra runs with the "
                     "paper's LP/HP schedulers and rules instead of what the router deploys")
+    ap.add_argument("--first-token-delay", type=float, default=0.0, help="what a real "
+                    "engine adds to each first token beyond its steps, s (its API server and "
+                    "output path; 0.25 fits the H200's bare engine of 2026-12-04)")
     args = ap.parse_args()
     if args.shared_gpu_slowdown < 1.0:
         ap.error("--shared-gpu-slowdown must be ≥ 1")
+    if not 0.0 <= args.first_token_delay < 60.0:
+        ap.error("--first-token-delay must be within [0, 60) s")
     rows = {}
     for f in sorted(args.results.glob("*.json")):
         run = json.loads(f.read_text())
@@ -135,7 +143,7 @@ def main() -> None:
             continue
         measured, predicted = run["report"], predict(
             run, args.profile, args.paper, args.shared_gpu_slowdown, args.shared_profile,
-            args.gpu, args.kv_tokens)
+            args.gpu, args.kv_tokens, first_token_delay=args.first_token_delay)
         rows[name] = {"measured_goodput": measured["goodput_qps"],
                             "predicted_goodput": predicted["goodput_qps"],
                             "measured": {r: {k: v[k] for k in ("attainment", "ttft_p50",

@@ -25,8 +25,12 @@ def test_models_and_health(stack: Stack):
     assert [m.id for m in models.data] == [MODEL]
     health = stack.get("/health")
     assert health == {"healthy_instances": 2}
-    roles = sorted(i["role"] for i in stack.get("/ascendra/instances"))
-    assert roles == ["lp", "lp"]  # no HP unless a measurement shows one pays
+    instances = stack.get("/ascendra/instances")
+    assert sorted(i["role"] for i in instances) == ["lp", "lp"]  # no HP unless one pays
+    # What the controller decides on, per instance: an idle engine, its report in, has room.
+    for i in instances:
+        assert i["view"]["unstarted"] == 0 and i["view"]["engine_waiting"] == 0
+        assert i["view"]["has_room"] is True and i["state"]["sample_age"] < 5
 
 
 def test_streaming_completion_through_the_router(stack: Stack):
