@@ -482,8 +482,8 @@ class Router:
             inst = next((i for i in self.pool.instances if i.url == url), None)
             if inst is None:
                 return JSONResponse(ApiError(404, f"no instance {url}").body(), 404)
-            moved = await self.control.drain(inst)
-            return JSONResponse({"moved": moved})
+            moved, stayed = await self.control.drain(inst)
+            return JSONResponse({"moved": moved, "stayed": stayed})
 
         return app
 

@@ -249,8 +249,10 @@ class ControlLoop:
                                   failed.index)
         return move is not None and await self.move(s, move)
 
-    async def drain(self, inst: Instance) -> int:
-        """Move every stream of this router off ``inst`` (before it is removed or restarted)."""
+    async def drain(self, inst: Instance) -> tuple[int, int]:
+        """Move every stream of this router off ``inst`` (before it is removed or restarted):
+        how many moved, and how many stayed (no other instance healthy now, or a stream's
+        moves spent), so that an operator knows whether to drain again before removing it."""
         now = time.time()
         view = self.view(now, False)
         view = ClusterView(now, [v for v in view.instances if v.index != inst.index]
@@ -262,7 +264,11 @@ class ControlLoop:
             s = self.sessions.get(mv.request.id)
             if s is not None:
                 moved += await self.move(s, mv)
-        return moved
+        stayed = sum(not s.done for s in inst.sessions.values())
+        if stayed:
+            log.warning("drain of %s: %d streams stayed (%d other instances healthy)",
+                        inst.url, stayed, len(view.instances) - 1)
+        return moved, stayed
 
     # -- observations (the deadline predictor's data) ---------------------------------------
     def _record(self, view: ClusterView, now: float) -> None:

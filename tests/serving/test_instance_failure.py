@@ -51,7 +51,7 @@ def test_killing_an_instance_mid_stream(stack: Stack):
         body = {"model": MODEL, "prompt": "survive the failure", "max_tokens": 500,
                 "ignore_eos": True, "temperature": 0, "stream": True, "return_token_ids": True}
 
-        async def run() -> tuple[dict, dict, dict, float]:
+        async def run() -> tuple[dict, dict, dict, float, dict]:
             async with aiohttp.ClientSession() as http:
                 reference = await _collect(http, stack.url, body)
                 # Round-robin places R1's first request on the victim (instance 0).
@@ -64,12 +64,17 @@ def test_killing_an_instance_mid_stream(stack: Stack):
                 while min(len(sa.get("ids", ())), len(sb.get("ids", ()))) < 20:
                     assert not (a.done() or b.done()), "a stream ended before the kill"
                     await asyncio.sleep(0.005)
+                # R2 has nowhere to drain its stream to: it says the stream stayed.
+                async with http.post("http://127.0.0.1:18011/ascendra/drain",
+                                     json={"instance": "http://127.0.0.1:18200"}) as r:
+                    drained = await r.json()
                 os.killpg(victim.pid, signal.SIGKILL)
                 t = time.monotonic()
                 done = await asyncio.wait_for(asyncio.gather(a, b), timeout=60)
-                return reference, done[0], done[1], time.monotonic() - t
+                return reference, done[0], done[1], time.monotonic() - t, drained
 
-        reference, survived, stranded, took = asyncio.run(run())
+        reference, survived, stranded, took, drained = asyncio.run(run())
+        assert drained == {"moved": 0, "stayed": 1}
         assert survived["error"] is None and survived["finish"] == "length"
         assert survived["ids"] == reference["ids"]  # resumed by replay, nothing lost or doubled
         assert stranded["error"] is not None and "no other instance" in stranded["error"]["message"]

@@ -244,13 +244,21 @@ def test_migration_by_replay_keeps_exact_tokens(stack: Stack):
             while len(progress.get("ids", ())) < 20:  # mid-stream, whatever the machine's speed
                 await asyncio.sleep(0.01)
             at = len(progress["ids"])
-            async with http.post(stack.url + "/ascendra/drain",
-                                 json={"instance": instance}) as r:
-                drained = await r.json()
+            # A drain moves nothing while no other instance is healthy (on a loaded machine an
+            # agent's scrape of its engine may time out for a moment); the stream then stays,
+            # and the answer says so: an operator drains again, as this does.
+            drained = {}
+            for _ in range(20):
+                async with http.post(stack.url + "/ascendra/drain",
+                                     json={"instance": instance}) as r:
+                    drained = await r.json()
+                if drained != {"moved": 0, "stayed": 1}:
+                    break
+                await asyncio.sleep(0.5)
             return reference, await task, drained, at
 
     reference, moved, drained, at = asyncio.run(run())
-    assert drained == {"moved": 1}, f"nothing moved with {at} of 1500 tokens out"
+    assert drained == {"moved": 1, "stayed": 0}, f"{drained} with {at} of 1500 tokens out"
     assert len(moved["ids"]) == 1500 and moved["finish"] == "length"
     assert moved["ids"] == reference["ids"]
 
