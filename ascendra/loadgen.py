@@ -92,14 +92,25 @@ async def _events(content: aiohttp.StreamReader) -> AsyncIterator[dict[str, Any]
                 yield orjson.loads(payload)
 
 
-async def _one(http: aiohttp.ClientSession, cfg: BenchConfig, spec: RequestSpec,
-               prompt: list[int] | str, gaps: list[float]) -> RequestOutcome:
-    body = {"model": cfg.model, "prompt": prompt, "max_tokens": spec.output_len,
+def request_body(cfg: BenchConfig, spec: RequestSpec, prompt: list[int] | str
+                 ) -> dict[str, Any]:
+    """What one request of the load sends: a streamed completion of the workload's length."""
+    return {"model": cfg.model, "prompt": prompt, "max_tokens": spec.output_len,
             "stream": True, "ignore_eos": True, "return_token_ids": True}
+
+
+def request_headers(cfg: BenchConfig) -> dict[str, str]:
     headers = {"X-Ascendra-TTFT-SLO": f"{cfg.slo.ttft:g}",
                "X-Ascendra-TBT-SLO": f"{cfg.slo.tbt:g}"} if cfg.slo_headers else {}
     if cfg.criticality is not None:
         headers["X-Ascendra-Criticality"] = str(cfg.criticality)
+    return headers
+
+
+async def _one(http: aiohttp.ClientSession, cfg: BenchConfig, spec: RequestSpec,
+               prompt: list[int] | str, gaps: list[float]) -> RequestOutcome:
+    body = request_body(cfg, spec, prompt)
+    headers = request_headers(cfg)
     sent = time.perf_counter()
     first = last = None
     tokens, max_gap, error, finished, rejected, relegated = 0, 0.0, None, False, None, False

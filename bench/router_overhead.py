@@ -1,15 +1,22 @@
 """What the router adds to time-to-first-token, measured against a stand-in backend.
 
-Starts the STAND-IN backend (bench/standin_backend.py: no model, tokens on a fixed clock) and one
-router process in Ascendra mode in front of it, then runs the same open-loop Poisson load
-(text prompts the router must tokenize, 64 tokens in, 16 out) straight at the backend and through
-the router, at each rate. Added TTFT = router TTFT − direct TTFT, per percentile. The load
-generator shares this machine's cores with both servers, so the direct run at the same rate is the
-baseline that cancels its cost. Beside it, the router process's own CPU time per token it relayed
-(user + system, from /proc): what bounds the token rate one router process can carry.
+Starts the STAND-IN backend (no model, tokens on a fixed clock) and one router process in
+Ascendra mode in front of it, then runs the same open-loop Poisson load (text prompts the router
+must tokenize, 64 tokens in, 16 out) straight at the backend and through the router, at each
+rate. Added TTFT = router TTFT − direct TTFT, per percentile. Beside it, the router process's
+own CPU time per token it relayed (user + system, from /proc): what bounds the token rate one
+router process can carry.
+
+The harness (load generator and backend) shares this machine's cores with the router. With
+``--harness go`` (the default) both are ``bench/loadpump`` (Go, built here on first use), which
+at 2,000 req/s takes a fraction of the CPU the router does; ``--harness python`` runs
+``ascendra bench``'s load generator and ``bench/standin_backend.py``, which at 400 req/s took as
+much CPU as the router and so bounded what could be measured. The direct run at the same rate
+is the baseline that cancels the harness's cost in either.
 
     python bench/router_overhead.py [--rates 200,400,600,800] [--requests 2000]
-        [--system ascendra] [--gap 0.001] [--output-tokens 16]
+        [--system ascendra] [--gap 0.001] [--output-tokens 16] [--stream-interval 1]
+        [--harness go|python]
         [--json docs/results/router-overhead.json]
 """
 
@@ -17,21 +24,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from ascendra.core.request import Slo
-from ascendra.loadgen import BenchConfig, run_rate
+from ascendra.loadgen import BenchConfig, prompts_for, request_body, request_headers, run_rate
 from ascendra.runtime.tiny_model import build_tiny_model
 from ascendra.workloads.lengths import ShareGptLike
-from ascendra.workloads.spec import SyntheticWorkload
+from ascendra.workloads.spec import SyntheticWorkload, rate_load
 
 BACKEND, ROUTER = 18900, 18910
 HERE = Path(__file__).resolve().parent
@@ -77,6 +89,52 @@ def _lag_row(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
             "loop_lag_over_10ms": round(over[10], 4), "loop_lag_over_100ms": round(over[100], 4)}
 
 
+def loadpump() -> Path:
+    """The compiled harness, built from bench/loadpump into the cache once per source."""
+    src = HERE / "loadpump"
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(src.glob("*.go")))
+                            + (src / "go.mod").read_bytes()).hexdigest()[:12]
+    exe = Path.home() / ".cache" / "ascendra" / f"loadpump-{digest}"
+    if not exe.exists():
+        exe.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["go", "build", "-o", str(exe), "."], cwd=src, check=True)
+    return exe
+
+
+@dataclass(frozen=True)
+class Measured:
+    ttfts: list[float]  # of the requests answered, s
+    failed: int
+    tokens: int
+    wall_s: float
+
+
+def _run_python(cfg: BenchConfig, rate: float) -> Measured:
+    res = asyncio.run(run_rate(cfg, rate))
+    return Measured(sorted(o.ttft for o in res.outcomes if o.ttft is not None),
+                    sum(o.error is not None or not o.finished for o in res.outcomes),
+                    sum(o.tokens for o in res.outcomes), res.wall_s)
+
+
+def _run_go(exe: Path, cfg: BenchConfig, rate: float, tmp: Path) -> Measured:
+    """The same load as ``ascendra bench`` sends (its arrivals, prompts and bodies), sent by
+    loadpump."""
+    load = rate_load(cfg.workload, rate, cfg.requests, cfg.seed, cfg.lead_seconds)
+    headers = request_headers(cfg)
+    plan = tmp / "plan.jsonl"
+    with plan.open("wb") as f:
+        for spec, prompt in zip(load.specs, prompts_for(cfg, load.specs), strict=True):
+            f.write(orjson.dumps({"at": spec.arrival, "headers": headers,
+                                  "body": request_body(cfg, spec, prompt)}) + b"\n")
+    done = subprocess.run([str(exe), "client", "-url", cfg.url + "/completions",
+                           "-plan", str(plan)], check=True, capture_output=True)
+    res = orjson.loads(done.stdout)
+    outcomes = res["outcomes"]
+    return Measured(sorted(o["ttft"] for o in outcomes if o["ttft"] is not None),
+                    sum(bool(o.get("error")) or not o["finished"] for o in outcomes),
+                    sum(o["tokens"] for o in outcomes), res["wall_s"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rates", default="200,400,600,800")
@@ -87,13 +145,27 @@ def main() -> None:
     ap.add_argument("--system", default="ascendra",
                     help="the router's system (vllm-lb: no router queue, to see what holding "
                          "the queue costs)")
+    ap.add_argument("--stream-interval", type=int, default=1,
+                    help="tokens per event from the stand-in (vLLM's --stream-interval; "
+                         "--harness go only)")
+    ap.add_argument("--harness", choices=("go", "python"), default="go",
+                    help="the load generator and stand-in backend: bench/loadpump (compiled) "
+                         "or ascendra bench's and bench/standin_backend.py")
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        sys.exit(f"router_overhead: no directory for --json {args.json}")
+    if args.stream_interval != 1 and args.harness != "go":
+        sys.exit("router_overhead: --stream-interval needs --harness go")
     rates = [float(r) for r in args.rates.split(",")]
     model = build_tiny_model()
+    exe = loadpump() if args.harness == "go" else None
+    backend = [str(exe), "backend", "-port", str(BACKEND), "-gap", f"{args.gap}s",
+               "-stream-interval", str(args.stream_interval)] if exe else \
+        [sys.executable, str(HERE / "standin_backend.py"), "--port", str(BACKEND),
+         "--gap", str(args.gap)]
     procs = [
-        subprocess.Popen([sys.executable, str(HERE / "standin_backend.py"), "--port",
-                          str(BACKEND), "--gap", str(args.gap)], start_new_session=True),
+        subprocess.Popen(backend, start_new_session=True),
         subprocess.Popen([sys.executable, "-m", "ascendra.cli", "router", "--model-name",
                           "standin", "--tokenizer", str(model), "--max-model-len", "2048",
                           "--port", str(ROUTER), "--system", args.system, "--instance",
@@ -106,38 +178,40 @@ def main() -> None:
                                               output_median=args.output_tokens,
                                               output_sigma=0))
         rows = []
-        for rate in rates:
-            row: dict[str, object] = {"rate": rate}
-            for name, port in (("direct", BACKEND), ("router", ROUTER)):
-                cfg = BenchConfig(url=f"http://127.0.0.1:{port}/v1", model="standin",
-                                  workload=work, rates=[rate], requests=args.requests,
-                                  slo=Slo(1.0, 0.15), prompt="text")
-                cpu0, lag0 = _cpu_seconds(procs[1].pid), _loop_lag(f"http://127.0.0.1:{ROUTER}")
-                res = asyncio.run(run_rate(cfg, rate))
-                cpu = _cpu_seconds(procs[1].pid) - cpu0
-                lag = _lag_row(lag0, _loop_lag(f"http://127.0.0.1:{ROUTER}"))
-                ttft = sorted(o.ttft for o in res.outcomes if o.ttft is not None)
-                errors = sum(o.error is not None or not o.finished for o in res.outcomes)
-                row[name] = {
-                    "ttft_p50_ms": round(ttft[len(ttft) // 2] * 1e3, 3) if ttft else None,
-                    "ttft_p99_ms": round(ttft[int(len(ttft) * 0.99)] * 1e3, 3) if ttft else None,
-                    "failed": errors, "achieved_rate": round(len(ttft) / res.wall_s, 1)}
-                if name == "router":
-                    tokens = sum(o.tokens for o in res.outcomes)
-                    row[name]["router_cpu_us_per_token"] = round(1e6 * cpu / max(1, tokens), 1)
-                    row[name] |= lag
-            d, r = row["direct"], row["router"]
-            if d["ttft_p50_ms"] is not None and r["ttft_p50_ms"] is not None:  # type: ignore[index]
-                row["added_p50_ms"] = round(r["ttft_p50_ms"] - d["ttft_p50_ms"], 3)  # type: ignore[index]
-                row["added_p99_ms"] = round(r["ttft_p99_ms"] - d["ttft_p99_ms"], 3)  # type: ignore[index]
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-        out = {"router_system": args.system,
+        with tempfile.TemporaryDirectory() as tmp:
+            for rate in rates:
+                row: dict[str, object] = {"rate": rate}
+                for name, port in (("direct", BACKEND), ("router", ROUTER)):
+                    cfg = BenchConfig(url=f"http://127.0.0.1:{port}/v1", model="standin",
+                                      workload=work, rates=[rate], requests=args.requests,
+                                      slo=Slo(1.0, 0.15), prompt="text")
+                    cpu0 = _cpu_seconds(procs[1].pid)
+                    lag0 = _loop_lag(f"http://127.0.0.1:{ROUTER}")
+                    m = _run_go(exe, cfg, rate, Path(tmp)) if exe else _run_python(cfg, rate)
+                    cpu = _cpu_seconds(procs[1].pid) - cpu0
+                    lag = _lag_row(lag0, _loop_lag(f"http://127.0.0.1:{ROUTER}"))
+                    t = m.ttfts
+                    row[name] = {
+                        "ttft_p50_ms": round(t[len(t) // 2] * 1e3, 3) if t else None,
+                        "ttft_p99_ms": round(t[int(len(t) * 0.99)] * 1e3, 3) if t else None,
+                        "failed": m.failed, "achieved_rate": round(len(t) / m.wall_s, 1)}
+                    if name == "router":
+                        row[name]["router_cpu_us_per_token"] = round(
+                            1e6 * cpu / max(1, m.tokens), 1)
+                        row[name]["router_cpu_fraction"] = round(cpu / m.wall_s, 3)
+                        row[name] |= lag
+                d, r = row["direct"], row["router"]
+                if d["ttft_p50_ms"] is not None and r["ttft_p50_ms"] is not None:  # type: ignore[index]
+                    row["added_p50_ms"] = round(r["ttft_p50_ms"] - d["ttft_p50_ms"], 3)  # type: ignore[index]
+                    row["added_p99_ms"] = round(r["ttft_p99_ms"] - d["ttft_p99_ms"], 3)  # type: ignore[index]
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        out = {"router_system": args.system, "harness": args.harness,
                "requests_per_rate": args.requests, "prompt_tokens": 64,
-               "output_tokens": args.output_tokens,
+               "output_tokens": args.output_tokens, "stream_interval": args.stream_interval,
                "cpu_count": os.cpu_count(), "machine": platform.machine(),
-               "backend": "stand-in (bench/standin_backend.py), first token after 2 ms, "
-                          f"then one every {args.gap * 1e3:g} ms",
+               "backend": f"stand-in ({'bench/loadpump' if exe else 'bench/standin_backend.py'}"
+                          f"), first token after 2 ms, then one every {args.gap * 1e3:g} ms",
                "rows": rows}
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1) + "\n")

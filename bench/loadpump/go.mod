@@ -1,0 +1,3 @@
+module ascendra/bench/loadpump
+
+go 1.21
