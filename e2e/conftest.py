@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from cluster import LocalCluster
-from e2e_support import ROOT, Kubectl, Operator, eventually
+from e2e_support import ROOT, Kubectl, Operator, eventually, restricted_namespace
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +50,6 @@ def operator(kubectl: Kubectl, kubeconfig: Path, tmp_path_factory: pytest.TempPa
 @pytest.fixture
 def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
     name = "e2e-" + request.node.name.replace("_", "-")[:40].rstrip("-").lower()
-    kubectl("create", "namespace", name)
+    restricted_namespace(kubectl, name)
     yield name
     kubectl("delete", "namespace", name, "--wait=false", check=False)

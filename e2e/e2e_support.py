@@ -79,3 +79,12 @@ class Operator:
                 self.kill()
 
 
+RESTRICTED = ("pod-security.kubernetes.io/enforce=restricted",
+              "pod-security.kubernetes.io/enforce-version=latest")
+
+
+def restricted_namespace(kubectl: Kubectl, name: str) -> None:
+    """A namespace whose pods the API server admits only if they meet the restricted Pod
+    Security Standard (as a platform team sets it for tenants)."""
+    kubectl("create", "namespace", name, check=False)
+    kubectl("label", "namespace", name, "--overwrite", *RESTRICTED)

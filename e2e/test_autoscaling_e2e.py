@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cluster import free_ports
 from e2e_support import Kubectl, Operator, eventually
 from test_operator_e2e import manifest, runtime_pods
 
@@ -57,7 +58,7 @@ class _PressureMetrics(http.server.BaseHTTPRequestHandler):
 def prometheus(namespace: str, tmp_path: Path) -> Iterator[str]:
     exporter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PressureMetrics)
     threading.Thread(target=exporter.serve_forever, daemon=True).start()
-    port = 19190
+    port = free_ports(1)  # not a fixed one: two suites on one machine took each other's
     (tmp_path / "prom.yaml").write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [{"job_name": "ascendra-router", "static_configs": [{
@@ -86,7 +87,7 @@ def router(namespace: str, kubeconfig: Path, tmp_path: Path) -> Iterator[str]:
                          "app.kubernetes.io/component=runtime", "engine_port": 8000,
                          "agent_port": 8001, "interval": 1.0, "kubeconfig": str(kubeconfig)}}
     (tmp_path / "router.json").write_text(json.dumps(cfg))
-    port = 19280
+    port = free_ports(1)
     proc = subprocess.Popen([sys.executable, "-m", "ascendra.cli", "router", "--config",
                              str(tmp_path / "router.json"), "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e_support import ROOT, Kubectl, Operator, eventually
+from e2e_support import ROOT, Kubectl, Operator, eventually, restricted_namespace
 
 EXAMPLE = yaml.safe_load((ROOT / "crds" / "example-ascendraservice.yaml").read_text())
 
@@ -82,6 +82,15 @@ def test_apply_example_creates_every_child_on_gpu_nodes(kubectl: Kubectl, operat
     role = kubectl.json("get", "role", "llama-8b-router", "-n", namespace)
     assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"],
                               "verbs": ["get", "list", "watch"]}]
+    # The namespace enforces the restricted Pod Security Standard, and every child passed it;
+    # a pod that does not meet it is refused there.
+    plain = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain",
+             "namespace": namespace}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
+    refused = kubectl("apply", "-f", "-", input=json.dumps(plain), check=False)
+    assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr, refused.stderr
+    for p in (*pods, *router):
+        sc = p["spec"]["containers"][0]["securityContext"]
+        assert p["spec"]["securityContext"]["runAsNonRoot"] and sc["readOnlyRootFilesystem"]
     table = kubectl("get", "ascendraservices", "-n", namespace).stdout
     assert "LP" in table.splitlines()[0] and "llama-3.1-8b" in table
     assert "PodCreated" in eventually(lambda: reasons(kubectl, namespace), timeout=30,
@@ -284,8 +293,9 @@ def test_helm_chart_lints_templates_and_installs(kubectl: Kubectl, kubeconfig: P
     assert "--no-monitoring-objects" in next(
         d for d in with_monitoring if d["kind"] == "Deployment")["spec"]["template"]["spec"][
         "containers"][0]["args"]
+    restricted_namespace(kubectl, "ascendra-system")  # the operator's pod meets it too
     install = subprocess.run([helm, "install", "ascendra", chart, "-n", "ascendra-system",
-                              "--create-namespace", "--wait", "--timeout", "120s"],
+                              "--wait", "--timeout", "120s"],
                              capture_output=True, text=True, env=env)
     assert install.returncode == 0, install.stdout + install.stderr
     dep = kubectl.json("get", "deployment", "ascendra-operator", "-n", "ascendra-system")

@@ -23,6 +23,18 @@ SERVICE_LABEL = "ascendra.io/service"
 HASH_ANNOTATION = "ascendra.io/template-hash"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "ascendra-operator"}
 
+# Every pod the operator creates meets the restricted Pod Security Standard: a non-root user
+# (the images' own, uid 10001), no privilege escalation, no capabilities, the runtime's default
+# seccomp profile, and a read-only root filesystem with emptyDirs where the processes write.
+RUN_AS = 10001
+POD_SECURITY: dict[str, Any] = {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
+                                "fsGroup": RUN_AS, "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY: dict[str, Any] = {"allowPrivilegeEscalation": False,
+                                      "readOnlyRootFilesystem": True,
+                                      "capabilities": {"drop": ["ALL"]}}
+# The runtime's HOME: vLLM, torch and Triton keep their compile caches and config below it.
+RUNTIME_HOME = "/home/ascendra"
+
 
 def labels(spec: ServiceSpec, component: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "ascendra", "app.kubernetes.io/instance": spec.name,
@@ -66,7 +78,7 @@ def _runtime_pod_spec(spec: ServiceSpec) -> dict[str, Any]:
     resources: dict[str, dict[str, Any]] = {
         k: {r: str(q) for r, q in v.items()} for k, v in spec.resources.items()}
     for kind in ("requests", "limits"):
-        resources.setdefault(kind, {})["nvidia.com/gpu"] = str(spec.gpus)
+        resources.setdefault(kind, {})[spec.gpu_resource] = str(spec.gpus)
     volumes, mounts = _model_volume(spec)
     args = ["runtime", "--system", spec.system, "--model", spec.model_path,
             "--served-model-name", spec.model_name,
@@ -74,9 +86,16 @@ def _runtime_pod_spec(spec: ServiceSpec) -> dict[str, Any]:
             "--agent-port", str(AGENT_PORT), "--role-file", "/etc/podinfo/labels",
             "--max-model-len", str(spec.max_model_len), "--",
             "--tensor-parallel-size", str(spec.tensor_parallel), *spec.args]
+    env = [{"name": k, "value": v} for k, v in spec.env]
+    if not any(k == "HOME" for k, _ in spec.env):
+        env.append({"name": "HOME", "value": RUNTIME_HOME})
+    shm: dict[str, Any] = {"medium": "Memory"}
+    if spec.shm_size is not None:
+        shm["sizeLimit"] = spec.shm_size
     pod: dict[str, Any] = {
         "restartPolicy": "Always",
         "terminationGracePeriodSeconds": 60,
+        "securityContext": POD_SECURITY,
         "containers": [{
             "name": "runtime",
             "image": spec.image,
@@ -84,18 +103,23 @@ def _runtime_pod_spec(spec: ServiceSpec) -> dict[str, Any]:
             "args": args,
             "ports": [{"name": "http", "containerPort": ENGINE_PORT, "protocol": "TCP"},
                       {"name": "agent", "containerPort": AGENT_PORT, "protocol": "TCP"}],
-            "env": [{"name": k, "value": v} for k, v in spec.env],
+            "env": env,
             "resources": resources,
+            "securityContext": CONTAINER_SECURITY,
             "readinessProbe": {"httpGet": {"path": "/health", "port": "agent"},
                                "periodSeconds": 5, "failureThreshold": 3},
             "volumeMounts": [{"name": "podinfo", "mountPath": "/etc/podinfo"},
-                             {"name": "dshm", "mountPath": "/dev/shm"}, *mounts],
+                             {"name": "dshm", "mountPath": "/dev/shm"},
+                             {"name": "tmp", "mountPath": "/tmp"},
+                             {"name": "home", "mountPath": RUNTIME_HOME}, *mounts],
         }],
         "volumes": [
             # The agent reads its role from here; the kubelet refreshes it after a label flip.
             {"name": "podinfo", "downwardAPI": {"items": [
                 {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
-            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+            {"name": "dshm", "emptyDir": shm},
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "home", "emptyDir": {}},
             *volumes,
         ],
     }
@@ -193,6 +217,7 @@ def router_objects(spec: ServiceSpec) -> list[dict[str, Any]]:
                                              template_hash(router_config(spec))}},
                 "spec": {
                     "serviceAccountName": name,
+                    "securityContext": POD_SECURITY,
                     "containers": [{
                         "name": "router", "image": spec.router_image,
                         "args": ["router", "--config", "/etc/ascendra/router.json",
@@ -203,10 +228,12 @@ def router_objects(spec: ServiceSpec) -> list[dict[str, Any]]:
                                            "periodSeconds": 5},
                         "env": _credential_env(spec),
                         "resources": spec.router_resources,
+                        "securityContext": CONTAINER_SECURITY,
                         "volumeMounts": [{"name": "config", "mountPath": "/etc/ascendra"},
-                                         *mounts],
+                                         {"name": "tmp", "mountPath": "/tmp"}, *mounts],
                     }],
-                    "volumes": [{"name": "config", "configMap": {"name": name}}, *volumes],
+                    "volumes": [{"name": "config", "configMap": {"name": name}},
+                                {"name": "tmp", "emptyDir": {}}, *volumes],
                 },
             },
         },

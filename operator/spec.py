@@ -23,8 +23,12 @@ _QUANTITY = re.compile(r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numk
 # exists (a dotted name used to pass, and fail at the Service after five children were made).
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # What a model is served from; the CRD admits these only (a hostPath would hand a namespace
-# user the node's filesystem). Checked here too, for an older CRD still installed.
-MODEL_VOLUME_SOURCES = ("persistentVolumeClaim", "nfs", "csi", "image", "ephemeral")
+# user the node's filesystem), each one the restricted Pod Security Standard allows (an NFS
+# share is mounted through a PersistentVolume and its claim). Checked here too, for an older
+# CRD still installed.
+MODEL_VOLUME_SOURCES = ("persistentVolumeClaim", "csi", "image", "ephemeral")
+_EXTENDED_RESOURCE = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
@@ -71,6 +75,8 @@ class ServiceSpec:
     env: tuple[tuple[str, str], ...] = ()
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)
     gpus: int = 1
+    gpu_resource: str = "nvidia.com/gpu"  # the device plugin's extended resource
+    shm_size: str | None = None  # the limit of the engine's memory-backed /dev/shm
     tensor_parallel: int = 1
     model_volume: dict[str, Any] | None = None
     node_selector: dict[str, str] = field(default_factory=dict)
@@ -146,6 +152,15 @@ def parse(body: dict[str, Any]) -> ServiceSpec:
     if not _DNS_LABEL.match(name):
         raise SpecError(f"name {name!r} must be lowercase letters, digits and '-', start with a "
                         f"letter and end with a letter or digit (its Service's name)")
+    shm_size = _get(spec, "runtime", "shmSize")
+    if shm_size is not None and not _QUANTITY.match(str(shm_size)):
+        raise SpecError(f"runtime.shmSize: {shm_size!r} is not a quantity")
+    gpu_resource = str(_get(spec, "runtime", "gpuResource", default="nvidia.com/gpu"))
+    if not _EXTENDED_RESOURCE.match(gpu_resource):
+        raise SpecError(f"runtime.gpuResource: {gpu_resource!r} is not an extended resource "
+                        "name (domain/name, as a device plugin advertises it)")
+    if any(gpu_resource in (resources.get(kind) or {}) for kind in ("requests", "limits")):
+        raise SpecError(f"runtime.resources: set {gpu_resource} with runtime.gpusPerInstance")
     model_path, model_volume = _get(spec, "model", "path"), _get(spec, "model", "volume")
     if model_volume is not None and (not isinstance(model_volume, dict) or len(model_volume) != 1
                                      or next(iter(model_volume)) not in MODEL_VOLUME_SOURCES):
@@ -185,6 +200,7 @@ def parse(body: dict[str, Any]) -> ServiceSpec:
                   for e in (_get(spec, "runtime", "env", default=[]) or ())),
         resources={k: dict(v) for k, v in resources.items() if v},
         gpus=int(_get(spec, "runtime", "gpusPerInstance", default=1)),
+        gpu_resource=gpu_resource, shm_size=None if shm_size is None else str(shm_size),
         tensor_parallel=int(_get(spec, "runtime", "tensorParallel", default=1)),
         node_selector=node_selector,
         tolerations=tuple(_get(spec, "placement", "tolerations", default=[]) or ()),

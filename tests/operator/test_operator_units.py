@@ -62,6 +62,14 @@ def test_parse_example():
     ({"policy": {"order": "lifo"}}, "policy.order: 'lifo' is not one of"),
     ({"system": "ascendra-paper"}, "system: 'ascendra-paper' is not a system that runs"),
     ({"slo__tbtKind": "median"}, "slo.tbtKind: 'median' is not one of mean, p99, max"),
+    # A source the restricted Pod Security Standard refuses (NFS goes through a claim).
+    ({"model__volume": {"nfs": {"server": "s", "path": "/m"}}},
+     "model.volume must be exactly one of"),
+    ({"runtime__shmSize": "lots"}, "runtime.shmSize: 'lots' is not a quantity"),
+    ({"runtime__gpuResource": "gpu"}, "runtime.gpuResource: 'gpu' is not an extended"),
+    ({"runtime__gpuResource": "amd.com/gpu",
+      "runtime__resources": {"limits": {"amd.com/gpu": "1"}}},
+     "set amd.com/gpu with runtime.gpusPerInstance"),
 ])
 def test_spec_errors(override, message):
     with pytest.raises(SpecError, match=message):
@@ -110,6 +118,72 @@ def test_runtime_pod_places_on_gpus_and_reads_its_role_live():
     assert c["args"][c["args"].index("--tensor-parallel-size") + 1] == "2"
     assert spec["volumes"][0]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"] == \
         "metadata.labels"
+
+
+# The restricted Pod Security Standard as the API server's admission checks it
+# (k8s.io/pod-security-admission/policy), for the fields these pods can set.
+_RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "image",
+                       "persistentVolumeClaim", "projected", "secret"}
+
+
+def _restricted_violations(pod: dict) -> list[str]:
+    out = []
+    psc = pod.get("securityContext") or {}
+    for c in pod["containers"]:
+        sc = c.get("securityContext") or {}
+        if not (sc.get("runAsNonRoot", psc.get("runAsNonRoot"))):
+            out.append(f"{c['name']}: runAsNonRoot")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            out.append(f"{c['name']}: runAsUser 0")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{c['name']}: allowPrivilegeEscalation")
+        if (sc.get("capabilities") or {}).get("drop") != ["ALL"] or \
+                (sc.get("capabilities") or {}).get("add"):
+            out.append(f"{c['name']}: capabilities")
+        seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{c['name']}: seccompProfile")
+        if not sc.get("readOnlyRootFilesystem"):
+            out.append(f"{c['name']}: readOnlyRootFilesystem")  # beyond the standard: ours
+    for v in pod.get("volumes", []):
+        if set(v) - {"name"} - _RESTRICTED_VOLUMES:
+            out.append(f"volume {v['name']}: {sorted(set(v) - {'name'})}")
+    if pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"):
+        out.append("host namespaces")
+    return out
+
+
+@pytest.mark.parametrize("volume", [None, {"persistentVolumeClaim": {"claimName": "m"}},
+                                    {"image": {"reference": "models/llama:1"}}])
+def test_every_pod_meets_the_restricted_pod_security_standard(volume):
+    s = parse(body(model__path="/models/llama", **({"model__volume": volume} if volume else {})))
+    runtime = runtime_pod(s, 0, "lp")["spec"]
+    router = next(o for o in router_objects(s) if o["kind"] == "Deployment")[
+        "spec"]["template"]["spec"]
+    assert _restricted_violations(runtime) == [] and _restricted_violations(router) == []
+    # What the processes write goes to emptyDirs (the root filesystem is read-only).
+    mounts = {m["mountPath"]: m["name"] for m in runtime["containers"][0]["volumeMounts"]}
+    kinds = {v["name"]: next(k for k in v if k != "name") for v in runtime["volumes"]}
+    assert kinds[mounts["/tmp"]] == kinds[mounts["/home/ascendra"]] == "emptyDir"
+    assert {"name": "HOME", "value": "/home/ascendra"} in runtime["containers"][0]["env"]
+    assert any(m["mountPath"] == "/tmp" for m in router["containers"][0]["volumeMounts"])
+    assert _restricted_violations({**runtime, "securityContext": {}}) != []  # the check bites
+
+
+def test_what_a_gpu_runtime_needs_is_set_without_weakening_the_defaults():
+    s = parse(body(runtime__gpuResource="amd.com/gpu", runtime__shmSize="16Gi",
+                   runtime__env=[{"name": "HOME", "value": "/data"}]))
+    pod = runtime_pod(s, 0, "lp")["spec"]
+    c = pod["containers"][0]
+    assert c["resources"]["limits"]["amd.com/gpu"] == "1"
+    assert "nvidia.com/gpu" not in c["resources"]["limits"]
+    assert next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"] == {
+        "medium": "Memory", "sizeLimit": "16Gi"}
+    assert [e for e in c["env"] if e["name"] == "HOME"] == [{"name": "HOME", "value": "/data"}]
+    assert _restricted_violations(pod) == []
+    default = runtime_pod(parse(body()), 0, "lp")["spec"]
+    assert next(v for v in default["volumes"] if v["name"] == "dshm")["emptyDir"] == {
+        "medium": "Memory"}
 
 
 def test_role_is_not_part_of_the_template_hash():
