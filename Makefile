@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test lint e2e-binaries system-deps
+.PHONY: up test lint e2e-binaries system-deps images
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,10 +32,17 @@ lint: $(VENV)/.installed
 
 # Prometheus, promtool and Alertmanager for the observability tests (Debian packages).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# mmdebstrap, umoci and runc build and run the images (images/build_images.py).
 system-deps:
-	@command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null || \
+	@command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null && \
+	  command -v mmdebstrap >/dev/null && command -v umoci >/dev/null && \
+	  command -v runc >/dev/null || \
 	  ($(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
-	     prometheus prometheus-alertmanager)
+	     prometheus prometheus-alertmanager mmdebstrap umoci runc)
+
+# The operator+router image as an OCI archive in build/images/ (no Docker engine, no registry).
+images: $(VENV)/.installed system-deps
+	$(SUDO) $(BIN)/python images/build_images.py operator
 
 # The e2e suite's Kubernetes binaries (built from Go modules once, then cached by version).
 e2e-binaries: $(VENV)/.installed
