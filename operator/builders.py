@@ -8,6 +8,7 @@ replaces a pod.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from typing import Any
@@ -95,7 +96,7 @@ def _runtime_pod_spec(spec: ServiceSpec) -> dict[str, Any]:
     pod: dict[str, Any] = {
         "restartPolicy": "Always",
         "terminationGracePeriodSeconds": 60,
-        "securityContext": POD_SECURITY,
+        "securityContext": copy.deepcopy(POD_SECURITY),
         "containers": [{
             "name": "runtime",
             "image": spec.image,
@@ -105,7 +106,7 @@ def _runtime_pod_spec(spec: ServiceSpec) -> dict[str, Any]:
                       {"name": "agent", "containerPort": AGENT_PORT, "protocol": "TCP"}],
             "env": env,
             "resources": resources,
-            "securityContext": CONTAINER_SECURITY,
+            "securityContext": copy.deepcopy(CONTAINER_SECURITY),
             "readinessProbe": {"httpGet": {"path": "/health", "port": "agent"},
                                "periodSeconds": 5, "failureThreshold": 3},
             "volumeMounts": [{"name": "podinfo", "mountPath": "/etc/podinfo"},
@@ -217,7 +218,7 @@ def router_objects(spec: ServiceSpec) -> list[dict[str, Any]]:
                                              template_hash(router_config(spec))}},
                 "spec": {
                     "serviceAccountName": name,
-                    "securityContext": POD_SECURITY,
+                    "securityContext": copy.deepcopy(POD_SECURITY),
                     "containers": [{
                         "name": "router", "image": spec.router_image,
                         "args": ["router", "--config", "/etc/ascendra/router.json",
@@ -228,7 +229,7 @@ def router_objects(spec: ServiceSpec) -> list[dict[str, Any]]:
                                            "periodSeconds": 5},
                         "env": _credential_env(spec),
                         "resources": spec.router_resources,
-                        "securityContext": CONTAINER_SECURITY,
+                        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
                         "volumeMounts": [{"name": "config", "mountPath": "/etc/ascendra"},
                                          {"name": "tmp", "mountPath": "/tmp"}, *mounts],
                     }],
