@@ -9,7 +9,10 @@ starts a cluster by hand (printing its kubeconfig path).
 
 Nodes: two GPU pools (``h100``, ``h200``) of 4 nodes × 8 ``nvidia.com/gpu`` each, labelled and
 tainted like real GPU nodes, and a CPU pool of 2 nodes; kwok plays their kubelets, so pods are
-scheduled, become Running and Ready, and nothing executes.
+scheduled, become Running and Ready, and nothing executes. ``LocalCluster(real_node=...)``
+puts a real node (``e2e/node.py``: kubelet, kube-proxy, containerd, a CNI bridge) in place of
+the kwok CPU pool, where pods run for real from images imported into it; the API server then
+listens on that node's bridge address instead of 127.0.0.1, so that its pods can reach it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from node import GATEWAY, RealNode, network_up
+from node import NAME as NODE_NAME
 
 from ascendra.runtime.procs import die_with_parent
 
@@ -48,10 +54,11 @@ def ensure_binaries() -> Path:
     """Build what is missing into the versioned cache directory; return it."""
     BIN.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
-    core = ["kube-apiserver", "kube-controller-manager", "kube-scheduler"]
-    if not all((BIN / b).exists() for b in core):
-        _run(["go", "build", "-trimpath", "-o", str(BIN) + "/",
-              *(f"k8s.io/kubernetes/cmd/{b}" for b in core)], cwd=HERE / "k8s", env=env)
+    for group in (["kube-apiserver", "kube-controller-manager", "kube-scheduler"],
+                  ["kubelet", "kube-proxy"]):
+        if not all((BIN / b).exists() for b in group):
+            _run(["go", "build", "-trimpath", "-o", str(BIN) + "/",
+                  *(f"k8s.io/kubernetes/cmd/{b}" for b in group)], cwd=HERE / "k8s", env=env)
     if not (BIN / "etcd").exists():
         _run(["go", "build", "-trimpath", "-o", str(BIN / "etcd"), "./etcd"], cwd=HERE / "k8s",
              env=env)
@@ -63,9 +70,9 @@ def ensure_binaries() -> Path:
     return BIN
 
 
-def _certs(d: Path) -> None:
-    """A CA, the API server's serving cert, an admin client cert (system:masters) and the
-    service-account signing key pair."""
+def _certs(d: Path, node: str) -> None:
+    """A CA, the API server's serving cert, an admin client cert (system:masters), the real
+    node's client cert (``node``, in system:nodes) and the service-account signing key pair."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -109,8 +116,10 @@ def _certs(d: Path) -> None:
         x509.DNSName("localhost"), x509.DNSName("kubernetes"),
         x509.DNSName("kubernetes.default.svc"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address(GATEWAY)),
         x509.IPAddress(ipaddress.ip_address("10.96.0.1"))])
     leaf("admin", "ascendra-e2e-admin", "system:masters", None)
+    leaf("node", f"system:node:{node}", "system:nodes", None)
     sa = key()
     write_key(sa, d / "sa.key")
     (d / "sa.pub").write_bytes(sa.public_key().public_bytes(
@@ -139,10 +148,11 @@ def _node(name: str, pool: str | None, gpus: int, product: str | None) -> dict[s
 NODE_POOLS = [("h100", "NVIDIA-H100-80GB-HBM3"), ("h200", "NVIDIA-H200")]
 
 
-def nodes() -> list[dict[str, object]]:
+def nodes(cpu_pool: bool = True) -> list[dict[str, object]]:
+    """The kwok nodes: the GPU pools, and the CPU pool unless a real node takes its place."""
     out = [_node(f"gpu-{pool}-{i}", pool, 8, product) for pool, product in NODE_POOLS
            for i in range(4)]
-    return out + [_node(f"cpu-{i}", None, 0, None) for i in range(2)]
+    return out + ([_node(f"cpu-{i}", None, 0, None) for i in range(2)] if cpu_pool else [])
 
 
 def free_ports(count: int = 6) -> int:
@@ -168,17 +178,28 @@ def free_ports(count: int = 6) -> int:
 
 @dataclass
 class LocalCluster:
-    base_port: int = field(default_factory=free_ports)
+    base_port: int = field(default_factory=lambda: free_ports(10))
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ascendra-k8s-")))
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Images for a real node ({name: OCI archive}); None: kwok nodes only.
+    real_node: dict[str, Path] | None = None
+    node: RealNode | None = None
 
     @property
     def kubeconfig(self) -> Path:
         return self.workdir / "kubeconfig"
 
     @property
+    def binaries(self) -> Path:
+        return BIN
+
+    @property
+    def address(self) -> str:
+        return GATEWAY if self.real_node is not None else "127.0.0.1"
+
+    @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.base_port}"
+        return f"https://{self.address}:{self.base_port}"
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = (self.workdir / f"{name}.log").open("ab")
@@ -186,14 +207,16 @@ class LocalCluster:
                                             start_new_session=True,
                                             preexec_fn=die_with_parent)
 
-    def _write_kubeconfig(self) -> None:
+    def write_kubeconfig(self, path: Path, user: str) -> None:
+        """A kubeconfig for ``user`` (the name of a client cert made by ``_certs``)."""
         d = self.workdir
-        self.kubeconfig.write_text(json.dumps({
+        path.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "ascendra-e2e",
             "clusters": [{"name": "ascendra-e2e", "cluster": {
                 "server": self.server, "certificate-authority": str(d / "ca.crt")}}],
             "users": [{"name": "admin", "user": {
-                "client-certificate": str(d / "admin.crt"), "client-key": str(d / "admin.key")}}],
+                "client-certificate": str(d / f"{user}.crt"),
+                "client-key": str(d / f"{user}.key")}}],
             "contexts": [{"name": "ascendra-e2e", "context": {"cluster": "ascendra-e2e",
                                                               "user": "admin"}}],
         }, indent=1))
@@ -219,8 +242,10 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         b, d, p = ensure_binaries(), self.workdir, self.base_port
-        _certs(d)
-        self._write_kubeconfig()
+        _certs(d, NODE_NAME)
+        self.write_kubeconfig(self.kubeconfig, "admin")
+        if self.real_node is not None:
+            network_up()
         self._spawn("etcd", [str(b / "etcd"), "--data-dir", str(d / "etcd"),
                              "--listen-client-urls", f"http://127.0.0.1:{p + 1}",
                              "--advertise-client-urls", f"http://127.0.0.1:{p + 1}",
@@ -230,8 +255,11 @@ class LocalCluster:
                              "--unsafe-no-fsync", "--log-level", "warn"])
         self._spawn("kube-apiserver", [
             str(b / "kube-apiserver"), "--etcd-servers", f"http://127.0.0.1:{p + 1}",
-            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+            "--bind-address", self.address, "--advertise-address", self.address,
             "--secure-port", str(p), "--tls-cert-file", str(d / "apiserver.crt"),
+            "--kubelet-client-certificate", str(d / "admin.crt"),
+            "--kubelet-client-key", str(d / "admin.key"),
+            "--kubelet-preferred-address-types", "InternalIP",
             "--tls-private-key-file", str(d / "apiserver.key"),
             "--client-ca-file", str(d / "ca.crt"),
             "--service-account-issuer", "https://kubernetes.default.svc",
@@ -259,27 +287,34 @@ class LocalCluster:
             "--config", str(HERE / "kwok-stages.yaml"),
             "--node-ip=127.0.0.1", "--cidr=10.244.0.0/16",
             "--server-address", f"127.0.0.1:{p + 5}"])
+        kwok_nodes = nodes(cpu_pool=self.real_node is None)
         self.kubectl("apply", "-f", "-", input=json.dumps(
-            {"apiVersion": "v1", "kind": "List", "items": nodes()}))
-        self._wait_nodes_ready()
+            {"apiVersion": "v1", "kind": "List", "items": kwok_nodes}))
+        self._wait_nodes_ready(len(kwok_nodes))
         # The API server taints new nodes not-ready; lifting it is the node-lifecycle
         # controller's job, which stays off here because kwok nodes send no heartbeats.
         self.kubectl("taint", "nodes", "--all", "node.kubernetes.io/not-ready:NoSchedule-")
+        if self.real_node is not None:
+            self.node = RealNode(self)
+            self.node.start(self.real_node)
         return self
 
-    def _wait_nodes_ready(self, timeout: float = 120) -> None:
+    def _wait_nodes_ready(self, count: int, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             out = json.loads(self.kubectl("get", "nodes", "-o", "json").stdout)
             ready = [n for n in out["items"] if any(
                 c["type"] == "Ready" and c["status"] == "True"
                 for c in n.get("status", {}).get("conditions", []))]
-            if len(ready) == len(nodes()):
+            if len(ready) == count:
                 return
             time.sleep(1)
         raise RuntimeError("kwok did not make the nodes Ready")
 
     def stop(self) -> None:
+        if self.node is not None:
+            self.node.stop()  # while the API server and the controllers still run
+            self.node = None
         for p in reversed(list(self.procs.values())):
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)

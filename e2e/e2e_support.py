@@ -88,3 +88,11 @@ def restricted_namespace(kubectl: Kubectl, name: str) -> None:
     Security Standard (as a platform team sets it for tenants)."""
     kubectl("create", "namespace", name, check=False)
     kubectl("label", "namespace", name, "--overwrite", *RESTRICTED)
+
+
+def build_images(names: list[str], out: Path) -> dict[str, Path]:
+    """The project's images (images/build_images.py) as OCI archives in ``out``: {name: path}."""
+    sys.path.insert(0, str(ROOT / "images"))
+    import build_images as images
+
+    return {name: images.build_image(name, out) for name in names}

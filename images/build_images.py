@@ -19,7 +19,11 @@ router``). The runtime images are not built here yet: the CPU one would carry Py
 with its CUDA libraries (about 5 GB), and the GPU one is ``runtime/Dockerfile`` on top of
 vLLM's own CUDA image, which only a registry serves (docs/kubernetes.md).
 
-    python images/build_images.py operator [--out build/images]   # as root
+``pause`` is the sandbox image of the e2e cluster's real node (``images/pause``: one static Go
+binary, no base), in place of Kubernetes' own ``registry.k8s.io/pause``, which only a registry
+serves.
+
+    python images/build_images.py operator pause [--out build/images]   # as root
     python images/build_images.py lock operator   # re-resolve images/operator.lock
 """
 
@@ -64,7 +68,8 @@ class Image:
         return HERE / f"{self.name}.lock"
 
 
-IMAGES = {"operator": Image("operator", "the Ascendra operator and router", ("operator",))}
+IMAGES = {"operator": Image("operator", "the Ascendra operator and router", ("operator",)),
+          "pause": Image("pause", "the pod sandbox of the e2e cluster's real node", ())}
 
 
 def version() -> str:
@@ -220,15 +225,10 @@ def build(image: Image, out_dir: Path) -> Path:
             raise BuildError(f"{tool} is not installed (Debian package {tool}; `make "
                              "system-deps` installs it)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    ver, rev, src = version(), revision(), source()
     base, wheels = base_rootfs(), wheelhouse(image)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         work = Path(tmp)
-        layout, bundle = work / "layout", work / "bundle"
-        tag = f"{layout}:{ver}"
-        _run(["umoci", "init", "--layout", str(layout)], "umoci init")
-        _run(["umoci", "new", "--image", tag], "umoci new")
-        _run(["umoci", "unpack", "--image", tag, str(bundle)], "umoci unpack")
+        layout, bundle, tag = _new_layout(work)
         rootfs = bundle / "rootfs"
         _run(["tar", "-xf", str(base), "-C", str(rootfs)], "unpacking the base")
         stage = rootfs / "tmp" / "wheels"
@@ -247,28 +247,65 @@ def build(image: Image, out_dir: Path) -> Path:
                 "--home-dir", HOME, "--shell", "/usr/sbin/nologin", "ascendra",
                 what="adding the user")
         shutil.rmtree(stage)
-        _run(["umoci", "repack", "--image", tag, str(bundle)], "umoci repack",
-             env={**os.environ, "SOURCE_DATE_EPOCH": str(EPOCH)})
-        created = "2026-01-01T00:00:00Z"
-        _run(["umoci", "config", "--image", tag, "--no-history",
-              f"--config.user={UID}:{UID}", f"--config.workingdir={HOME}",
-              f"--config.entrypoint={VENV}/bin/ascendra",
-              *(f"--config.cmd={c}" for c in image.cmd),
-              f"--config.env=PATH={VENV}/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-              f"--config.env=HOME={HOME}", "--config.env=LANG=C.UTF-8",
-              f"--created={created}",
-              f"--config.label=org.opencontainers.image.title=ascendra-{image.name}",
-              f"--config.label=org.opencontainers.image.description={image.summary}",
-              f"--config.label=org.opencontainers.image.version={ver}",
-              f"--config.label=org.opencontainers.image.revision={rev}",
-              *([f"--config.label=org.opencontainers.image.source={src}"] if src else []),
-              f"--config.label=org.opencontainers.image.created={created}"], "umoci config")
-        _run(["umoci", "gc", "--layout", str(layout)], "umoci gc")
-        archive = out_dir / f"ascendra-{image.name}-{ver}.oci.tar"
-        part = archive.with_suffix(".part")
-        _run(["tar", "--sort=name", f"--mtime=@{EPOCH}", "--owner=0", "--group=0",
-              "--numeric-owner", "-cf", str(part), "-C", str(layout), "."], "writing the archive")
-        part.rename(archive)
+        return _pack(image, layout, bundle, tag, out_dir, [
+            f"--config.user={UID}:{UID}", f"--config.workingdir={HOME}",
+            f"--config.entrypoint={VENV}/bin/ascendra",
+            *(f"--config.cmd={c}" for c in image.cmd),
+            f"--config.env=PATH={VENV}/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            f"--config.env=HOME={HOME}", "--config.env=LANG=C.UTF-8"])
+
+
+def build_pause(image: Image, out_dir: Path) -> Path:
+    """The sandbox image: ``images/pause`` built static by Go, alone in an image with no base."""
+    if shutil.which("umoci") is None or shutil.which("go") is None:
+        raise BuildError("the pause image needs umoci (Debian package) and a Go toolchain")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        work = Path(tmp)
+        layout, bundle, tag = _new_layout(work)
+        _run(["go", "build", "-trimpath", "-ldflags=-s -w -buildid=", "-o",
+              str(bundle / "rootfs" / "pause"), "."], "building pause", cwd=HERE / "pause",
+             env={**os.environ, "CGO_ENABLED": "0"})
+        return _pack(image, layout, bundle, tag, out_dir, [
+            "--config.user=65535:65535", "--config.entrypoint=/pause"])
+
+
+def build_image(name: str, out_dir: Path) -> Path:
+    """Build the image ``name`` of :data:`IMAGES` into ``out_dir``; the archive's path."""
+    return (build_pause if name == "pause" else build)(IMAGES[name], out_dir)
+
+
+def _new_layout(work: Path) -> tuple[Path, Path, str]:
+    """An empty image in an OCI layout under ``work``, unpacked: (layout, bundle, tag)."""
+    layout, bundle = work / "layout", work / "bundle"
+    tag = f"{layout}:{version()}"
+    _run(["umoci", "init", "--layout", str(layout)], "umoci init")
+    _run(["umoci", "new", "--image", tag], "umoci new")
+    _run(["umoci", "unpack", "--image", tag, str(bundle)], "umoci unpack")
+    return layout, bundle, tag
+
+
+def _pack(image: Image, layout: Path, bundle: Path, tag: str, out_dir: Path,
+          config: list[str]) -> Path:
+    """Repack ``bundle`` as the image's one layer, set its config (``config``, then the labels)
+    and write the layout as ``out_dir/ascendra-NAME-VERSION.oci.tar``."""
+    ver, rev, src = version(), revision(), source()
+    _run(["umoci", "repack", "--image", tag, str(bundle)], "umoci repack",
+         env={**os.environ, "SOURCE_DATE_EPOCH": str(EPOCH)})
+    created = "2026-01-01T00:00:00Z"
+    _run(["umoci", "config", "--image", tag, "--no-history", *config, f"--created={created}",
+          f"--config.label=org.opencontainers.image.title=ascendra-{image.name}",
+          f"--config.label=org.opencontainers.image.description={image.summary}",
+          f"--config.label=org.opencontainers.image.version={ver}",
+          f"--config.label=org.opencontainers.image.revision={rev}",
+          *([f"--config.label=org.opencontainers.image.source={src}"] if src else []),
+          f"--config.label=org.opencontainers.image.created={created}"], "umoci config")
+    _run(["umoci", "gc", "--layout", str(layout)], "umoci gc")
+    archive = out_dir / f"ascendra-{image.name}-{ver}.oci.tar"
+    part = archive.with_suffix(".part")
+    _run(["tar", "--sort=name", f"--mtime=@{EPOCH}", "--owner=0", "--group=0",
+          "--numeric-owner", "-cf", str(part), "-C", str(layout), "."], "writing the archive")
+    part.rename(archive)
     return archive
 
 
@@ -280,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     lock = args.what[0] == "lock"
     names = args.what[1:] if lock else args.what
-    unknown = [n for n in names if n not in IMAGES]
+    unknown = [n for n in names if n not in IMAGES or (lock and n == "pause")]
     if unknown or not names:
         sys.exit(f"images/build_images.py: unknown image {', '.join(unknown) or '(none given)'}; "
                  f"images: {', '.join(IMAGES)}")
@@ -290,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 write_lock(IMAGES[name])
                 print(IMAGES[name].lock)
             else:
-                print(build(IMAGES[name], args.out))
+                print(build_image(name, args.out))
     except BuildError as e:
         sys.exit(f"images/build_images.py: {e}")
 

@@ -46,6 +46,10 @@ def runtime_selector(spec: ServiceSpec) -> str:
     return f"{SERVICE_LABEL}={spec.name},app.kubernetes.io/component=runtime"
 
 
+def router_selector(spec: ServiceSpec) -> str:
+    return f"{SERVICE_LABEL}={spec.name},app.kubernetes.io/component=router"
+
+
 def owner(spec: ServiceSpec) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": spec.name,
             "uid": spec.uid, "controller": True, "blockOwnerDeletion": True}
@@ -78,15 +82,17 @@ def _runtime_pod_spec(spec: ServiceSpec) -> dict[str, Any]:
     # Quantities as strings: that is how the API returns them, and what clients validate.
     resources: dict[str, dict[str, Any]] = {
         k: {r: str(q) for r, q in v.items()} for k, v in spec.resources.items()}
-    for kind in ("requests", "limits"):
-        resources.setdefault(kind, {})[spec.gpu_resource] = str(spec.gpus)
+    if spec.gpus:
+        for kind in ("requests", "limits"):
+            resources.setdefault(kind, {})[spec.gpu_resource] = str(spec.gpus)
     volumes, mounts = _model_volume(spec)
     args = ["runtime", "--system", spec.system, "--model", spec.model_path,
             "--served-model-name", spec.model_name,
             "--host", "0.0.0.0", "--port", str(ENGINE_PORT), "--agent-host", "0.0.0.0",
             "--agent-port", str(AGENT_PORT), "--role-file", "/etc/podinfo/labels",
-            "--max-model-len", str(spec.max_model_len), "--",
-            "--tensor-parallel-size", str(spec.tensor_parallel), *spec.args]
+            "--max-model-len", str(spec.max_model_len),
+            *(["--", "--tensor-parallel-size", str(spec.tensor_parallel)] if spec.gpus
+              else ["--cpu", "--"]), *spec.args]
     env = [{"name": k, "value": v} for k, v in spec.env]
     if not any(k == "HOME" for k, _ in spec.env):
         env.append({"name": "HOME", "value": RUNTIME_HOME})

@@ -23,10 +23,15 @@ from kubernetes.client.exceptions import ApiException
 from ascendra.core.request import Slo as CoreSlo
 from ascendra.core.split import SplitPlan, SplitPolicy, decide_split
 from ascendra.operator.autoscale import SignalError, check_url, fetch, fetch_mix
-from ascendra.operator.builders import ROLE_LABEL, router_objects, runtime_selector
+from ascendra.operator.builders import (
+    ROLE_LABEL,
+    router_objects,
+    router_selector,
+    runtime_selector,
+)
 from ascendra.operator.kube import Kube, api_message, load_config
 from ascendra.operator.monitoring import monitoring_objects
-from ascendra.operator.plan import condition, plan_pods, status
+from ascendra.operator.plan import condition, degraded_news, plan_pods, status
 from ascendra.operator.spec import GROUP, PLURAL, VERSION, ServiceSpec, SpecError, parse
 from ascendra.perf import latency_model
 from ascendra.sim.planner import PlannerConfig, plan_split
@@ -175,6 +180,7 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any, memo: kopf.Memo)
     hp = split.hp
     error = None
     pods: list[dict[str, Any]] = []
+    router_pods: list[dict[str, Any]] = []
     try:
         for obj in router_objects(spec):
             result = kube.apply(obj)
@@ -203,14 +209,19 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any, memo: kopf.Memo)
         if not plan.empty:
             pods = kube.list_pods(spec.namespace, runtime_selector(spec))
         router = kube.get_deployment(f"{spec.name}-router", spec.namespace)
+        router_pods = kube.list_pods(spec.namespace, router_selector(spec))
     except Exception as e:  # reported in status and Events, never a crash loop
         error = (f"{e.status} {e.reason}: {api_message(e)}" if isinstance(e, ApiException)
                  else f"{e.__class__.__name__}: {e}")
         router = None
         kopf.warn(body, reason="ReconcileError", message=error)
         logger.warning("reconcile of %s/%s failed: %s", spec.namespace, spec.name, error)
-    patch.status.update(status(spec, hp, pods, router, generation, previous, error,
-                               [signal] if signal else []))
+    new_status = status(spec, hp, pods, router, generation, previous, error,
+                        [signal] if signal else [], router_pods)
+    news = degraded_news(previous, new_status["conditions"])
+    if news is not None and news["reason"] in ("PodFailing", "Unschedulable"):
+        kopf.warn(body, reason=news["reason"], message=news["message"])
+    patch.status.update(new_status)
     patch.status.update(updates)
 
 

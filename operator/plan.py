@@ -100,10 +100,58 @@ def _pending_reason(pods: list[dict[str, Any]]) -> str | None:
     return None
 
 
+# Container states a pod does not leave by waiting: its image is missing or unusable, or its
+# process keeps dying. Each needs a person (or a spec change), so each makes the service
+# Degraded, naming the pod, the container and the kubelet's reason.
+STUCK = frozenset({"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
+                   "ImageInspectError", "CrashLoopBackOff", "CreateContainerConfigError",
+                   "CreateContainerError", "RunContainerError"})
+
+
+def failing_reason(pods: list[dict[str, Any]]) -> str | None:
+    """The first pod stuck in one of :data:`STUCK` (or failed outright), in words that stay the
+    same while the cause does (no restart counts or back-off times: the Event that says it is
+    posted once per cause, not once per pass)."""
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        st = pod.get("status") or {}
+        for cs in [*(st.get("initContainerStatuses") or []),
+                   *(st.get("containerStatuses") or [])]:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason not in STUCK:
+                continue
+            last = (cs.get("lastState") or {}).get("terminated")
+            if reason == "CrashLoopBackOff" and last:
+                detail = f"it exited {last.get('exitCode')} ({last.get('reason', 'Error')})"
+            else:
+                detail = waiting.get("message") or ""
+            return f"pod {name}, container {cs.get('name')}: {reason}" + \
+                (f": {detail}" if detail else "")
+        if st.get("phase") == "Failed":
+            return f"pod {name} failed: {st.get('reason', '')} {st.get('message', '')}".strip()
+    return None
+
+
+def degraded_news(previous: list[dict[str, Any]], conditions: list[dict[str, Any]]
+                  ) -> dict[str, Any] | None:
+    """The Degraded condition of ``conditions`` when it is True with a cause the previous
+    status did not give: what deserves a Warning Event."""
+    new = next((c for c in conditions if c["type"] == "Degraded"), None)
+    old = next((c for c in previous if c.get("type") == "Degraded"), {})
+    if new is None or new["status"] != "True":
+        return None
+    if (old.get("status"), old.get("reason"), old.get("message")) == \
+            ("True", new["reason"], new["message"]):
+        return None
+    return new
+
+
 def status(spec: ServiceSpec, hp: int, pods: list[dict[str, Any]],
            router: dict[str, Any] | None, generation: int,
            previous: list[dict[str, Any]], error: str | None = None,
-           extra: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+           extra: list[dict[str, Any]] | None = None,
+           router_pods: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The status block: counts, split and Ready/Progressing/Degraded conditions."""
     live = [p for p in pods if not _terminating(p)]
     ready = [p for p in live if _ready(p)]
@@ -112,9 +160,13 @@ def status(spec: ServiceSpec, hp: int, pods: list[dict[str, Any]],
     router_ready = bool(router) and \
         ((router or {}).get("status") or {}).get("availableReplicas", 0) >= 1
     all_ready = len(ready) == spec.instances == len(live) and router_ready
-    unschedulable = _pending_reason(live)
+    everything = live + [p for p in router_pods or [] if not _terminating(p)]
+    unschedulable = _pending_reason(everything)
+    failing = failing_reason(everything)
     if error:
         degraded = (True, "ReconcileError", error)
+    elif failing:
+        degraded = (True, "PodFailing", failing)
     elif unschedulable:
         degraded = (True, "Unschedulable", unschedulable)
     else:

@@ -161,6 +161,11 @@ def parse(body: dict[str, Any]) -> ServiceSpec:
                         "name (domain/name, as a device plugin advertises it)")
     if any(gpu_resource in (resources.get(kind) or {}) for kind in ("requests", "limits")):
         raise SpecError(f"runtime.resources: set {gpu_resource} with runtime.gpusPerInstance")
+    gpus = int(_get(spec, "runtime", "gpusPerInstance", default=1))
+    tensor_parallel = int(_get(spec, "runtime", "tensorParallel", default=1))
+    if gpus == 0 and tensor_parallel != 1:
+        raise SpecError("runtime.tensorParallel: a CPU runtime (gpusPerInstance 0) runs one "
+                        "engine process; tensorParallel must be 1")
     model_path, model_volume = _get(spec, "model", "path"), _get(spec, "model", "volume")
     if model_volume is not None and (not isinstance(model_volume, dict) or len(model_volume) != 1
                                      or next(iter(model_volume)) not in MODEL_VOLUME_SOURCES):
@@ -199,9 +204,9 @@ def parse(body: dict[str, Any]) -> ServiceSpec:
         env=tuple((e["name"], str(e.get("value", "")))
                   for e in (_get(spec, "runtime", "env", default=[]) or ())),
         resources={k: dict(v) for k, v in resources.items() if v},
-        gpus=int(_get(spec, "runtime", "gpusPerInstance", default=1)),
+        gpus=gpus,
         gpu_resource=gpu_resource, shm_size=None if shm_size is None else str(shm_size),
-        tensor_parallel=int(_get(spec, "runtime", "tensorParallel", default=1)),
+        tensor_parallel=tensor_parallel,
         node_selector=node_selector,
         tolerations=tuple(_get(spec, "placement", "tolerations", default=[]) or ()),
         affinity=_get(spec, "placement", "affinity"),

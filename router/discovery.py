@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +39,22 @@ def instances_from_pods(pods: list[dict[str, Any]], engine_port: int,
     return sorted(out, key=lambda s: s.engine_url)
 
 
+def in_cluster_url(env: Mapping[str, str]) -> str:
+    """The API server as the kubelet tells every pod (``KUBERNETES_SERVICE_HOST`` and
+    ``_PORT``, as client-go's in-cluster config reads it): a cluster need not run DNS, and
+    ``kubernetes.default.svc`` resolves only where it does."""
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return "https://kubernetes.default.svc"
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
 def _credentials(kubeconfig: str | None) -> tuple[str, ssl.SSLContext, dict[str, str]]:
     """(API server URL, TLS context, headers): the pod's service account, or a kubeconfig's
     current context (client certificate or token) when the router runs outside the cluster."""
     if kubeconfig is None:
         token = (SA / "token").read_text().strip()
-        return ("https://kubernetes.default.svc",
+        return (in_cluster_url(os.environ),
                 ssl.create_default_context(cafile=str(SA / "ca.crt")),
                 {"Authorization": f"Bearer {token}"})
     cfg = yaml.safe_load(Path(kubeconfig).read_text())

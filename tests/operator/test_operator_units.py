@@ -18,7 +18,7 @@ from ascendra.operator.builders import (
     router_objects,
     runtime_pod,
 )
-from ascendra.operator.plan import plan_pods, status
+from ascendra.operator.plan import degraded_news, failing_reason, plan_pods, status
 from ascendra.operator.spec import SpecError, parse
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "crds" / "example-ascendraservice.yaml"
@@ -289,6 +289,51 @@ def test_status_conditions():
     assert "Insufficient nvidia.com/gpu" in cond["Degraded"]["message"]
 
 
+def _waiting(pod: dict, reason: str, message: str = "", last: dict | None = None) -> dict:
+    pod = copy.deepcopy(pod)
+    pod["status"] = {"phase": "Pending", "containerStatuses": [{
+        "name": "runtime", "restartCount": 3, "state": {"waiting": {
+            "reason": reason, "message": message}},
+        "lastState": {"terminated": last} if last else {}}]}
+    return pod
+
+
+def test_a_pod_that_cannot_start_degrades_the_service_once_per_cause():
+    s = parse(body())
+    pods = [ready(runtime_pod(s, i, r)) for i, r in enumerate(roles(s, 0))]
+    router = {"status": {"availableReplicas": 1}}
+    name = pods[1]["metadata"]["name"]
+    missing = _waiting(pods[1], "ErrImageNeverPull",
+                       'Container image "x/runtime:9" is not present with pull policy of Never')
+    crashing = _waiting(pods[1], "CrashLoopBackOff", "back-off 40s restarting failed container",
+                        {"exitCode": 1, "reason": "Error"})
+    assert failing_reason(pods) is None
+    assert failing_reason([pods[0], missing]) == (
+        f'pod {name}, container runtime: ErrImageNeverPull: Container image "x/runtime:9" is '
+        "not present with pull policy of Never")
+    # The back-off time and restart count change every pass; the cause does not.
+    assert failing_reason([crashing]) == \
+        f"pod {name}, container runtime: CrashLoopBackOff: it exited 1 (Error)"
+    assert failing_reason([_waiting(pods[1], "ContainerCreating")]) is None
+
+    healthy = status(s, 0, pods, router, 1, [])["conditions"]
+    first = status(s, 0, [pods[0], crashing, pods[2]], router, 1, healthy)["conditions"]
+    cond = {c["type"]: c for c in first}
+    assert cond["Degraded"]["status"] == "True" and cond["Degraded"]["reason"] == "PodFailing"
+    assert cond["Ready"]["status"] == "False"
+    assert degraded_news(healthy, first) == cond["Degraded"]
+    again = _waiting(pods[1], "CrashLoopBackOff", "back-off 80s restarting failed container",
+                     {"exitCode": 1, "reason": "Error"})
+    second = status(s, 0, [pods[0], again, pods[2]], router, 1, first)["conditions"]
+    assert degraded_news(first, second) is None  # the same cause: no second Event
+    # A router pod that cannot start is named as well.
+    router_pod = _waiting({"metadata": {"name": "llama-8b-router-abc"}}, "ImagePullBackOff",
+                          'Back-off pulling image "bad/router:1"')
+    cond = {c["type"]: c for c in status(s, 0, pods, router, 1, healthy,
+                                         router_pods=[router_pod])["conditions"]}
+    assert cond["Degraded"]["message"].startswith("pod llama-8b-router-abc, container runtime")
+
+
 def test_drift_ignores_server_defaults_but_not_edits():
     s = parse(body())
     dep = next(o for o in router_objects(s) if o["kind"] == "Deployment")
@@ -359,3 +404,28 @@ def test_discovery_turns_running_pods_into_instances_and_the_pool_follows():
     assert [i.url for i in pool.routable()] == ["http://10.0.0.2:8000"]
     assert [i.url for i in pool.instances if not i.removed] == [
         "http://10.0.0.2:8000", "http://10.0.0.3:8000"]
+
+
+def test_the_router_finds_the_api_server_as_the_kubelet_tells_its_pod():
+    """A cluster without DNS (the e2e real node has none) still reaches the API server: the
+    kubelet's KUBERNETES_SERVICE_* variables win over the Service's DNS name."""
+    from ascendra.router.discovery import in_cluster_url
+
+    env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    assert in_cluster_url(env) == "https://10.96.0.1:443"
+    assert in_cluster_url({"KUBERNETES_SERVICE_HOST": "fd00::1",
+                           "KUBERNETES_SERVICE_PORT": "443"}) == "https://[fd00::1]:443"
+    assert in_cluster_url({}) == "https://kubernetes.default.svc"
+
+
+def test_a_cpu_runtime_requests_no_gpu_and_runs_vllms_cpu_build():
+    s = parse(body(runtime={"image": "ghcr.io/ascendra/runtime-cpu:0.1.0",
+                            "gpusPerInstance": 0,
+                            "resources": {"requests": {"cpu": "1", "memory": "2Gi"}}}))
+    c = runtime_pod(s, 0, "lp")["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in c["resources"]["requests"]
+    assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
+    assert c["args"][c["args"].index("--") - 1] == "--cpu"
+    assert "--tensor-parallel-size" not in c["args"]
+    with pytest.raises(SpecError, match="tensorParallel must be 1"):
+        parse(body(runtime={"image": "x:1", "gpusPerInstance": 0, "tensorParallel": 2}))

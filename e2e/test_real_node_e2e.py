@@ -1,0 +1,204 @@
+"""Real pods on a real node: the images built by images/build_images.py, imported into the
+node's containerd (nothing pulled), the chart's operator running as a pod from its image, and
+what it creates for an AscendraService running there too, in namespaces that enforce the
+restricted Pod Security Standard. The kwok GPU pools stay in the same cluster (tainted, so no
+CPU pod lands there).
+
+Needs root and Debian's containerd, runc, containernetworking-plugins and iptables (``make
+system-deps``), as CI has; elsewhere the module is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import node
+import openai
+import pytest
+from cluster import LocalCluster
+from e2e_support import ROOT, Kubectl, build_images, eventually, restricted_namespace
+
+from ascendra import __version__
+from ascendra.runtime.tiny_model import build_tiny_model
+
+pytestmark = pytest.mark.skipif(node.missing() is not None, reason=node.missing() or "")
+
+OPERATOR_IMAGE = "ghcr.io/ascendra/operator"
+NS = "serve"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    archives = build_images(["operator", "pause"], tmp_path_factory.mktemp("images"))
+    with LocalCluster(real_node={node.PAUSE_IMAGE: archives["pause"],
+                                 OPERATOR_IMAGE: archives["operator"]}) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def kubectl(cluster: LocalCluster) -> Kubectl:
+    k = Kubectl(cluster.kubeconfig)
+    restricted_namespace(k, "ascendra-system")
+    restricted_namespace(k, NS)
+    return k
+
+
+@pytest.fixture(scope="module")
+def operator_pod(cluster: LocalCluster, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[dict[str, Any]]:
+    """The chart installed as a user would: its operator runs as a pod, from the image."""
+    home = tmp_path_factory.mktemp("helm")
+    env = {"KUBECONFIG": str(cluster.kubeconfig), "HOME": str(home), "PATH": "/usr/bin:/bin"}
+    install = subprocess.run(
+        [str(cluster.binaries / "helm"), "install", "ascendra", str(ROOT / "charts" / "ascendra"),
+         "-n", "ascendra-system", "--set", f"operator.image.repository={OPERATOR_IMAGE}",
+         "--set", f"operator.image.tag={__version__}", "--set", "operator.image.pullPolicy=Never",
+         "--wait", "--timeout", "180s"], capture_output=True, text=True, env=env)
+    assert install.returncode == 0, install.stdout + install.stderr + _node_logs(cluster)
+    (pod,) = kubectl.json("get", "pods", "-n", "ascendra-system", "-l",
+                          "app.kubernetes.io/name=ascendra-operator")["items"]
+    yield pod
+    print(kubectl("logs", "-n", "ascendra-system", pod["metadata"]["name"], "--tail", "60",
+                  check=False).stdout)
+
+
+def _node_logs(cluster: LocalCluster) -> str:
+    d = cluster.workdir / "node"
+    return "".join(f"\n--- {name}\n{(d / f'{name}.log').read_text()[-2000:]}"
+                   for name in ("kubelet", "containerd") if (d / f"{name}.log").exists())
+
+
+def _model_claim(cluster: LocalCluster, kubectl: Kubectl) -> None:
+    """The tiny model on a PersistentVolume (a hostPath one, which only the cluster's admin
+    can create; the service's pods mount it through a claim, as restricted allows)."""
+    model = cluster.workdir / "volumes" / "tiny-llama"
+    if not model.exists():
+        shutil.copytree(build_tiny_model(), model)
+        for d in (cluster.workdir, model.parent):
+            d.chmod(0o755)  # the pods run as uid 10001
+    kubectl.apply({"apiVersion": "v1", "kind": "PersistentVolume",
+                   "metadata": {"name": "tiny-llama"},
+                   "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
+                            "storageClassName": "models", "hostPath": {
+                                "path": str(model.parent), "type": "Directory"}}})
+    kubectl.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                   "metadata": {"name": "models", "namespace": NS},
+                   "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "models",
+                            "volumeName": "tiny-llama",
+                            "resources": {"requests": {"storage": "1Gi"}}}})
+
+
+def cpu_service(runtime_image: str, **runtime: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "ascendra.io/v1alpha1", "kind": "AscendraService",
+        "metadata": {"name": "tiny", "namespace": NS},
+        "spec": {
+            "model": {"name": "tiny-llama", "path": "/models/tiny-llama", "maxModelLen": 512,
+                      "volume": {"persistentVolumeClaim": {"claimName": "models",
+                                                           "readOnly": True}}},
+            "runtime": {"image": runtime_image, "imagePullPolicy": "Never",
+                        "gpusPerInstance": 0, "shmSize": "256Mi",
+                        "env": [{"name": "VLLM_CPU_KVCACHE_SPACE", "value": "1"}],
+                        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+                        **runtime},
+            "pool": {"instances": 1, "hp": {"min": 0, "max": 0}},
+            "router": {"image": f"{OPERATOR_IMAGE}:{__version__}",
+                       "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}},
+        },
+    }
+
+
+def _service(kubectl: Kubectl) -> dict[str, Any]:
+    return kubectl.json("get", "ascendraservice", "tiny", "-n", NS)
+
+
+def _degraded(kubectl: Kubectl) -> dict[str, Any] | None:
+    conds = (_service(kubectl).get("status") or {}).get("conditions", [])
+    c = next((c for c in conds if c["type"] == "Degraded"), None)
+    return c if c and c["status"] == "True" else None
+
+
+def _container_running(pod: dict[str, Any]) -> bool:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return bool(statuses) and all("running" in (s.get("state") or {}) for s in statuses)
+
+
+def test_the_operator_runs_from_its_image_and_names_a_runtime_pod_that_cannot_start(
+        cluster: LocalCluster, kubectl: Kubectl, operator_pod: dict[str, Any]):
+    # The operator is a real process in a real container, as the restricted standard wants it.
+    assert _container_running(operator_pod), operator_pod["status"]
+    assert operator_pod["spec"]["nodeName"] == node.NAME
+    assert operator_pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    _model_claim(cluster, kubectl)
+    missing = "ascendra.local/no-such-runtime:0"
+    kubectl.apply(cpu_service(missing))
+
+    # The runtime pod's image is not on the node (and is never pulled): the service says so,
+    # naming the pod and the kubelet's reason, and an Event says it once.
+    cond = eventually(lambda: _degraded(kubectl), timeout=120,
+                      what="Degraded for the runtime pod's missing image")
+    assert cond["reason"] == "PodFailing", cond
+    assert "tiny-runtime-0" in cond["message"] and "ErrImageNeverPull" in cond["message"], cond
+    assert missing in cond["message"]
+    events = kubectl.json("get", "events", "-n", NS)["items"]
+    failing = [e for e in events if e["reason"] == "PodFailing"
+               and e["involvedObject"]["kind"] == "AscendraService"]
+    assert len(failing) == 1 and "tiny-runtime-0" in failing[0]["message"], failing
+
+    # The router runs for real from the operator's image and answers an OpenAI error while no
+    # engine is ready (never a hang). It is not Ready itself (its /health says no instance
+    # is), so its Service has no endpoint yet: it is asked at its pod's address.
+    def router_running() -> dict[str, Any] | None:
+        pods = kubectl.json("get", "pods", "-n", NS, "-l",
+                            "app.kubernetes.io/component=router")["items"]
+        return pods[0] if pods and _container_running(pods[0]) else None
+
+    router = eventually(router_running, timeout=120, what="the router's container running")
+    client = openai.OpenAI(base_url=f"http://{router['status']['podIP']}:8000/v1",
+                           api_key="none", max_retries=0, timeout=30)
+
+    def answered() -> bool:
+        try:
+            client.completions.create(model="tiny-llama", prompt="hello", max_tokens=4)
+        except openai.APIStatusError as e:
+            return e.status_code == 503
+        except openai.APIConnectionError:
+            return False  # the router is still starting
+        return False
+
+    eventually(answered, timeout=60, what="the router's 503 through its Service")
+
+    # Deleting the service removes every child, and the kubelet really stops the pods.
+    kubectl("delete", "ascendraservice", "tiny", "-n", NS, "--wait=true")
+    eventually(lambda: not kubectl.json("get", "pods", "-n", NS)["items"], timeout=120,
+               what="every pod of the service gone")
+    for kind in ("deployment", "service", "configmap", "serviceaccount"):
+        left = [o["metadata"]["name"] for o in kubectl.json("get", kind, "-n", NS)["items"]
+                if o["metadata"]["name"].startswith("tiny")]
+        assert not left, (kind, left)
+    assert _containers_of(cluster, NS) == [], "containers left on the node"
+
+
+def _containers_of(cluster: LocalCluster, namespace: str) -> list[str]:
+    """Containers the node's containerd still runs for pods of ``namespace``."""
+    assert cluster.node is not None
+    ctr = ["ctr", "--address", str(cluster.node.socket), "-n", "k8s.io"]
+    tasks = subprocess.run([*ctr, "tasks", "ls"], capture_output=True, text=True, check=True)
+    out = []
+    for line in tasks.stdout.splitlines()[1:]:
+        cid, _pid, state = line.split()[:3]
+        info = subprocess.run([*ctr, "containers", "info", cid], capture_output=True, text=True)
+        if state == "RUNNING" and info.returncode == 0:
+            labels = json.loads(info.stdout).get("Labels") or {}
+            if labels.get("io.kubernetes.pod.namespace") == namespace:
+                out.append(cid)
+    return out
+
+
+if os.environ.get("ASCENDRA_E2E_KUBECONFIG"):  # the real node is this suite's own
+    pytestmark = pytest.mark.skip(reason="the real-node suite runs on its own local cluster")

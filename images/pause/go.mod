@@ -1,0 +1,3 @@
+module ascendra.dev/images/pause
+
+go 1.24
