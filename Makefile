@@ -34,17 +34,21 @@ lint: $(VENV)/.installed
 
 # Prometheus, promtool and Alertmanager for the observability tests (Debian packages).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# mmdebstrap, umoci and runc build and run the images (images/build_images.py).
+# mmdebstrap, umoci and runc build and run the images (images/build_images.py); containerd,
+# the CNI plugins and iptables make the e2e cluster's real node (e2e/node.py).
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager mmdebstrap umoci runc containerd \
+	containernetworking-plugins iptables
 system-deps:
 	@command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null && \
 	  command -v mmdebstrap >/dev/null && command -v umoci >/dev/null && \
-	  command -v runc >/dev/null || \
+	  command -v runc >/dev/null && command -v containerd >/dev/null && \
+	  command -v iptables >/dev/null && test -x /usr/lib/cni/bridge || \
 	  ($(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
-	     prometheus prometheus-alertmanager mmdebstrap umoci runc)
+	     $(SYSTEM_PACKAGES))
 
 # The operator+router image as an OCI archive in build/images/ (no Docker engine, no registry).
 images: $(VENV)/.installed system-deps
-	$(SUDO) $(BIN)/python images/build_images.py operator
+	$(SUDO) $(BIN)/python images/build_images.py operator pause
 
 # The e2e suite's Kubernetes binaries (built from Go modules once, then cached by version).
 e2e-binaries: $(VENV)/.installed

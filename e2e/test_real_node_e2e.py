@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,14 +30,17 @@ from ascendra.runtime.tiny_model import build_tiny_model
 pytestmark = pytest.mark.skipif(node.missing() is not None, reason=node.missing() or "")
 
 OPERATOR_IMAGE = "ghcr.io/ascendra/operator"
+RUNTIME_IMAGE = "ghcr.io/ascendra/runtime-cpu"
 NS = "serve"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    archives = build_images(["operator", "pause"], tmp_path_factory.mktemp("images"))
+    archives = build_images(["operator", "runtime-cpu", "pause"],
+                            tmp_path_factory.mktemp("images"))
     with LocalCluster(real_node={node.PAUSE_IMAGE: archives["pause"],
-                                 OPERATOR_IMAGE: archives["operator"]}) as c:
+                                 OPERATOR_IMAGE: archives["operator"],
+                                 RUNTIME_IMAGE: archives["runtime-cpu"]}) as c:
         yield c
 
 
@@ -123,6 +127,15 @@ def _degraded(kubectl: Kubectl) -> dict[str, Any] | None:
     return c if c and c["status"] == "True" else None
 
 
+def _ready_lp_hp(kubectl: Kubectl) -> tuple[int, int] | None:
+    s = _service(kubectl)
+    st = s.get("status") or {}
+    conds = {c["type"]: c["status"] for c in st.get("conditions", [])}
+    if conds.get("Ready") != "True":
+        return None
+    return st.get("readyLP", 0), st.get("readyHP", 0)
+
+
 def _container_running(pod: dict[str, Any]) -> bool:
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     return bool(statuses) and all("running" in (s.get("state") or {}) for s in statuses)
@@ -149,6 +162,18 @@ def test_the_operator_runs_from_its_image_and_names_a_runtime_pod_that_cannot_st
     failing = [e for e in events if e["reason"] == "PodFailing"
                and e["involvedObject"]["kind"] == "AscendraService"]
     assert len(failing) == 1 and "tiny-runtime-0" in failing[0]["message"], failing
+
+    # An image that starts and then exits (the operator's image has no vLLM: its runtime
+    # fails at once) is a crash loop: a new cause, a new Event.
+    kubectl("patch", "ascendraservice", "tiny", "-n", NS, "--type=merge", "-p", json.dumps(
+        {"spec": {"runtime": {"image": f"{OPERATOR_IMAGE}:{__version__}"}}}))
+    cond = eventually(lambda: (c := _degraded(kubectl)) and "CrashLoopBackOff" in c["message"]
+                      and c, timeout=180, what="Degraded for the crash-looping runtime")
+    assert cond["reason"] == "PodFailing" and "tiny-runtime-0" in cond["message"], cond
+    assert "it exited 1" in cond["message"], cond
+    eventually(lambda: len([e for e in kubectl.json("get", "events", "-n", NS)["items"]
+                            if e["reason"] == "PodFailing"]) == 2, timeout=30,
+               what="a second PodFailing Event")
 
     # The router runs for real from the operator's image and answers an OpenAI error while no
     # engine is ready (never a hang). It is not Ready itself (its /health says no instance
@@ -202,3 +227,50 @@ def _containers_of(cluster: LocalCluster, namespace: str) -> list[str]:
 
 if os.environ.get("ASCENDRA_E2E_KUBECONFIG"):  # the real node is this suite's own
     pytestmark = pytest.mark.skip(reason="the real-node suite runs on its own local cluster")
+
+
+def test_a_cpu_service_streams_through_its_routers_service_and_follows_a_role_flip(
+        cluster: LocalCluster, kubectl: Kubectl, operator_pod: dict[str, Any]):
+    """kubectl apply → real vLLM CPU engines in runtime pods and a router pod, all Ready →
+    the official client streams through the router's Service → a role flip reaches the
+    running router → kubectl delete stops everything."""
+    _model_claim(cluster, kubectl)
+    service = cpu_service(f"{RUNTIME_IMAGE}:{__version__}")
+    service["spec"]["pool"] = {"instances": 2, "hp": {"min": 0, "max": 1, "initial": 0}}
+    kubectl.apply(service)
+    eventually(lambda: _ready_lp_hp(kubectl) == (2, 0), timeout=900, interval=5,
+               what="Ready with 2 LP engines serving")
+
+    svc = kubectl.json("get", "service", "tiny-router", "-n", NS)
+    client = openai.OpenAI(base_url=f"http://{svc['spec']['clusterIP']}:8000/v1",
+                           api_key="none", max_retries=0, timeout=120)
+    stream = client.completions.create(model="tiny-llama", prompt="The cluster", max_tokens=16,
+                                       stream=True, extra_body={"ignore_eos": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and
+              c.choices[0].finish_reason]
+    assert finish == ["length"] and text, chunks[-3:]
+
+    # The split moves to one HP: the operator flips a pod's label, the kubelet rewrites its
+    # downward-API file, its agent reports the role, and the running router sees it.
+    kubectl("patch", "ascendraservice", "tiny", "-n", NS, "--type=merge", "-p", json.dumps(
+        {"spec": {"pool": {"hp": {"min": 1, "max": 1, "initial": 1}}}}))
+    eventually(lambda: _ready_lp_hp(kubectl) == (1, 1), timeout=120, interval=2,
+               what="Ready with 1 LP and 1 HP")
+
+    def router_roles() -> list[str]:
+        r = urllib.request.urlopen(f"http://{svc['spec']['clusterIP']}:8000/ascendra/instances",
+                                   timeout=10)
+        return sorted(i["role"] for i in json.loads(r.read()) if i["healthy"])
+
+    eventually(lambda: router_roles() == ["hp", "lp"], timeout=120, interval=2,
+               what="the running router seeing one HP and one LP instance")
+    done = client.completions.create(model="tiny-llama", prompt="After the flip",
+                                     max_tokens=8, extra_body={"ignore_eos": True})
+    assert done.usage.completion_tokens == 8
+
+    kubectl("delete", "ascendraservice", "tiny", "-n", NS, "--wait=true")
+    eventually(lambda: not kubectl.json("get", "pods", "-n", NS)["items"], timeout=180,
+               what="every pod of the service gone")
+    assert _containers_of(cluster, NS) == [], "containers left on the node"

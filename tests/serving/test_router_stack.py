@@ -14,7 +14,15 @@ import urllib.request
 import aiohttp
 import openai
 import pytest
-from serving_support import SEATS, Stack, engine_metric, spawn_router, wait_healthy
+from serving_support import (
+    SEATS,
+    Stack,
+    assert_resumed_exactly,
+    engine_metric,
+    prompt_tokens_total,
+    spawn_router,
+    wait_healthy,
+)
 from transformers import AutoTokenizer
 
 MODEL = "tiny-llama"
@@ -228,9 +236,12 @@ def _router_metrics(url: str) -> str:
 
 def test_migration_by_replay_keeps_exact_tokens(stack: Stack):
     """Drain the instance under a greedy stream mid-way: it moves by token replay, and the
-    client gets exactly max_tokens tokens, the same ones an unmoved stream gets."""
-    body = {"model": MODEL, "prompt": "migrate this stream please", "max_tokens": 1500,
-            "ignore_eos": True, "temperature": 0}
+    client gets exactly max_tokens tokens: the ones it had, then exactly what the target
+    engine continues them with (assert_resumed_exactly)."""
+    prompt = list(range(100, 112))
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 1500, "ignore_eos": True,
+            "temperature": 0}
+    replayed: dict[str, float] = {}
 
     async def run() -> tuple[dict, dict, dict, int]:
         async with aiohttp.ClientSession() as http:
@@ -241,6 +252,8 @@ def test_migration_by_replay_keeps_exact_tokens(stack: Stack):
             task = asyncio.create_task(_stream(http, stack.url, body, {
                 "X-Ascendra-TTFT-SLO": "60", "X-Ascendra-TBT-SLO": "60"}, progress))
             instance = await _stream_instance(stack)
+            target = next(e for e in (stack.lp_engine, stack.hp_engine) if e != instance)
+            replayed.update(target=target, before=prompt_tokens_total(target))
             while len(progress.get("ids", ())) < 20:  # mid-stream, whatever the machine's speed
                 await asyncio.sleep(0.01)
             at = len(progress["ids"])
@@ -260,7 +273,9 @@ def test_migration_by_replay_keeps_exact_tokens(stack: Stack):
     reference, moved, drained, at = asyncio.run(run())
     assert drained == {"moved": 1, "stayed": 0}, f"{drained} with {at} of 1500 tokens out"
     assert len(moved["ids"]) == 1500 and moved["finish"] == "length"
-    assert moved["ids"] == reference["ids"]
+    target = str(replayed["target"])
+    assert_resumed_exactly(target, prompt, reference["ids"], moved["ids"],
+                           int(prompt_tokens_total(target) - replayed["before"]))
 
 
 async def _stream_instance(stack: Stack) -> str:
@@ -298,10 +313,15 @@ async def _fill_seats(http: aiohttp.ClientSession, engine: str, router: str
     ``router`` has seen them taken. Cancelling one frees its seat: vLLM aborts a request whose
     client left."""
     holders = [asyncio.create_task(_block(http, engine, 2000)) for _ in range(SEATS)]
-    while engine_metric(engine, "vllm:num_requests_running") < SEATS:
+    # A holder that ended before every seat was seen taken (its tokens ran out on a fast
+    # step, or it failed) is a lapse to retry, never a wait for a state that cannot come:
+    # CI once waited here for 15 minutes with the engine idle.
+    while await asyncio.to_thread(engine_metric, engine, "vllm:num_requests_running") < SEATS:
+        _check_held(holders)
         await asyncio.sleep(0.02)
     while not any(i["url"] == engine and (i["state"] or {}).get("running", 0) >= SEATS
                   for i in await _get_json(http, router + "/ascendra/instances")):
+        _check_held(holders)
         await asyncio.sleep(0.02)
     return holders
 
