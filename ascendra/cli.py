@@ -177,6 +177,10 @@ def _cmd_runtime(args: argparse.Namespace) -> int:
                               progress_timeout=args.progress_timeout,
                               admin_token=os.environ.get("ASCENDRA_ADMIN_TOKEN") or None))
     uvicorn.run(agent.app(), host=args.agent_host, port=args.agent_port, log_level="warning")
+    if agent.engine_exit is not None:
+        print(f"ascendra runtime: stopped because vLLM exited with status {agent.engine_exit}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -95,6 +95,8 @@ def _model_claim(cluster: LocalCluster, kubectl: Kubectl) -> None:
                    "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "models",
                             "volumeName": "tiny-llama",
                             "resources": {"requests": {"storage": "1Gi"}}}})
+    eventually(lambda: kubectl.json("get", "pvc", "models", "-n", NS)["status"].get("phase")
+               == "Bound", timeout=60, what="the model claim bound")
 
 
 def cpu_service(runtime_image: str, **runtime: Any) -> dict[str, Any]:
@@ -111,8 +113,8 @@ def cpu_service(runtime_image: str, **runtime: Any) -> dict[str, Any]:
                         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
                         **runtime},
             "pool": {"instances": 1, "hp": {"min": 0, "max": 0}},
-            "router": {"image": f"{OPERATOR_IMAGE}:{__version__}",
-                       "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}},
+            # router.image is left to its default: the operator's image, which holds it.
+            "router": {"resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}},
         },
     }
 
@@ -153,8 +155,8 @@ def test_the_operator_runs_from_its_image_and_names_a_runtime_pod_that_cannot_st
 
     # The runtime pod's image is not on the node (and is never pulled): the service says so,
     # naming the pod and the kubelet's reason, and an Event says it once.
-    cond = eventually(lambda: _degraded(kubectl), timeout=120,
-                      what="Degraded for the runtime pod's missing image")
+    cond = eventually(lambda: (c := _degraded(kubectl)) and c["reason"] == "PodFailing" and c,
+                      timeout=120, what="Degraded for the runtime pod's missing image")
     assert cond["reason"] == "PodFailing", cond
     assert "tiny-runtime-0" in cond["message"] and "ErrImageNeverPull" in cond["message"], cond
     assert missing in cond["message"]

@@ -91,7 +91,7 @@ class ServiceSpec:
     policy: Policy = field(default_factory=Policy)
     predictor_refit_every: int = 0
     autoscaling: Autoscaling = field(default_factory=Autoscaling)
-    router_image: str = "ghcr.io/ascendra/router:0.1.0"
+    router_image: str = "ghcr.io/ascendra/operator:0.1.0"
     router_replicas: int = 1
     router_port: int = 8000
     router_service_type: str = "ClusterIP"
@@ -220,7 +220,7 @@ def parse(body: dict[str, Any]) -> ServiceSpec:
         autoscaling=Autoscaling(bool(auto.get("enabled", False)), auto.get("prometheusUrl"),
                                 int(auto.get("intervalSeconds", 30)),
                                 int(auto.get("cooldownSeconds", 300)), planner),
-        router_image=_get(spec, "router", "image", default="ghcr.io/ascendra/router:0.1.0"),
+        router_image=_get(spec, "router", "image", default="ghcr.io/ascendra/operator:0.1.0"),
         router_replicas=int(_get(spec, "router", "replicas", default=1)),
         router_port=int(_get(spec, "router", "port", default=8000)),
         router_service_type=_get(spec, "router", "serviceType", default="ClusterIP"),

@@ -77,6 +77,9 @@ class Agent:
         self.sample = parse_metrics("")
         self._sampled_at = time.monotonic()  # when the scrape behind ``sample`` was sent
         self.proc: subprocess.Popen[bytes] | None = None
+        # vLLM's exit status when it exited on its own: the runtime then exits non-zero, so
+        # that the kubelet restarts the pod and reports it (CrashLoopBackOff), never Completed.
+        self.engine_exit: int | None = None
         self._http: aiohttp.ClientSession | None = None
         env = {**os.environ, **(cfg.env or {})}
         devices = env.get("CUDA_VISIBLE_DEVICES", "")
@@ -134,6 +137,7 @@ class Agent:
         while True:
             if self.proc is not None and self.proc.poll() is not None:
                 self.ready = False
+                self.engine_exit = self.proc.returncode
                 print(f"ascendra runtime: vLLM exited with status {self.proc.returncode}",
                       file=sys.stderr, flush=True)
                 self.stop_engine(timeout=5.0)  # what of its tree is left
