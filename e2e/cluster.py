@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node import GATEWAY, RealNode, network_up
+from node import GATEWAY, RealNode
 from node import NAME as NODE_NAME
 
 from ascendra.runtime.procs import die_with_parent
@@ -245,7 +245,8 @@ class LocalCluster:
         _certs(d, NODE_NAME)
         self.write_kubeconfig(self.kubeconfig, "admin")
         if self.real_node is not None:
-            network_up()
+            self.node = RealNode(self)
+            self.node.network_up()
         self._spawn("etcd", [str(b / "etcd"), "--data-dir", str(d / "etcd"),
                              "--listen-client-urls", f"http://127.0.0.1:{p + 1}",
                              "--advertise-client-urls", f"http://127.0.0.1:{p + 1}",
@@ -294,8 +295,7 @@ class LocalCluster:
         # The API server taints new nodes not-ready; lifting it is the node-lifecycle
         # controller's job, which stays off here because kwok nodes send no heartbeats.
         self.kubectl("taint", "nodes", "--all", "node.kubernetes.io/not-ready:NoSchedule-")
-        if self.real_node is not None:
-            self.node = RealNode(self)
+        if self.node is not None and self.real_node is not None:
             self.node.start(self.real_node)
         return self
 

@@ -63,18 +63,6 @@ def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def network_up() -> None:
-    """The bridge with the gateway address (the API server binds to it before any pod exists),
-    the service range routed onto it, and bridged traffic through iptables (kube-proxy's
-    ClusterIP rules must see a pod reaching a Service whose endpoint is on the same bridge)."""
-    if _sh("ip", "link", "show", BRIDGE, check=False).returncode != 0:
-        _sh("ip", "link", "add", BRIDGE, "type", "bridge")
-    _sh("ip", "addr", "replace", f"{GATEWAY}/24", "dev", BRIDGE)
-    _sh("ip", "link", "set", BRIDGE, "up")
-    _sh("ip", "route", "replace", SERVICE_RANGE, "dev", BRIDGE, "src", GATEWAY)
-    Path("/proc/sys/net/bridge/bridge-nf-call-iptables").write_text("1")
-
-
 @dataclass
 class RealNode:
     cluster: LocalCluster
@@ -90,11 +78,24 @@ class RealNode:
         return self.dir / "containerd" / "containerd.sock"
 
     # -- starting --------------------------------------------------------------------------------
-    def start(self, images: dict[str, Path]) -> None:
-        """containerd with ``images`` ({name: OCI archive}) imported, then kubelet and
-        kube-proxy; returns once the node is Ready and schedulable."""
+    def network_up(self) -> None:
+        """This machine's one real node reserved (waiting for another suite's to stop), then
+        the bridge with the gateway address (the API server binds to it before any pod
+        exists), the service range routed onto it, and bridged traffic through iptables
+        (kube-proxy's rules must see a pod reaching a Service whose endpoint is on the same
+        bridge)."""
         self._lock = LOCK.open("w")
         fcntl.flock(self._lock, fcntl.LOCK_EX)
+        if _sh("ip", "link", "show", BRIDGE, check=False).returncode != 0:
+            _sh("ip", "link", "add", BRIDGE, "type", "bridge")
+        _sh("ip", "addr", "replace", f"{GATEWAY}/24", "dev", BRIDGE)
+        _sh("ip", "link", "set", BRIDGE, "up")
+        _sh("ip", "route", "replace", SERVICE_RANGE, "dev", BRIDGE, "src", GATEWAY)
+        Path("/proc/sys/net/bridge/bridge-nf-call-iptables").write_text("1")
+
+    def start(self, images: dict[str, Path]) -> None:
+        """containerd with ``images`` ({name: OCI archive}) imported, then kubelet and
+        kube-proxy; returns once the node is Ready and schedulable (after network_up)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self._containerd()
         for name, archive in images.items():
@@ -239,7 +240,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     def stop(self) -> None:
         """Every pod of the node stopped through the kubelet (so the CNI plugin frees its
         address and veth), then kube-proxy and the kubelet, then whatever containers a failed
-        run left, then containerd; last, leftover mounts and kube-proxy's iptables rules."""
+        run left, then containerd; last, leftover mounts, the iptables rules and the bridge."""
         try:
             if self._running("kubelet"):
                 self._drain()
@@ -251,6 +252,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             self._leftovers()
             self.procs.clear()
             if self._lock is not None:
+                _sh("ip", "link", "del", BRIDGE, check=False)  # its address and route with it
                 self._lock.close()
                 self._lock = None
 

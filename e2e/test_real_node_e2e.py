@@ -85,6 +85,8 @@ def _model_claim(cluster: LocalCluster, kubectl: Kubectl) -> None:
         shutil.copytree(build_tiny_model(), model)
         for d in (cluster.workdir, model.parent):
             d.chmod(0o755)  # the pods run as uid 10001
+        for f in model.iterdir():
+            f.chmod(0o644)  # safetensors writes its file 0600
     kubectl.apply({"apiVersion": "v1", "kind": "PersistentVolume",
                    "metadata": {"name": "tiny-llama"},
                    "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],

