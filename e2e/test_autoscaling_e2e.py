@@ -33,7 +33,7 @@ from ascendra.runtime.tiny_model import build_tiny_model
 COOLDOWN, INTERVAL = 20, 5
 
 
-class _PressureMetrics(http.server.BaseHTTPRequestHandler):
+class PressureMetrics(http.server.BaseHTTPRequestHandler):
     """STAND-IN router metrics: 10 finished requests/s, 30% of them offloaded, HP queue 3."""
 
     started = time.monotonic()
@@ -56,7 +56,7 @@ class _PressureMetrics(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def prometheus(namespace: str, tmp_path: Path) -> Iterator[str]:
-    exporter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PressureMetrics)
+    exporter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PressureMetrics)
     threading.Thread(target=exporter.serve_forever, daemon=True).start()
     port = free_ports(1)  # not a fixed one: two suites on one machine took each other's
     (tmp_path / "prom.yaml").write_text(yaml.safe_dump({

@@ -10,10 +10,13 @@ system-deps``), as CI has; elsewhere the module is skipped with the reason.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
+import signal
 import subprocess
+import threading
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -21,8 +24,9 @@ from typing import Any
 import node
 import openai
 import pytest
-from cluster import LocalCluster
+from cluster import LocalCluster, free_ports
 from e2e_support import ROOT, Kubectl, build_images, eventually, restricted_namespace
+from test_autoscaling_e2e import PressureMetrics
 
 from ascendra import __version__
 from ascendra.runtime.tiny_model import build_tiny_model
@@ -53,15 +57,47 @@ def kubectl(cluster: LocalCluster) -> Kubectl:
 
 
 @pytest.fixture(scope="module")
-def operator_pod(cluster: LocalCluster, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[dict[str, Any]]:
-    """The chart installed as a user would: its operator runs as a pod, from the image."""
+def prometheus(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[str]:
+    """Real Prometheus on the node's bridge address (where the operator's pod reaches it),
+    scraping a STAND-IN that publishes the router's metric names with sustained HP pressure
+    for the service ``tiny`` (test_autoscaling_e2e's): two CPU engines cannot make real
+    pressure, and what is under test is the resizer acting on a real node."""
+    exporter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PressureMetrics)
+    threading.Thread(target=exporter.serve_forever, daemon=True).start()
+    d = tmp_path_factory.mktemp("prometheus")
+    port = free_ports(1)
+    (d / "prom.yaml").write_text(json.dumps({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "ascendra-router", "static_configs": [{
+            "targets": [f"127.0.0.1:{exporter.server_address[1]}"],
+            "labels": {"namespace": NS, "ascendra_io_service": "tiny"}}]}]}))
+    prom = subprocess.Popen([shutil.which("prometheus") or "prometheus",
+                             f"--config.file={d / 'prom.yaml'}",
+                             f"--storage.tsdb.path={d / 'data'}",
+                             f"--web.listen-address={node.GATEWAY}:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        yield f"http://{node.GATEWAY}:{port}"
+    finally:
+        os.killpg(prom.pid, signal.SIGTERM)
+        prom.wait(30)
+        exporter.shutdown()
+
+
+@pytest.fixture(scope="module")
+def operator_pod(cluster: LocalCluster, kubectl: Kubectl, prometheus: str,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The chart installed as a user would: its operator runs as a pod, from the image, and
+    may read the Prometheus above (an origin the installer allows)."""
     home = tmp_path_factory.mktemp("helm")
     env = {"KUBECONFIG": str(cluster.kubeconfig), "HOME": str(home), "PATH": "/usr/bin:/bin"}
     install = subprocess.run(
         [str(cluster.binaries / "helm"), "install", "ascendra", str(ROOT / "charts" / "ascendra"),
          "-n", "ascendra-system", "--set", f"operator.image.repository={OPERATOR_IMAGE}",
          "--set", f"operator.image.tag={__version__}", "--set", "operator.image.pullPolicy=Never",
+         "--set", f"operator.prometheusUrls={{{prometheus}}}",
          "--wait", "--timeout", "180s"], capture_output=True, text=True, env=env)
     assert install.returncode == 0, install.stdout + install.stderr + _node_logs(cluster)
     (pod,) = kubectl.json("get", "pods", "-n", "ascendra-system", "-l",
@@ -233,11 +269,11 @@ if os.environ.get("ASCENDRA_E2E_KUBECONFIG"):  # the real node is this suite's o
     pytestmark = pytest.mark.skip(reason="the real-node suite runs on its own local cluster")
 
 
-def test_a_cpu_service_streams_through_its_routers_service_and_follows_a_role_flip(
-        cluster: LocalCluster, kubectl: Kubectl, operator_pod: dict[str, Any]):
+def test_a_cpu_service_streams_through_its_routers_service_and_follows_the_resizer(
+        cluster: LocalCluster, kubectl: Kubectl, operator_pod: dict[str, Any], prometheus: str):
     """kubectl apply → real vLLM CPU engines in runtime pods and a router pod, all Ready →
-    the official client streams through the router's Service → a role flip reaches the
-    running router → kubectl delete stops everything."""
+    the official client streams through the router's Service → the resizer's role flip
+    reaches the running router → kubectl delete stops everything."""
     _model_claim(cluster, kubectl)
     service = cpu_service(f"{RUNTIME_IMAGE}:{__version__}")
     service["spec"]["pool"] = {"instances": 2, "hp": {"min": 0, "max": 1, "initial": 0}}
@@ -256,12 +292,17 @@ def test_a_cpu_service_streams_through_its_routers_service_and_follows_a_role_fl
               c.choices[0].finish_reason]
     assert finish == ["length"] and text, chunks[-3:]
 
-    # The split moves to one HP: the operator flips a pod's label, the kubelet rewrites its
+    # Autoscaling on: the operator's pod reads HP pressure from Prometheus and the resizer
+    # moves the split to one HP; the operator flips a pod's label, the kubelet rewrites its
     # downward-API file, its agent reports the role, and the running router sees it.
     kubectl("patch", "ascendraservice", "tiny", "-n", NS, "--type=merge", "-p", json.dumps(
-        {"spec": {"pool": {"hp": {"min": 1, "max": 1, "initial": 1}}}}))
+        {"spec": {"autoscaling": {"enabled": True, "prometheusUrl": prometheus,
+                                  "intervalSeconds": 5, "cooldownSeconds": 5}}}))
     eventually(lambda: _ready_lp_hp(kubectl) == (1, 1), timeout=120, interval=2,
-               what="Ready with 1 LP and 1 HP")
+               what="Ready with 1 LP and 1 HP after the resizer's move")
+    resized = [e["message"] for e in kubectl.json("get", "events", "-n", NS)["items"]
+               if e["reason"] == "SplitResized"]
+    assert resized and resized[0].startswith("HP 0 -> 1: HP under pressure"), resized
 
     def router_roles() -> list[str]:
         r = urllib.request.urlopen(f"http://{svc['spec']['clusterIP']}:8000/ascendra/instances",
