@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +100,50 @@ def build_images(names: list[str], out: Path) -> dict[str, Path]:
     import build_images as images
 
     return {name: images.build_image(name, out) for name in names}
+
+
+class PressureMetrics(http.server.BaseHTTPRequestHandler):
+    """STAND-IN router metrics: 10 finished requests/s, 30% of them offloaded, HP queue 3."""
+
+    started = time.monotonic()
+
+    def do_GET(self) -> None:
+        t = time.monotonic() - self.started
+        body = (f'ascendra_slo_requests_total{{outcome="met"}} {10 * t:.1f}\n'
+                f"ascendra_offloads_total {3 * t:.1f}\n"
+                'ascendra_instance_waiting_requests{instance="x",role="hp"} 3\n'
+                'ascendra_instance_step_seconds{instance="x",role="hp"} 0.05\n'
+                "ascendra_lp_queue_min_slack_seconds 0.5\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def pressure_prometheus(workdir: Path, address: str, port: int, namespace: str,
+                        service: str) -> Iterator[str]:
+    """Real Prometheus (Debian's) on ``address:port`` scraping :class:`PressureMetrics` as the
+    routers of ``service`` in ``namespace``; yields its URL."""
+    exporter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PressureMetrics)
+    threading.Thread(target=exporter.serve_forever, daemon=True).start()
+    (workdir / "prom.yaml").write_text(json.dumps({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "ascendra-router", "static_configs": [{
+            "targets": [f"127.0.0.1:{exporter.server_address[1]}"],
+            "labels": {"namespace": namespace, "ascendra_io_service": service}}]}]}))
+    prom = subprocess.Popen([shutil.which("prometheus") or "prometheus",
+                             f"--config.file={workdir / 'prom.yaml'}",
+                             f"--storage.tsdb.path={workdir / 'data'}",
+                             f"--web.listen-address={address}:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        yield f"http://{address}:{port}"
+    finally:
+        os.killpg(prom.pid, signal.SIGTERM)
+        prom.wait(30)
+        exporter.shutdown()

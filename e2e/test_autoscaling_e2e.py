@@ -8,14 +8,11 @@ Prometheus, the API server and the router's discovery are the real ones.
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,9 +20,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-import yaml
 from cluster import free_ports
-from e2e_support import Kubectl, Operator, eventually
+from e2e_support import Kubectl, Operator, eventually, pressure_prometheus
 from test_operator_e2e import manifest, runtime_pods
 
 from ascendra.runtime.tiny_model import build_tiny_model
@@ -33,49 +29,12 @@ from ascendra.runtime.tiny_model import build_tiny_model
 COOLDOWN, INTERVAL = 20, 5
 
 
-class PressureMetrics(http.server.BaseHTTPRequestHandler):
-    """STAND-IN router metrics: 10 finished requests/s, 30% of them offloaded, HP queue 3."""
-
-    started = time.monotonic()
-
-    def do_GET(self) -> None:
-        t = time.monotonic() - self.started
-        body = (f'ascendra_slo_requests_total{{outcome="met"}} {10 * t:.1f}\n'
-                f"ascendra_offloads_total {3 * t:.1f}\n"
-                'ascendra_instance_waiting_requests{instance="x",role="hp"} 3\n'
-                'ascendra_instance_step_seconds{instance="x",role="hp"} 0.05\n'
-                "ascendra_lp_queue_min_slack_seconds 0.5\n").encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_: object) -> None:
-        pass
-
-
 @pytest.fixture
 def prometheus(namespace: str, tmp_path: Path) -> Iterator[str]:
-    exporter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PressureMetrics)
-    threading.Thread(target=exporter.serve_forever, daemon=True).start()
-    port = free_ports(1)  # not a fixed one: two suites on one machine took each other's
-    (tmp_path / "prom.yaml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "ascendra-router", "static_configs": [{
-            "targets": [f"127.0.0.1:{exporter.server_address[1]}"],
-            "labels": {"namespace": namespace, "ascendra_io_service": "llama-8b"}}]}]}))
-    prom = subprocess.Popen([shutil.which("prometheus") or "prometheus",
-                             f"--config.file={tmp_path / 'prom.yaml'}",
-                             f"--storage.tsdb.path={tmp_path / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(prom.pid, signal.SIGTERM)
-        prom.wait(30)
-        exporter.shutdown()
+    # Not a fixed port: two suites on one machine took each other's.
+    with pressure_prometheus(tmp_path, "127.0.0.1", free_ports(1), namespace,
+                             "llama-8b") as url:
+        yield url
 
 
 @pytest.fixture

@@ -10,13 +10,10 @@ system-deps``), as CI has; elsewhere the module is skipped with the reason.
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import shutil
-import signal
 import subprocess
-import threading
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -25,8 +22,14 @@ import node
 import openai
 import pytest
 from cluster import LocalCluster, free_ports
-from e2e_support import ROOT, Kubectl, build_images, eventually, restricted_namespace
-from test_autoscaling_e2e import PressureMetrics
+from e2e_support import (
+    ROOT,
+    Kubectl,
+    build_images,
+    eventually,
+    pressure_prometheus,
+    restricted_namespace,
+)
 
 from ascendra import __version__
 from ascendra.runtime.tiny_model import build_tiny_model
@@ -61,29 +64,11 @@ def prometheus(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[str]:
     """Real Prometheus on the node's bridge address (where the operator's pod reaches it),
     scraping a STAND-IN that publishes the router's metric names with sustained HP pressure
-    for the service ``tiny`` (test_autoscaling_e2e's): two CPU engines cannot make real
+    for the service ``tiny`` (e2e_support.PressureMetrics): two CPU engines cannot make real
     pressure, and what is under test is the resizer acting on a real node."""
-    exporter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PressureMetrics)
-    threading.Thread(target=exporter.serve_forever, daemon=True).start()
-    d = tmp_path_factory.mktemp("prometheus")
-    port = free_ports(1)
-    (d / "prom.yaml").write_text(json.dumps({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "ascendra-router", "static_configs": [{
-            "targets": [f"127.0.0.1:{exporter.server_address[1]}"],
-            "labels": {"namespace": NS, "ascendra_io_service": "tiny"}}]}]}))
-    prom = subprocess.Popen([shutil.which("prometheus") or "prometheus",
-                             f"--config.file={d / 'prom.yaml'}",
-                             f"--storage.tsdb.path={d / 'data'}",
-                             f"--web.listen-address={node.GATEWAY}:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        yield f"http://{node.GATEWAY}:{port}"
-    finally:
-        os.killpg(prom.pid, signal.SIGTERM)
-        prom.wait(30)
-        exporter.shutdown()
+    with pressure_prometheus(tmp_path_factory.mktemp("prometheus"), node.GATEWAY,
+                             free_ports(1), NS, "tiny") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
