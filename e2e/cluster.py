@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node import GATEWAY, RealNode
+from node import GATEWAY, SERVICE_RANGE, RealNode
 from node import NAME as NODE_NAME
 
 from ascendra.runtime.procs import die_with_parent
@@ -266,7 +266,7 @@ class LocalCluster:
             "--service-account-issuer", "https://kubernetes.default.svc",
             "--service-account-key-file", str(d / "sa.pub"),
             "--service-account-signing-key-file", str(d / "sa.key"),
-            "--service-cluster-ip-range", "10.96.0.0/16", "--authorization-mode", "Node,RBAC",
+            "--service-cluster-ip-range", SERVICE_RANGE, "--authorization-mode", "Node,RBAC",
             "--allow-privileged=true", "--profiling=false", "--v=1"])
         self._wait_ready()
         cm_port, sched_port = p + 3, p + 4

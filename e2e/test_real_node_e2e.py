@@ -34,7 +34,13 @@ from e2e_support import (
 from ascendra import __version__
 from ascendra.runtime.tiny_model import build_tiny_model
 
-pytestmark = pytest.mark.skipif(node.missing() is not None, reason=node.missing() or "")
+pytestmark = [
+    pytest.mark.skipif(node.missing() is not None, reason=node.missing() or ""),
+    # Against a cluster of your own (ASCENDRA_E2E_KUBECONFIG) there is no node of ours to load
+    # images into: this suite starts its own local cluster with a real node.
+    pytest.mark.skipif(bool(os.environ.get("ASCENDRA_E2E_KUBECONFIG")),
+                       reason="the real-node suite runs on its own local cluster"),
+]
 
 OPERATOR_IMAGE = "ghcr.io/ascendra/operator"
 RUNTIME_IMAGE = "ghcr.io/ascendra/runtime-cpu"
@@ -249,9 +255,6 @@ def _containers_of(cluster: LocalCluster, namespace: str) -> list[str]:
                 out.append(cid)
     return out
 
-
-if os.environ.get("ASCENDRA_E2E_KUBECONFIG"):  # the real node is this suite's own
-    pytestmark = pytest.mark.skip(reason="the real-node suite runs on its own local cluster")
 
 
 def test_a_cpu_service_streams_through_its_routers_service_and_follows_the_resizer(
