@@ -167,8 +167,8 @@ class _Engine:
         """A ``prefill``-token request's prefill time while ``batch`` streams of ``context``
         tokens decode; and those streams' context then. The streams are aborted after. A
         sample during which a stream finished (the prefill was not seated beside them: on a
-        CPU engine its API server can starve for seconds) is taken again, three times at most."""
-        for _ in range(3):
+        CPU engine its API server can starve for seconds) is taken again, five times at most."""
+        for _ in range(5):
             got = await self._mixed_once(prefill, batch, context, tokens)
             if got is not None:
                 return got
@@ -187,11 +187,15 @@ class _Engine:
             if count == batch:
                 all_in.set()
 
+        # Read before the streams start: a request's prefill time is recorded when it ends, so
+        # the streams add nothing to it until one finishes, and the prefill goes in as soon as
+        # they are under way (a /metrics read there cost a starved CPU engine's streams seconds).
+        before = await self.metrics()
         runs = [asyncio.create_task(self.stream(context, tokens, started, streamed))
                 for _ in range(batch)]
         try:
             await all_in.wait()
-            done, before = streamed[0], await self.metrics()
+            done = streamed[0]
             await self.complete(prefill, 1)
             after = await self.metrics()
             for _ in range(20):  # its stats may land just after its answer
