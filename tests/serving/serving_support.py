@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import openai
 
@@ -109,6 +113,50 @@ def engine_metric(engine_url: str, name: str, **labels: str) -> float:
                 all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def _listener(port: int) -> int:
+    """The pid of the process listening on 127.0.0.1:``port`` (from /proc, Linux)."""
+    want = f"0100007F:{port:04X}"
+    inodes = {line.split()[9] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+              if line.split()[1] == want and line.split()[3] == "0A"}  # 0A: LISTEN
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        with contextlib.suppress(OSError):
+            if os.readlink(fd).removeprefix("socket:[").rstrip("]") in inodes:
+                return int(fd.parts[2])
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+@contextlib.contextmanager
+def core_frozen(engine_url: str) -> Iterator[None]:
+    """The engine's core stopped (SIGSTOP of every process under its API server) while the
+    API server and its /metrics keep answering: the requests on it keep their seats and make
+    no progress, however fast this machine would have finished them. Thawed on exit, whatever
+    happened (an engine left frozen would fail every later test)."""
+    pids = _descendants(_listener(urlsplit(engine_url).port or 80))
+    assert pids, f"{engine_url} has no engine core process"
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 def prompt_tokens_total(engine_url: str) -> float:

@@ -18,6 +18,7 @@ from serving_support import (
     SEATS,
     Stack,
     assert_resumed_exactly,
+    core_frozen,
     engine_metric,
     prompt_tokens_total,
     spawn_router,
@@ -460,6 +461,37 @@ async def _refused(holders: list[asyncio.Task[None]], create, **kwargs  # type: 
     raise AssertionError(f"served with every seat held: {kwargs}")
 
 
+async def _overload_steps(http: aiohttp.ClientSession, client: openai.OpenAI, url: str,
+                          holders: list[asyncio.Task[None]]) -> tuple[int, dict, str]:
+    """Shed, then a request queued, then one refused for the full queue, then the queued
+    one's timeout: the status, body and Retry-After it got."""
+    shed = await _refused(holders, client.completions.create, model=MODEL,
+                          prompt="shed me", max_tokens=4,
+                          extra_headers={"X-Ascendra-Criticality": "-1",
+                                         "X-Ascendra-TTFT-SLO": "0.3"})
+    assert "shed" in shed.message
+    assert int(shed.response.headers["retry-after"]) >= 1
+    waiting = asyncio.create_task(http.post(
+        url + "/v1/completions", json={"model": MODEL, "prompt": "hold on",
+                                       "max_tokens": 4},
+        headers={"X-Ascendra-TTFT-SLO": "60"}))
+    await _until(lambda: engine_metric(url, "ascendra_router_queue_requests",
+                                       state="waiting") >= 1, "nothing waited",
+                 holders)
+    _check_held(holders)
+    # On a loaded machine more than the queue timeout can pass between the probe
+    # and this request: the one queued had left, and this one queued and timed out
+    # in turn (_refused: a lapse).
+    full = await _refused(holders, client.completions.create, model=MODEL,
+                          prompt="no room", max_tokens=4)
+    assert "queue is full" in full.message
+    resp = await waiting
+    _check_held(holders)  # the seats were still taken when it timed out
+    status, body = resp.status, await resp.json()
+    retry = resp.headers.get("Retry-After", "")
+    return status, body, retry
+
+
 def _overload_scenario(stack: Stack) -> tuple[int, dict, str, dict[str, float]]:
     """Shed, queue-full and queue-timeout answers over held seats, with a router of its own
     (its counters count this attempt only)."""
@@ -474,34 +506,15 @@ def _overload_scenario(stack: Stack) -> tuple[int, dict, str, dict[str, float]]:
         async def run() -> tuple[int, dict, str]:
             async with aiohttp.ClientSession() as http:
                 holders = await _fill_seats(http, stack.lp_engine, url)
-                shed = await _refused(holders, client.completions.create, model=MODEL,
-                                      prompt="shed me", max_tokens=4,
-                                      extra_headers={"X-Ascendra-Criticality": "-1",
-                                                     "X-Ascendra-TTFT-SLO": "0.3"})
-                assert "shed" in shed.message
-                assert int(shed.response.headers["retry-after"]) >= 1
-                waiting = asyncio.create_task(http.post(
-                    url + "/v1/completions", json={"model": MODEL, "prompt": "hold on",
-                                                   "max_tokens": 4},
-                    headers={"X-Ascendra-TTFT-SLO": "60"}))
-                await _until(lambda: engine_metric(url, "ascendra_router_queue_requests",
-                                                   state="waiting") >= 1, "nothing waited",
-                             holders)
-                _check_held(holders)
-                # On a loaded machine more than the queue timeout can pass between the probe
-                # and this request: the one queued had left, and this one queued and timed out
-                # in turn (_refused: a lapse).
-                full = await _refused(holders, client.completions.create, model=MODEL,
-                                      prompt="no room", max_tokens=4)
-                assert "queue is full" in full.message
-                resp = await waiting
-                _check_held(holders)  # the seats were still taken when it timed out
-                status, body = resp.status, await resp.json()
-                retry = resp.headers.get("Retry-After", "")
-                for h in holders:
-                    h.cancel()
-                await asyncio.gather(*holders, return_exceptions=True)
-                return status, body, retry
+                try:
+                    # Frozen, the holders keep their seats for as long as the steps take: 2,000
+                    # tokens ran out in under a second on a fast run (CI: five lapses in a row).
+                    with core_frozen(stack.lp_engine):
+                        return await _overload_steps(http, client, url, holders)
+                finally:
+                    for h in holders:
+                        h.cancel()
+                    await asyncio.gather(*holders, return_exceptions=True)
 
         status, body, retry = asyncio.run(run())
         counts = {reason: engine_metric(url, "ascendra_rejected_requests_total", reason=reason)
