@@ -35,14 +35,16 @@ lint: $(VENV)/.installed
 # Prometheus, promtool and Alertmanager for the observability tests (Debian packages).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # mmdebstrap, umoci and runc build and run the images (images/build_images.py); containerd,
-# the CNI plugins and iptables make the e2e cluster's real node (e2e/node.py).
+# the CNI plugins, iptables and ipset make the e2e cluster's real node and its NetworkPolicy
+# firewall (e2e/node.py).
 SYSTEM_PACKAGES := prometheus prometheus-alertmanager mmdebstrap umoci runc containerd \
-	containernetworking-plugins iptables
+	containernetworking-plugins iptables ipset
 system-deps:
 	@command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null && \
 	  command -v mmdebstrap >/dev/null && command -v umoci >/dev/null && \
 	  command -v runc >/dev/null && command -v containerd >/dev/null && \
-	  command -v iptables >/dev/null && test -x /usr/lib/cni/bridge || \
+	  command -v iptables >/dev/null && command -v ipset >/dev/null && \
+	  test -x /usr/lib/cni/bridge || \
 	  ($(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
 	     $(SYSTEM_PACKAGES))
 

@@ -3,14 +3,16 @@
 Binaries (built once from their Go modules and cached under ``~/.cache/ascendra/k8s/<versions>``):
 etcd 3.6 and kube-apiserver, kube-controller-manager, kube-scheduler 1.34 from ``e2e/k8s`` (a
 module that requires k8s.io/kubernetes and maps its staging modules to published versions), kwok
-(``sigs.k8s.io/kwok``) and helm (``helm.sh/helm/v3``). Tests use :class:`LocalCluster` through
+(``sigs.k8s.io/kwok``), helm (``helm.sh/helm/v3``) and kube-router 2.1 (the real node's
+NetworkPolicy firewall). Tests use :class:`LocalCluster` through
 fixtures; ``python e2e/cluster.py build`` builds the binaries and ``python e2e/cluster.py up``
 starts a cluster by hand (printing its kubeconfig path).
 
 Nodes: two GPU pools (``h100``, ``h200``) of 4 nodes × 8 ``nvidia.com/gpu`` each, labelled and
 tainted like real GPU nodes, and a CPU pool of 2 nodes; kwok plays their kubelets, so pods are
 scheduled, become Running and Ready, and nothing executes. ``LocalCluster(real_node=...)``
-puts a real node (``e2e/node.py``: kubelet, kube-proxy, containerd, a CNI bridge) in place of
+puts a real node (``e2e/node.py``: kubelet, kube-proxy, containerd, a CNI bridge, kube-router
+enforcing NetworkPolicy) in place of
 the kwok CPU pool, where pods run for real from images imported into it; the API server then
 listens on that node's bridge address instead of 127.0.0.1, so that its pods can reach it.
 """
@@ -32,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node import GATEWAY, SERVICE_RANGE, RealNode
+from node import GATEWAY, KUBE_ROUTER, KUBE_ROUTER_VERSION, SERVICE_RANGE, RealNode
 from node import NAME as NODE_NAME
 
 from ascendra.runtime.procs import die_with_parent
@@ -67,6 +69,14 @@ def ensure_binaries() -> Path:
         if not (BIN / tool).exists():
             _run(["go", "install", "-trimpath", module], env={**env, "GOBIN": str(BIN),
                                                                "GOFLAGS": ""})
+    # The real node's NetworkPolicy firewall, named by its version (this directory's name
+    # predates it).
+    if not (BIN / KUBE_ROUTER).exists():
+        with tempfile.TemporaryDirectory() as gobin:
+            _run(["go", "install", "-trimpath", "github.com/cloudnativelabs/kube-router/v2/cmd/"
+                  f"kube-router@{KUBE_ROUTER_VERSION}"], env={**env, "GOBIN": gobin,
+                                                              "GOFLAGS": ""})
+            shutil.move(Path(gobin) / "kube-router", BIN / KUBE_ROUTER)
     return BIN
 
 

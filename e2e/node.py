@@ -5,14 +5,17 @@ Pods on it run for real: containerd unpacks images that were imported from OCI a
 (nothing is pulled; the sandbox image is the project's own ``pause``), runc starts them in
 cgroups and namespaces of this VM, the CNI bridge plugin gives each a veth on the bridge
 ``ascendra0`` (10.88.0.0/24), and kube-proxy programs iptables so that Service ClusterIPs
-(10.96.0.0/16) reach them, from the host and from pods. The API server listens on the bridge's
-address, 10.88.0.1, so that pods reach it through the ``kubernetes`` Service: that address and
-the pods' are on this machine only (the bridge has no uplink, the host does not forward, and the
-service range is routed onto the bridge so that nothing for it leaves by the default route).
+(10.96.0.0/16) reach them, from the host and from pods, and kube-router's firewall (its
+``--run-firewall`` alone: no routing, no service proxy) enforces NetworkPolicy on their
+ingress with iptables and ipsets, as a policy-capable CNI does. The API server listens on the
+bridge's address, 10.88.0.1, so that pods reach it through the ``kubernetes`` Service: that
+address and the pods' are on this machine only (the bridge has no uplink, the host does not
+forward, and the service range is routed onto the bridge so that nothing for it leaves by the
+default route).
 
 Only one real node runs on a machine at a time (kube-proxy owns the host's iptables chains): a
 lock file serialises them. Needs root, Linux cgroups (v1 or v2) and Debian's ``containerd``,
-``runc``, ``containernetworking-plugins`` and ``iptables`` (``make system-deps``).
+``runc``, ``containernetworking-plugins``, ``iptables`` and ``ipset`` (``make system-deps``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -33,6 +37,10 @@ from ascendra.runtime.procs import die_with_parent
 if TYPE_CHECKING:
     from cluster import LocalCluster
 
+# The NetworkPolicy firewall, among the cluster's binaries (e2e/cluster.py builds it).
+KUBE_ROUTER_VERSION = "v2.1.0"
+KUBE_ROUTER = f"kube-router-{KUBE_ROUTER_VERSION}"
+
 BRIDGE, SUBNET, GATEWAY = "ascendra0", "10.88.0.0/24", "10.88.0.1"
 SERVICE_RANGE = "10.96.0.0/16"
 NAME = "node-0"
@@ -41,7 +49,7 @@ LOCK = Path("/run/ascendra-e2e-node.lock")
 # The pod sandbox image every pod of the node starts from (images/pause).
 PAUSE_IMAGE = "ascendra.local/pause"
 TOOLS = {"containerd": "containerd", "containerd-shim-runc-v2": "containerd", "runc": "runc",
-         "iptables": "iptables", "ctr": "containerd"}
+         "iptables": "iptables", "ctr": "containerd", "ipset": "ipset"}
 
 
 def missing() -> str | None:
@@ -103,6 +111,7 @@ class RealNode:
         self._kubelet()
         self._kube_proxy()
         self._wait_ready()
+        self._kube_router()
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = (self.dir / f"{name}.log").open("ab")
@@ -210,6 +219,19 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "--conntrack-max-per-core", "0", "--conntrack-tcp-timeout-established", "0",
             "--conntrack-tcp-timeout-close-wait", "0", "--v=1"])
 
+    def _kube_router(self) -> None:
+        """The NetworkPolicy firewall, once the node exists (it reads the node's address from
+        its object); returns when its chains are in place."""
+        c = self.cluster
+        self._spawn("kube-router", [
+            str(c.binaries / KUBE_ROUTER), "--kubeconfig", str(c.kubeconfig),
+            "--hostname-override", NAME, "--run-firewall=true", "--run-router=false",
+            "--run-service-proxy=false", "--enable-cni=false", "--enable-pod-egress=false",
+            "--service-cluster-ip-range", SERVICE_RANGE, "--health-port", "0",
+            "--metrics-port", "0", "--v=1"])
+        self._until(lambda: _sh("iptables", "-S", "KUBE-ROUTER-FORWARD",
+                                check=False).returncode == 0, 60, "kube-router's chains")
+
     def _wait_ready(self, timeout: float = 120) -> None:
         def ready() -> bool:
             r = self.cluster.kubectl("get", "node", NAME, "-o", "json", check=False)
@@ -239,12 +261,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     # -- stopping --------------------------------------------------------------------------------
     def stop(self) -> None:
         """Every pod of the node stopped through the kubelet (so the CNI plugin frees its
-        address and veth), then kube-proxy and the kubelet, then whatever containers a failed
-        run left, then containerd; last, leftover mounts, the iptables rules and the bridge."""
+        address and veth), then kube-router, kube-proxy and the kubelet, then whatever
+        containers a failed run left, then containerd; last, leftover mounts, the iptables
+        rules and ipsets, and the bridge."""
         try:
             if self._running("kubelet"):
                 self._drain()
-            self._terminate("kube-proxy", "kubelet")
+            self._terminate("kube-router", "kube-proxy", "kubelet")
             if self._running("containerd"):
                 self._kill_containers()
             self._terminate("containerd")
@@ -301,6 +324,26 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                         "--proxy-mode", "iptables"], capture_output=True, timeout=60)
         for rule in KUBELET_IPTABLES:  # the kubelet's own chains, which --cleanup leaves
             subprocess.run(["iptables", *rule], capture_output=True)
+        _remove_kube_router_rules()
+
+
+def _remove_kube_router_rules() -> None:
+    """kube-router's firewall chains, the jumps to them and its ipsets. (Its own
+    ``--cleanup-config`` does not: in v2.1.0 it finds nothing to clean for network policy, then
+    panics in the service proxy's cleanup.)"""
+    rules = _sh("iptables", "-S", check=False).stdout.splitlines()
+    chains = [r.split()[1] for r in rules if r.startswith("-N ")
+              and r.split()[1].startswith(("KUBE-ROUTER-", "KUBE-NWPLCY-", "KUBE-POD-FW-"))]
+    for rule in rules:
+        words = shlex.split(rule)
+        if words[0] == "-A" and words[1] not in chains and words[-1] in chains:
+            _sh("iptables", "-D", *words[1:], check=False)
+    for op in ("-F", "-X"):
+        for chain in chains:
+            _sh("iptables", op, chain, check=False)
+    for name in _sh("ipset", "list", "-n", check=False).stdout.split():
+        if name.startswith(("KUBE-SRC-", "KUBE-DST-")):
+            _sh("ipset", "destroy", name, check=False)
 
 
 # What the kubelet adds to the host's iptables (its canary chains, and a rule that drops

@@ -240,6 +240,49 @@ def test_the_operator_runs_from_its_image_and_names_a_runtime_pod_that_cannot_st
     assert _containers_of(cluster, NS) == [], "containers left on the node"
 
 
+# Connects to each of argv[1]'s host:port until it succeeds or argv[2] seconds have passed:
+# a denied packet is dropped, so a denied address times out.
+_PROBE = """
+import json, socket, sys, time
+reached = {}
+for target in json.loads(sys.argv[1]):
+    host, port = target.rsplit(":", 1)
+    deadline, reached[target] = time.monotonic() + float(sys.argv[2]), False
+    while not reached[target] and time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            reached[target] = True
+        except OSError:
+            time.sleep(0.5)
+print(json.dumps(reached))
+"""
+
+
+def _reaches(kubectl: Kubectl, name: str, labels: dict[str, str], targets: list[str],
+             patience: float) -> dict[str, bool]:
+    """Which of ``targets`` a pod of namespace NS with ``labels`` can open a connection to,
+    trying each for ``patience`` seconds (the firewall learns a new pod's address from its
+    Pod event: an allowed peer may wait a few seconds)."""
+    kubectl.apply({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"probe-{name}", "namespace": NS, "labels": labels},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "probe", "image": f"{OPERATOR_IMAGE}:{__version__}",
+            "imagePullPolicy": "Never",
+            "command": ["python", "-c", _PROBE, json.dumps(targets), str(patience)],
+            "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
+                                "capabilities": {"drop": ["ALL"]},
+                                "seccompProfile": {"type": "RuntimeDefault"}}}]}})
+    pod = eventually(lambda: (p := kubectl.json("get", "pod", f"probe-{name}", "-n", NS))
+                     ["status"].get("phase") in ("Succeeded", "Failed") and p,
+                     timeout=60 + patience * len(targets), interval=1,
+                     what=f"probe-{name} done")
+    log = kubectl("logs", f"probe-{name}", "-n", NS).stdout
+    assert pod["status"]["phase"] == "Succeeded", log
+    kubectl("delete", "pod", f"probe-{name}", "-n", NS, "--wait=true")
+    return json.loads(log.strip().splitlines()[-1])
+
+
 def _containers_of(cluster: LocalCluster, namespace: str) -> list[str]:
     """Containers the node's containerd still runs for pods of ``namespace``."""
     assert cluster.node is not None
@@ -260,7 +303,8 @@ def _containers_of(cluster: LocalCluster, namespace: str) -> list[str]:
 def test_a_cpu_service_streams_through_its_routers_service_and_follows_the_resizer(
         cluster: LocalCluster, kubectl: Kubectl, operator_pod: dict[str, Any], prometheus: str):
     """kubectl apply → real vLLM CPU engines in runtime pods and a router pod, all Ready →
-    the official client streams through the router's Service → the resizer's role flip
+    the official client streams through the router's Service → the engines refuse a pod that
+    is neither router, operator nor Prometheus → the resizer's role flip
     reaches the running router → kubectl delete stops everything."""
     _model_claim(cluster, kubectl)
     service = cpu_service(f"{RUNTIME_IMAGE}:{__version__}")
@@ -279,6 +323,17 @@ def test_a_cpu_service_streams_through_its_routers_service_and_follows_the_resiz
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and
               c.choices[0].finish_reason]
     assert finish == ["length"] and text, chunks[-3:]
+
+    # The engines and agents take connections from this service's router (it just served),
+    # the operator and Prometheus only: the operator's NetworkPolicy, enforced by the node's
+    # firewall. Two probe pods run the same connect loop at every runtime port; only the one
+    # labelled as the operator gets through.
+    runtime = kubectl.json("get", "pods", "-n", NS, "-l",
+                           "app.kubernetes.io/component=runtime")["items"]
+    ports = [f"{p['status']['podIP']}:{port}" for p in runtime for port in (8000, 8001)]
+    assert _reaches(kubectl, "operator-like", {"app.kubernetes.io/name": "ascendra-operator"},
+                    ports, patience=60) == dict.fromkeys(ports, True)
+    assert _reaches(kubectl, "stranger", {}, ports, patience=5) == dict.fromkeys(ports, False)
 
     # Autoscaling on: the operator's pod reads HP pressure from Prometheus and the resizer
     # moves the split to one HP; the operator flips a pod's label, the kubelet rewrites its
