@@ -4,17 +4,17 @@ Binaries (built once from their Go modules and cached under ``~/.cache/ascendra/
 etcd 3.6 and kube-apiserver, kube-controller-manager, kube-scheduler 1.34 from ``e2e/k8s`` (a
 module that requires k8s.io/kubernetes and maps its staging modules to published versions), kwok
 (``sigs.k8s.io/kwok``), helm (``helm.sh/helm/v3``) and kube-router 2.1 (the real node's
-NetworkPolicy firewall). Tests use :class:`LocalCluster` through
-fixtures; ``python e2e/cluster.py build`` builds the binaries and ``python e2e/cluster.py up``
-starts a cluster by hand (printing its kubeconfig path).
+NetworkPolicy firewall). Tests use :class:`LocalCluster` through fixtures; ``python
+e2e/cluster.py build`` builds the binaries and ``python e2e/cluster.py up`` starts a cluster by
+hand (printing its kubeconfig path).
 
 Nodes: two GPU pools (``h100``, ``h200``) of 4 nodes × 8 ``nvidia.com/gpu`` each, labelled and
 tainted like real GPU nodes, and a CPU pool of 2 nodes; kwok plays their kubelets, so pods are
 scheduled, become Running and Ready, and nothing executes. ``LocalCluster(real_node=...)``
 puts a real node (``e2e/node.py``: kubelet, kube-proxy, containerd, a CNI bridge, kube-router
-enforcing NetworkPolicy) in place of
-the kwok CPU pool, where pods run for real from images imported into it; the API server then
-listens on that node's bridge address instead of 127.0.0.1, so that its pods can reach it.
+enforcing NetworkPolicy) in place of the kwok CPU pool, where pods run for real from images
+imported into it; the API server then listens on that node's bridge address instead of
+127.0.0.1, so that its pods can reach it.
 """
 
 from __future__ import annotations
