@@ -115,24 +115,36 @@ def engine_metric(engine_url: str, name: str, **labels: str) -> float:
     return total
 
 
+def _parents() -> dict[int, int]:
+    """Every process's parent (from /proc, Linux)."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            out[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    return out
+
+
 def _listener(port: int) -> int:
-    """The pid of the process listening on 127.0.0.1:``port`` (from /proc, Linux)."""
+    """The pid of the process listening on 127.0.0.1:``port``: of those holding the socket
+    (a forked child may hold it too), the one whose parent does not."""
     want = f"0100007F:{port:04X}"
     inodes = {line.split()[9] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
               if line.split()[1] == want and line.split()[3] == "0A"}  # 0A: LISTEN
+    holders = set()
     for fd in Path("/proc").glob("[0-9]*/fd/*"):
         with contextlib.suppress(OSError):
             if os.readlink(fd).removeprefix("socket:[").rstrip("]") in inodes:
-                return int(fd.parts[2])
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+                holders.add(int(fd.parts[2]))
+    parents = _parents()
+    top = [pid for pid in holders if parents.get(pid) not in holders]
+    assert len(top) == 1, f"{len(top)} processes listen on 127.0.0.1:{port}"
+    return top[0]
 
 
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    for child, parent in _parents().items():
+        children.setdefault(parent, []).append(child)
     out, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):

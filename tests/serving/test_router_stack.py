@@ -4,6 +4,7 @@ the official openai client."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -393,17 +394,25 @@ def _hopeless_scenario(stack: Stack, hold_queue: str
                 holders = await _fill_seats(http, stack.lp_engine, url)
                 body = {"model": MODEL, "prompt": "wait for a seat", "max_tokens": 16,
                         "ignore_eos": True}
-                a = asyncio.create_task(_stream(http, url, body, {"X-Ascendra-TTFT-SLO": "0.2"}))
-                await _until(waiting(1), "A never waited", holders)  # A arrives before B
-                b = asyncio.create_task(_stream(http, url, body, {"X-Ascendra-TTFT-SLO": "60"}))
-                await _until(waiting(2), "B never waited", holders)
-                if held_at_router:  # A is past saving, and the router has said so
-                    await _until(lambda: engine_metric(
-                        url, "ascendra_relegated_requests_total") >= 1, "A never relegated",
-                        holders)
-                else:
-                    await asyncio.sleep(0.25)
-                _check_held(holders)
+                # Held at the router, A and B wait there, so the engine's core can be frozen
+                # until a seat is freed on purpose (as in the overload scenario); sent at
+                # arrival they wait in the engine, whose waiting count a frozen core never
+                # publishes.
+                with core_frozen(stack.lp_engine) if held_at_router else \
+                        contextlib.nullcontext():
+                    a = asyncio.create_task(_stream(http, url, body,
+                                                    {"X-Ascendra-TTFT-SLO": "0.2"}))
+                    await _until(waiting(1), "A never waited", holders)  # A arrives before B
+                    b = asyncio.create_task(_stream(http, url, body,
+                                                    {"X-Ascendra-TTFT-SLO": "60"}))
+                    await _until(waiting(2), "B never waited", holders)
+                    if held_at_router:  # A is past saving, and the router has said so
+                        await _until(lambda: engine_metric(
+                            url, "ascendra_relegated_requests_total") >= 1,
+                            "A never relegated", holders)
+                    else:
+                        await asyncio.sleep(0.25)
+                    _check_held(holders)
                 holders[0].cancel()  # one seat frees
                 res = await asyncio.gather(a, b)
                 # A second seat freed on its own meanwhile lets both start in one step.
