@@ -11,6 +11,7 @@ import signal
 import socket
 import time
 import urllib.request
+from typing import Any
 
 import aiohttp
 import openai
@@ -308,12 +309,14 @@ async def _block(http: aiohttp.ClientSession, engine: str, n: int) -> None:
         assert r.status == 200, body[:300]
 
 
-async def _fill_seats(http: aiohttp.ClientSession, engine: str, router: str
-                     ) -> list[asyncio.Task[None]]:
+async def _fill_seats(http: aiohttp.ClientSession, engine: str, router: str,
+                      frozen: contextlib.ExitStack | None = None) -> list[asyncio.Task[None]]:
     """Take every seat of ``engine`` behind the router's back with requests held until
     cancelled (or 2,000 tokens: 0.6 to 5 s for four on this 2-core machine), and wait until
     ``router`` has seen them taken. Cancelling one frees its seat: vLLM aborts a request whose
-    client left."""
+    client left. With ``frozen``, the engine's core is frozen (until that stack closes) as
+    soon as the engine has seated all four, so that they hold their seats however long the
+    router takes to see them and the scenario to run."""
     holders = [asyncio.create_task(_block(http, engine, 2000)) for _ in range(SEATS)]
     # A holder that ended before every seat was seen taken (its tokens ran out on a fast
     # step, or it failed) is a lapse to retry, never a wait for a state that cannot come:
@@ -321,6 +324,8 @@ async def _fill_seats(http: aiohttp.ClientSession, engine: str, router: str
     while await asyncio.to_thread(engine_metric, engine, "vllm:num_requests_running") < SEATS:
         _check_held(holders)
         await asyncio.sleep(0.02)
+    if frozen is not None:
+        frozen.enter_context(core_frozen(engine))
     while not any(i["url"] == engine and (i["state"] or {}).get("running", 0) >= SEATS
                   for i in await _get_json(http, router + "/ascendra/instances")):
         _check_held(holders)
@@ -391,15 +396,15 @@ def _hopeless_scenario(stack: Stack, hold_queue: str
 
         async def run() -> dict[str, float]:
             async with aiohttp.ClientSession() as http:
-                holders = await _fill_seats(http, stack.lp_engine, url)
                 body = {"model": MODEL, "prompt": "wait for a seat", "max_tokens": 16,
                         "ignore_eos": True}
                 # Held at the router, A and B wait there, so the engine's core can be frozen
                 # until a seat is freed on purpose (as in the overload scenario); sent at
                 # arrival they wait in the engine, whose waiting count a frozen core never
                 # publishes.
-                with core_frozen(stack.lp_engine) if held_at_router else \
-                        contextlib.nullcontext():
+                with contextlib.ExitStack() as frozen:
+                    holders = await _fill_seats(http, stack.lp_engine, url,
+                                                frozen if held_at_router else None)
                     a = asyncio.create_task(_stream(http, url, body,
                                                     {"X-Ascendra-TTFT-SLO": "0.2"}))
                     await _until(waiting(1), "A never waited", holders)  # A arrives before B
@@ -452,12 +457,24 @@ def test_a_request_that_becomes_hopeless_is_served_after_one_that_can_still_make
     assert relegated == {"a": hold_queue == "true", "b": False}
 
 
+async def _while_held(holders: list[asyncio.Task[None]], fut: asyncio.Future[Any]) -> None:
+    """Wait for ``fut`` while the seats stay held. A holder that ended freed its seat, and the
+    router may then have sent the awaited request to a frozen engine, where it would wait as
+    long as the freeze lasts: a lapse, raised as soon as it shows."""
+    while not fut.done():
+        await asyncio.wait({fut}, timeout=0.1)
+        if not fut.done():
+            _check_held(holders)
+
+
 async def _refused(holders: list[asyncio.Task[None]], create, **kwargs  # type: ignore[no-untyped-def]
                    ) -> openai.RateLimitError:
     """The 429 that ``create(**kwargs)`` must get while the seats are held; served, because a
     seat freed meanwhile, the attempt proves nothing (_Lapsed)."""
+    call = asyncio.ensure_future(asyncio.to_thread(create, **kwargs))
+    await _while_held(holders, call)
     try:
-        await asyncio.to_thread(create, **kwargs)
+        call.result()
     except openai.RateLimitError as e:
         return e
     except openai.InternalServerError as e:
@@ -494,7 +511,8 @@ async def _overload_steps(http: aiohttp.ClientSession, client: openai.OpenAI, ur
     full = await _refused(holders, client.completions.create, model=MODEL,
                           prompt="no room", max_tokens=4)
     assert "queue is full" in full.message
-    resp = await waiting
+    await _while_held(holders, waiting)
+    resp = waiting.result()
     _check_held(holders)  # the seats were still taken when it timed out
     status, body = resp.status, await resp.json()
     retry = resp.headers.get("Retry-After", "")
@@ -514,16 +532,17 @@ def _overload_scenario(stack: Stack) -> tuple[int, dict, str, dict[str, float]]:
 
         async def run() -> tuple[int, dict, str]:
             async with aiohttp.ClientSession() as http:
-                holders = await _fill_seats(http, stack.lp_engine, url)
-                try:
-                    # Frozen, the holders keep their seats for as long as the steps take: 2,000
-                    # tokens ran out in under a second on a fast run (CI: five lapses in a row).
-                    with core_frozen(stack.lp_engine):
+                # Frozen, the holders keep their seats for as long as the steps take: 2,000
+                # tokens ran out in under a second on a fast run (CI: five lapses in a row).
+                with contextlib.ExitStack() as frozen:
+                    holders = await _fill_seats(http, stack.lp_engine, url, frozen)
+                    try:
                         return await _overload_steps(http, client, url, holders)
-                finally:
-                    for h in holders:
-                        h.cancel()
-                    await asyncio.gather(*holders, return_exceptions=True)
+                    finally:
+                        frozen.close()  # thawed, so that the engine takes the aborts
+                        for h in holders:
+                            h.cancel()
+                        await asyncio.gather(*holders, return_exceptions=True)
 
         status, body, retry = asyncio.run(run())
         counts = {reason: engine_metric(url, "ascendra_rejected_requests_total", reason=reason)
