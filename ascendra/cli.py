@@ -217,6 +217,9 @@ def _cmd_router(args: argparse.Namespace) -> int:
             max_model_len=args.max_model_len, instances=specs,
             slo=Slo(args.ttft, args.tbt, _tbt_kind(args.tbt_kind)), system=name,
             policy=spec.policy.with_values(policy))
+    if args.progress_timeout <= 0:
+        raise AscendraError("--progress-timeout must be > 0")
+    settings.progress_timeout = args.progress_timeout
     if args.observations:
         settings.observations = args.observations
     if args.predictor:
@@ -549,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--refit-every", type=int, default=0, help="refit the TTFT model from "
                     "the router's own observations after this many new ones (0: never)")
     ro.add_argument("--predictor-dir", help="write each refitted predictor version here")
+    ro.add_argument("--progress-timeout", type=float, default=30.0,
+                    help="an engine with work (its own, or this router's requests waiting "
+                    "there) and no step this long is hung; its requests go elsewhere (s)")
     _add_policy_flags(ro, "override the system's")
     ro.set_defaults(func=_cmd_router)
 

@@ -75,6 +75,9 @@ class RouterSettings:
     system: str = "ascendra"  # the registry's name: the engines' settings and the policy's base
     policy: Policy = field(default_factory=Policy)
     stall_timeout: float = 30.0  # an upstream that started and then stays silent this long fails
+    # An engine with work (its own, or this router's requests waiting there) and no step this
+    # long is hung: its requests are recovered elsewhere.
+    progress_timeout: float = 30.0
     poll_interval: float = 0.1
     discovery: KubernetesDiscovery | None = None
     default_step_time: float = 0.02
@@ -94,7 +97,8 @@ class Router:
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
         self.encoder = PromptEncoder(settings.tokenizer, settings.max_model_len)
-        self.pool = InstancePool(settings.instances, poll_interval=settings.poll_interval)
+        self.pool = InstancePool(settings.instances, poll_interval=settings.poll_interval,
+                                 progress_timeout=settings.progress_timeout)
         self.model = EngineRateModel(settings.default_step_time,
                                      settings.default_prefill_s_per_token)
         self.metrics = RouterMetrics(settings.slo.ttft, settings.slo.tbt)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -64,8 +64,9 @@ class Instance:
     removed: bool = False  # gone from discovery; kept so that indexes stay stable
     sessions: dict[str, Session] = field(default_factory=dict)
     _rates: RateTracker = field(default_factory=RateTracker)
-    # A bare vLLM's progress, judged here; an agent judges its own engine's.
-    _progress: ProgressWatch = field(default_factory=lambda: ProgressWatch(30.0))
+    # The engine's progress judged here, against what it reports and this router's requests
+    # waiting there unstarted (an agent judges its engine's only against what it reports).
+    progress: ProgressWatch = field(default_factory=lambda: ProgressWatch(30.0))
 
     @property
     def url(self) -> str:
@@ -115,10 +116,14 @@ class Instance:
 
 class InstancePool:
     def __init__(self, specs: list[InstanceSpec], *, poll_interval: float = 0.1,
-                 default_seats: int = 1024) -> None:
-        self.instances = [Instance(i, s) for i, s in enumerate(specs)]
+                 default_seats: int = 1024, progress_timeout: float = 30.0) -> None:
         self.poll_interval = poll_interval
         self.default_seats = default_seats
+        self.progress_timeout = progress_timeout
+        self.instances = [self._new(i, s) for i, s in enumerate(specs)]
+
+    def _new(self, index: int, spec: InstanceSpec) -> Instance:
+        return Instance(index, spec, progress=ProgressWatch(self.progress_timeout))
 
     def routable(self) -> list[Instance]:
         return [i for i in self.instances if i.healthy and not i.removed]
@@ -136,7 +141,7 @@ class InstancePool:
         known = {i.url for i in self.instances}
         for url, spec in wanted.items():
             if url not in known:
-                self.instances.append(Instance(len(self.instances), spec))
+                self.instances.append(self._new(len(self.instances), spec))
 
     def instance(self, index: int) -> Instance:
         return self.instances[index]
@@ -154,19 +159,23 @@ class InstancePool:
                     r.raise_for_status()
                     sample = parse_metrics(await r.text())
                 inst._rates.observe(sample)
-                inst._progress.observe(sample, time.monotonic())
-                stalled = inst._progress.stalled(time.monotonic())
                 state = EngineState(
-                    role=inst.spec.role.value, ready=not stalled, stalled=stalled,
-                    running=sample.running,
+                    role=inst.spec.role.value, ready=True, running=sample.running,
                     waiting=sample.waiting, kv_usage=sample.kv_usage,
                     kv_capacity_tokens=sample.kv_capacity_tokens,
                     step_time=inst._rates.step_time,
                     prefill_s_per_token=inst._rates.prefill_s_per_token,
-                    decode_step_time=inst._rates.decode_step_time)
+                    decode_step_time=inst._rates.decode_step_time, progress=sample.progress)
         except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError):
             inst.healthy = False
             return
+        if state.progress is not None:
+            now = time.monotonic()
+            sent = any(s.unstarted for s in inst.sessions.values())
+            inst.progress.observe(state.progress, sent or state.running + state.waiting > 0,
+                                  now)
+            if inst.progress.stalled(now):
+                state = replace(state, ready=False, stalled=True)
         inst.state, inst.healthy = state, state.ready
         inst.sampled_at = asked - state.sample_age
 

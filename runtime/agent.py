@@ -104,7 +104,7 @@ class Agent:
             max_seqs=self.cfg.launch.max_seqs, token_budget=self.cfg.launch.token_budget,
             gpu=self.gpu, step_time=self.rates.step_time,
             prefill_s_per_token=self.rates.prefill_s_per_token,
-            decode_step_time=self.rates.decode_step_time,
+            decode_step_time=self.rates.decode_step_time, progress=s.progress,
             sample_age=time.monotonic() - self._sampled_at,
         )
 
@@ -150,7 +150,8 @@ class Agent:
                         self.sample = parse_metrics(await resp.text())
                         self._sampled_at = asked
                         self.rates.observe(self.sample)
-                        self.progress.observe(self.sample, time.monotonic())
+                        self.progress.observe(self.sample.progress, self.sample.running
+                                              + self.sample.waiting > 0, time.monotonic())
                         self.ready = True
             except (TimeoutError, aiohttp.ClientError):
                 self.ready = False

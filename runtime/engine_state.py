@@ -42,6 +42,11 @@ class MetricsSample:
     step_tokens_count: float = 0.0  # steps
     generated_tokens: float = 0.0
 
+    @property
+    def progress(self) -> float:
+        """Steps and generated tokens so far: while requests wait or run, it must move."""
+        return self.step_tokens_count + self.generated_tokens
+
 
 def parse_metrics(text: str) -> MetricsSample:
     """Sum each family over engines (a data-parallel server reports one series per engine)."""
@@ -84,28 +89,40 @@ def parse_metrics(text: str) -> MetricsSample:
 
 
 class ProgressWatch:
-    """Whether an engine makes progress: with requests on it, its step counter (one per
-    engine step, ``vllm:iteration_tokens_total``) or its generated tokens must move within
-    ``timeout`` seconds. An engine core that hangs while its API server still answers reports
-    the same gauges forever; without this it stayed healthy, and requests queued on it waited
-    as long as it hung. ``now`` is the caller's clock."""
+    """Whether an engine makes progress: while it has work, its step counter (one per engine
+    step, ``vllm:iteration_tokens_total``) or its generated tokens must move within ``timeout``
+    seconds. An engine core that hangs while its API server still answers reports the same
+    counts forever; without this it stayed healthy, and requests queued on it waited as long as
+    it hung. Work is what the engine reports running or waiting, and whatever else the caller
+    knows it was given: a core that hung while idle never reports the requests sent to it
+    after (a router's unstarted requests there).
+
+    Once found hung it stays so after its work is taken away, until it moves again or
+    ``timeout`` more seconds pass with no work: a hung engine is not handed every new
+    request only to hold each for ``timeout`` (a hung idle core may show nothing even once it
+    recovers, so a later request is what tells). ``now`` is the caller's clock."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self._last: MetricsSample | None = None
+        self._progress: float | None = None
+        self._busy = False
         self._since: float | None = None  # when it last moved, or last had nothing to do
+        self._hung_at: float | None = None
 
-    def observe(self, sample: MetricsSample, now: float) -> None:
-        last, self._last = self._last, sample
-        idle = sample.running + sample.waiting == 0
-        moved = last is None or sample.step_tokens_count != last.step_tokens_count \
-            or sample.generated_tokens != last.generated_tokens
-        if idle or moved or self._since is None:
-            self._since = now
+    def observe(self, progress: float, busy: bool, now: float) -> None:
+        moved = self._progress is None or progress != self._progress
+        self._progress, self._busy = progress, busy
+        if moved or self._since is None:
+            self._since, self._hung_at = now, None
+        elif not busy:
+            if self._hung_at is None or now - self._hung_at > self.timeout:
+                self._since, self._hung_at = now, None
+        elif self._hung_at is None and now - self._since > self.timeout:
+            self._hung_at = now
 
     def stalled(self, now: float) -> bool:
-        return self._since is not None and self._last is not None \
-            and self._last.running + self._last.waiting > 0 and now - self._since > self.timeout
+        return self._hung_at is not None or (
+            self._busy and self._since is not None and now - self._since > self.timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +144,9 @@ class EngineState:
     prefill_s_per_token: float | None = None
     decode_step_time: float | None = None
     stalled: bool = False  # requests on it and no step for a while: its core is hung
+    # MetricsSample.progress as last scraped, so that a router can also judge progress against
+    # the requests it sent (None from an agent that does not report it).
+    progress: float | None = None
     sample_age: float = 0.0  # how old the engine's counts were when this was reported, s
 
     def as_dict(self) -> dict[str, object]:

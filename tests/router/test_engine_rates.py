@@ -145,14 +145,40 @@ def test_an_engine_with_work_and_no_steps_is_stalled_and_an_idle_one_is_not():
 
     w = ProgressWatch(timeout=5.0)
     busy = MetricsSample(running=3, step_tokens_count=100, generated_tokens=900)
-    w.observe(busy, 0.0)
-    w.observe(busy, 4.0)
+    w.observe(busy.progress, True, 0.0)
+    w.observe(busy.progress, True, 4.0)
     assert not w.stalled(4.0)
-    w.observe(busy, 6.0)
+    w.observe(busy.progress, True, 6.0)
     assert w.stalled(6.0)  # requests running, not one step in 6 s
-    w.observe(MetricsSample(running=3, step_tokens_count=101, generated_tokens=903), 7.0)
+    w.observe(MetricsSample(running=3, step_tokens_count=101, generated_tokens=903).progress,
+              True, 7.0)
     assert not w.stalled(7.0)  # it moved again
-    idle = MetricsSample(running=0, step_tokens_count=101, generated_tokens=903)
     for t in (8.0, 20.0, 60.0):
-        w.observe(idle, t)
+        w.observe(busy.progress + 4, False, t)
         assert not w.stalled(t)  # nothing to do is no hang
+
+
+def test_a_core_that_hung_while_idle_is_stalled_once_work_sent_to_it_waits():
+    """Its counts stay those of an idle engine (a hung core publishes nothing new): only the
+    caller knows it sent work, which waits unstarted while nothing moves."""
+    from ascendra.runtime.engine_state import ProgressWatch
+
+    w = ProgressWatch(timeout=5.0)
+    w.observe(500.0, False, 0.0)
+    w.observe(500.0, False, 10.0)  # idle for long: no hang
+    w.observe(500.0, True, 10.5)  # a request sent there waits unstarted
+    w.observe(500.0, True, 15.0)
+    assert not w.stalled(15.0)
+    w.observe(500.0, True, 15.6)
+    assert w.stalled(15.6)  # counted from the last time it had nothing to do
+    w.observe(500.0, False, 16.0)  # its request moved elsewhere: no work, still hung
+    assert w.stalled(16.0)
+    w.observe(500.0, False, 20.0)
+    assert w.stalled(20.0)
+    w.observe(500.0, False, 20.7)  # a timeout with no work since it was found hung
+    assert not w.stalled(20.7)  # tried again: the next request tells
+    w.observe(500.0, True, 21.0)
+    w.observe(500.0, True, 26.1)
+    assert w.stalled(26.1)
+    w.observe(501.0, True, 26.5)  # it moved: not hung, at once
+    assert not w.stalled(26.5)

@@ -147,3 +147,50 @@ def test_a_hung_engine_core_is_unhealthy_and_its_requests_finish_elsewhere(stack
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(60)
+
+
+def test_requests_sent_to_a_core_that_hung_while_idle_finish_elsewhere(stack: Stack):
+    """A core that hangs with nothing to do keeps reporting an idle engine (it publishes
+    nothing new), so neither its counts nor its agent show the requests sent to it after:
+    only the router knows they wait there unstarted. They used to wait for as long as it hung
+    (a test's frozen engine held a request for 9 minutes); the router's own progress watch
+    (--progress-timeout 3) now moves them."""
+    agent = _runtime(stack, 18240)
+    victim = "http://127.0.0.1:18240,agent=http://127.0.0.1:18241"
+    url = "http://127.0.0.1:18040"
+    router = spawn_router(stack, 18040, [victim, f"{stack.lp_engine},agent={stack.lp_agent}"],
+                          "--dispatch", "round-robin", "--progress-timeout", "3")
+    core = _tree(_children(agent.pid)[0])[1:]  # all but the API server
+    try:
+        wait_healthy(url, 2, 120)
+        for p in core:
+            os.kill(p, signal.SIGSTOP)
+
+        async def run() -> tuple[list[dict], float]:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
+                outs: list[dict] = [{}, {}]
+                t = time.monotonic()
+                # Round-robin sends one of the two to the hung engine.
+                tasks = [asyncio.create_task(_stream(http, url, out)) for out in outs]
+                _, pending = await asyncio.wait(tasks, timeout=90)
+                assert not pending, f"streams unfinished after 90 s: {_instances(url)}"
+                for task in tasks:
+                    task.result()
+                return outs, time.monotonic() - t
+
+        outs, took = asyncio.run(run())
+        for out in outs:
+            assert out["error"] is None and out["finish"] == "length" and len(out["ids"]) == 200
+        assert took < 30  # the router's progress timeout (3 s) and a move
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+            moved = sum(float(line.rsplit(" ", 1)[1]) for line in r.read().decode().splitlines()
+                        if line.startswith('ascendra_migrations_total{reason="recovery"}'))
+        assert moved == 1  # the one sent to the hung engine, unstarted
+    finally:
+        for p in core:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGCONT)
+        for proc in (router, agent):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(60)
