@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from serving_support import BASE_PORT, ROUTER_PORT, SEATS, Stack, read_until
 
+from ascendra.runtime.procs import die_with_parent
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
@@ -20,7 +22,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
     proc = subprocess.Popen(
         [sys.executable, "-m", "ascendra.cli", "up", "--port", str(ROUTER_PORT),
          "--base-port", str(BASE_PORT), "--max-num-seqs", str(SEATS), "--log-dir", str(logs)],
-        stdout=subprocess.PIPE, text=True, start_new_session=True)
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=die_with_parent)  # a killed test run leaves no stack holding the ports
     try:
         lines = read_until(proc, "ascendra: ready", timeout=600)
     except BaseException:

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 import openai
 
+from ascendra.runtime.procs import die_with_parent
+
 ROUTER_PORT = 18000
 BASE_PORT = 18100
 SEATS = 4  # small seat limits make queueing (and so offload and priority) easy to provoke
@@ -77,7 +79,7 @@ def spawn(*args: str) -> subprocess.Popen[bytes]:
     """An ``ascendra`` subcommand in its own process group (kill the group to kill it all)."""
     return subprocess.Popen([sys.executable, "-m", "ascendra.cli", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True,
+                            start_new_session=True, preexec_fn=die_with_parent,
                             env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1",
                                  "VLLM_CPU_OMP_THREADS_BIND": "0"})
 
