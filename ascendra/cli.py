@@ -170,8 +170,7 @@ def _cmd_runtime(args: argparse.Namespace) -> int:
                           served_model_name=args.served_model_name,
                           max_model_len=args.max_model_len, extra=tuple(args.engine_args),
                           defaults=CPU_DEFAULTS if args.cpu else ())
-    if args.progress_timeout <= 0:
-        raise AscendraError("--progress-timeout must be > 0")
+    _check_progress_timeout(args.progress_timeout)
     agent = Agent(AgentConfig(launch=launch, agent_port=args.agent_port, role=args.role,
                               role_file=Path(args.role_file) if args.role_file else None,
                               progress_timeout=args.progress_timeout,
@@ -182,6 +181,11 @@ def _cmd_runtime(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _check_progress_timeout(seconds: float) -> None:
+    if not 0 < seconds < math.inf:
+        raise AscendraError(f"--progress-timeout must be a number of seconds > 0, got {seconds}")
 
 
 def _cmd_router(args: argparse.Namespace) -> int:
@@ -217,8 +221,7 @@ def _cmd_router(args: argparse.Namespace) -> int:
             max_model_len=args.max_model_len, instances=specs,
             slo=Slo(args.ttft, args.tbt, _tbt_kind(args.tbt_kind)), system=name,
             policy=spec.policy.with_values(policy))
-    if args.progress_timeout <= 0:
-        raise AscendraError("--progress-timeout must be > 0")
+    _check_progress_timeout(args.progress_timeout)
     settings.progress_timeout = args.progress_timeout
     if args.observations:
         settings.observations = args.observations
