@@ -46,6 +46,11 @@ def test_list_presets(capsys):
     assert all(n in names for n in ("paper-sharegpt", "paper-longbench", "anchor-h100"))
 
 
+# A router command line that is valid up to the flag each case adds.
+ROUTER = ["router", "--model-name", "m", "--tokenizer", "t", "--max-model-len", "64",
+          "--instance", "http://127.0.0.1:1"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -87,9 +92,7 @@ def test_list_presets(capsys):
          "--lead-seconds must be 0 or more, got nan"),
         (["predictor", "train", "--model", "m", "--out", "/no/such/dir/p.json"],
          "is not a directory"),
-        (["router", "--model-name", "m", "--tokenizer", "t", "--max-model-len", "64",
-          "--instance", "http://127.0.0.1:1", "--observations", "/no/such/dir/o.jsonl"],
-         "is not a directory"),
+        ([*ROUTER, "--observations", "/no/such/dir/o.jsonl"], "is not a directory"),
         (["profile", "--model", "m", "--out", "p.csv", "--mixed-prefill", "512"],
          "mixed samples need both prefill lengths and decode batches"),
         (["profile", "--model", "m", "--out", "p.csv", "--mixed-prefill", "512",
@@ -104,19 +107,12 @@ def test_list_presets(capsys):
          "--relegation-margin-seconds: '-1' is out of range [0.0, 60.0]"),
         (["sim", "--preset", "anchor-h100", "--tbt-kind", "median"],
          "--tbt-kind must be one of mean, p99, max"),
-        (["router", "--queue-timeout-seconds", "0", "--model-name", "m", "--tokenizer", "t",
-          "--max-model-len", "64", "--instance", "http://127.0.0.1:1"],
-         "--queue-timeout-seconds: '0' is out of range"),
-        (["router", "--system", "ascendra-paper", "--model-name", "m", "--tokenizer", "t",
-          "--max-model-len", "64", "--instance", "http://127.0.0.1:1"],
-         "runs in the simulator only"),
-        (["router", "--system", "nope", "--model-name", "m", "--tokenizer", "t",
-          "--max-model-len", "64", "--instance", "http://127.0.0.1:1"], "unknown system 'nope'"),
-        (["router", "--progress-timeout", "0", "--model-name", "m", "--tokenizer", "t",
-          "--max-model-len", "64", "--instance", "http://127.0.0.1:1"],
+        ([*ROUTER, "--queue-timeout-seconds", "0"], "--queue-timeout-seconds: '0' is out of range"),
+        ([*ROUTER, "--system", "ascendra-paper"], "runs in the simulator only"),
+        ([*ROUTER, "--system", "nope"], "unknown system 'nope'"),
+        ([*ROUTER, "--progress-timeout", "0"],
          "--progress-timeout must be a number of seconds > 0, got 0.0"),
-        (["router", "--progress-timeout", "nan", "--model-name", "m", "--tokenizer", "t",
-          "--max-model-len", "64", "--instance", "http://127.0.0.1:1"],
+        ([*ROUTER, "--progress-timeout", "nan"],
          "--progress-timeout must be a number of seconds > 0, got nan"),
         (["runtime", "--cpu", "--model", "/", "--progress-timeout", "-1"],
          "--progress-timeout must be a number of seconds > 0, got -1.0"),

@@ -143,7 +143,8 @@ def _listener(port: int) -> int:
     return top[0]
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid``, children before their own children."""
     children: dict[int, list[int]] = {}
     for child, parent in _parents().items():
         children.setdefault(parent, []).append(child)
@@ -161,7 +162,7 @@ def core_frozen(engine_url: str) -> Iterator[None]:
     API server and its /metrics keep answering: the requests on it keep their seats and make
     no progress, however fast this machine would have finished them. Thawed on exit, whatever
     happened (an engine left frozen would fail every later test)."""
-    pids = _descendants(_listener(urlsplit(engine_url).port or 80))
+    pids = descendants(_listener(urlsplit(engine_url).port or 80))
     assert pids, f"{engine_url} has no engine core process"
     try:
         for pid in pids:

@@ -15,21 +15,20 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
-from serving_support import SEATS, Stack, spawn, spawn_router, wait_healthy
+from serving_support import (
+    SEATS,
+    Stack,
+    core_frozen,
+    descendants,
+    spawn,
+    spawn_router,
+    wait_healthy,
+)
 
 
 def _children(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     return [int(x) for x in out.split()]
-
-
-def _tree(pid: int) -> list[int]:
-    seen, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        seen.append(p)
-        todo += _children(p)
-    return seen
 
 
 def _alive(pid: int) -> bool:
@@ -60,7 +59,7 @@ def test_a_sigkilled_api_server_takes_its_engine_core_with_it(stack: Stack):
     try:
         api_servers = _children(agent.pid)
         assert len(api_servers) == 1, api_servers
-        engine = _tree(api_servers[0])
+        engine = [api_servers[0], *descendants(api_servers[0])]
         assert len(engine) >= 2, "the API server and its EngineCore"
         os.kill(api_servers[0], signal.SIGKILL)
         deadline = time.monotonic() + 60
@@ -95,6 +94,20 @@ def _instances(url: str) -> object:
         return json.loads(r.read())
 
 
+def _recovery_moves(router_url: str) -> float:
+    """Streams the router moved off a failed or hung instance."""
+    with urllib.request.urlopen(router_url + "/metrics", timeout=5) as r:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in r.read().decode().splitlines()
+                   if line.startswith('ascendra_migrations_total{reason="recovery"}'))
+
+
+def _stop(*procs: subprocess.Popen[bytes]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(60)
+
+
 def test_a_hung_engine_core_is_unhealthy_and_its_requests_finish_elsewhere(stack: Stack):
     agent = _runtime(stack, 18230, "--progress-timeout", "3")
     victim = "http://127.0.0.1:18230,agent=http://127.0.0.1:18231"
@@ -103,7 +116,7 @@ def test_a_hung_engine_core_is_unhealthy_and_its_requests_finish_elsewhere(stack
     stopped: list[int] = []
     try:
         wait_healthy("http://127.0.0.1:18030", 2, 120)
-        core = _tree(_children(agent.pid)[0])[1:]  # all but the API server
+        core = descendants(_children(agent.pid)[0])  # all but the API server
 
         async def run() -> tuple[list[dict], float]:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
@@ -133,20 +146,15 @@ def test_a_hung_engine_core_is_unhealthy_and_its_requests_finish_elsewhere(stack
         for out in outs:
             assert out["error"] is None and out["finish"] == "length" and len(out["ids"]) == 200
         assert took < 30  # the progress timeout (3 s) and a move, not the 30 s stall timeout
-        with urllib.request.urlopen("http://127.0.0.1:18030/metrics", timeout=5) as r:
-            moved = sum(float(line.rsplit(" ", 1)[1]) for line in r.read().decode().splitlines()
-                        if line.startswith('ascendra_migrations_total{reason="recovery"}'))
-        assert moved == 2  # the started stream and the queued one, off the hung engine
+        # the started stream and the queued one, off the hung engine
+        assert _recovery_moves("http://127.0.0.1:18030") == 2
         with urllib.request.urlopen("http://127.0.0.1:18030/health", timeout=5) as r:
             assert json.loads(r.read()) == {"healthy_instances": 1}
     finally:
         for p in stopped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGCONT)
-        for proc in (router, agent):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(60)
+        _stop(router, agent)
 
 
 def test_requests_sent_to_a_core_that_hung_while_idle_finish_elsewhere(stack: Stack):
@@ -160,11 +168,8 @@ def test_requests_sent_to_a_core_that_hung_while_idle_finish_elsewhere(stack: St
     url = "http://127.0.0.1:18040"
     router = spawn_router(stack, 18040, [victim, f"{stack.lp_engine},agent={stack.lp_agent}"],
                           "--dispatch", "round-robin", "--progress-timeout", "3")
-    core = _tree(_children(agent.pid)[0])[1:]  # all but the API server
     try:
         wait_healthy(url, 2, 120)
-        for p in core:
-            os.kill(p, signal.SIGSTOP)
 
         async def run() -> tuple[list[dict], float]:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
@@ -178,19 +183,11 @@ def test_requests_sent_to_a_core_that_hung_while_idle_finish_elsewhere(stack: St
                     task.result()
                 return outs, time.monotonic() - t
 
-        outs, took = asyncio.run(run())
+        with core_frozen("http://127.0.0.1:18240"):
+            outs, took = asyncio.run(run())
         for out in outs:
             assert out["error"] is None and out["finish"] == "length" and len(out["ids"]) == 200
         assert took < 30  # the router's progress timeout (3 s) and a move
-        with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
-            moved = sum(float(line.rsplit(" ", 1)[1]) for line in r.read().decode().splitlines()
-                        if line.startswith('ascendra_migrations_total{reason="recovery"}'))
-        assert moved == 1  # the one sent to the hung engine, unstarted
+        assert _recovery_moves(url) == 1  # the one sent to the hung engine, unstarted
     finally:
-        for p in core:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p, signal.SIGCONT)
-        for proc in (router, agent):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(60)
+        _stop(router, agent)
