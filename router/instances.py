@@ -67,6 +67,9 @@ class Instance:
     # The engine's progress judged here, against what it reports and this router's requests
     # waiting there unstarted (an agent judges its engine's only against what it reports).
     progress: ProgressWatch = field(default_factory=lambda: ProgressWatch(30.0))
+    # This router's requests that left the engine: (sent at, left at), kept while the engine's
+    # last counts may still include them.
+    _ended: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -81,17 +84,32 @@ class Instance:
                 return self.spec.role
         return self.spec.role
 
+    def forget(self, session: Session, now: float) -> None:
+        """``session`` left this engine at ``now`` (finished, stopped or moved away)."""
+        if self.sessions.pop(session.id, None) is not None and \
+                session.sent_at < self.sampled_at:
+            self._ended.append((session.sent_at, now))
+
+    def observed(self, state: EngineState, sampled_at: float) -> None:
+        """The engine's counts as they were at ``sampled_at``."""
+        self.state, self.sampled_at = state, sampled_at
+        self._ended = [e for e in self._ended if e[1] >= sampled_at]
+
     def view(self, default_seats: int, default_budget: int) -> InstanceView:
         """The controller's view: the engine's own counts, with this router's requests on it
-        in detail. Streams of other routers show in the engine's running count only; each is
-        taken to be as long as this router's average."""
+        in detail. Requests of other clients (other router replicas) are what the engine
+        counted besides this router's; they are taken to run (so they hold seats) and to be
+        as long as this router's average stream."""
         st = self.state or EngineState(role=self.role.value, ready=False)
         # One walk over the sessions: every release decision builds this view, and a loaded
         # H200 holds a thousand of them.
         unstarted = unstarted_tokens = unreported = streams = context = remaining = 0
+        counted = 0  # this router's requests that the engine's counts include
         for s in self.sessions.values():
             tokens = len(s.prompt_ids) + len(s.generated)
             remaining += s.max_tokens - len(s.generated)
+            if s.sent_at < self.sampled_at:
+                counted += 1
             if s.tokens_here == 0:  # Session.unstarted
                 unstarted += 1
                 unstarted_tokens += tokens
@@ -100,7 +118,9 @@ class Instance:
             else:
                 streams += 1
                 context += tokens
-        others = max(0, st.running - len(self.sessions))
+        # Those counts still include this router's requests that ended after they were taken.
+        counted += sum(sent < self.sampled_at <= ended for sent, ended in self._ended)
+        others = min(st.running, max(0, st.running + st.waiting - counted))
         if others:
             context += others * (context // streams if streams else 0)
         return InstanceView(
@@ -176,8 +196,8 @@ class InstancePool:
                                   now)
             if inst.progress.stalled(now):
                 state = replace(state, ready=False, stalled=True)
-        inst.state, inst.healthy = state, state.ready
-        inst.sampled_at = asked - state.sample_age
+        inst.observed(state, asked - state.sample_age)
+        inst.healthy = state.ready
 
     async def poll_forever(self, http: aiohttp.ClientSession) -> None:
         while True:

@@ -159,7 +159,7 @@ class Session:
                     self._text_through = len(self.generated)
                 if delta.finish_reason is not None:
                     self.finish_reason = delta.finish_reason
-                    instance.sessions.pop(self.id, None)
+                    instance.forget(self, now)
                     if self.on_change:
                         self.on_change()
                 self._events.put_nowait(
@@ -184,7 +184,7 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
         if self.instance is not None:
-            self.instance.sessions.pop(self.id, None)
+            self.instance.forget(self, time.time())
 
     async def close(self) -> None:
         """The client's answer has ended (finished, failed or abandoned): stop the upstream
