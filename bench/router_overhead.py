@@ -14,9 +14,13 @@ at 2,000 req/s takes a fraction of the CPU the router does; ``--harness python``
 much CPU as the router and so bounded what could be measured. The direct run at the same rate
 is the baseline that cancels the harness's cost in either.
 
+``--router relay`` puts ``loadpump relay`` where the router was: a compiled proxy that parses and
+decides nothing, which is the floor under any router's cost on this machine (two HTTP hops and a
+read and a write an event).
+
     python bench/router_overhead.py [--rates 200,400,600,800] [--requests 2000]
         [--system ascendra] [--gap 0.001] [--output-tokens 16] [--stream-interval 1]
-        [--harness go|python]
+        [--harness go|python] [--router ascendra|relay]
         [--json docs/results/router-overhead.json]
 """
 
@@ -151,12 +155,17 @@ def main() -> None:
     ap.add_argument("--harness", choices=("go", "python"), default="go",
                     help="the load generator and stand-in backend: bench/loadpump (compiled) "
                          "or ascendra bench's and bench/standin_backend.py")
+    ap.add_argument("--router", choices=("ascendra", "relay"), default="ascendra",
+                    help="the router under test, or the compiled relay that decides nothing "
+                         "(--harness go only)")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.json and not Path(args.json).resolve().parent.is_dir():
         sys.exit(f"router_overhead: no directory for --json {args.json}")
     if args.stream_interval != 1 and args.harness != "go":
         sys.exit("router_overhead: --stream-interval needs --harness go")
+    if args.router == "relay" and args.harness != "go":
+        sys.exit("router_overhead: --router relay needs --harness go")
     rates = [float(r) for r in args.rates.split(",")]
     model = build_tiny_model()
     exe = loadpump() if args.harness == "go" else None
@@ -164,13 +173,13 @@ def main() -> None:
                "-stream-interval", str(args.stream_interval)] if exe else \
         [sys.executable, str(HERE / "standin_backend.py"), "--port", str(BACKEND),
          "--gap", str(args.gap)]
-    procs = [
-        subprocess.Popen(backend, start_new_session=True),
-        subprocess.Popen([sys.executable, "-m", "ascendra.cli", "router", "--model-name",
-                          "standin", "--tokenizer", str(model), "--max-model-len", "2048",
-                          "--port", str(ROUTER), "--system", args.system, "--instance",
-                          f"http://127.0.0.1:{BACKEND},role=lp"], start_new_session=True),
-    ]
+    router = [str(exe), "relay", "-port", str(ROUTER), "-upstream",
+              f"http://127.0.0.1:{BACKEND}"] if args.router == "relay" else \
+        [sys.executable, "-m", "ascendra.cli", "router", "--model-name", "standin",
+         "--tokenizer", str(model), "--max-model-len", "2048", "--port", str(ROUTER),
+         "--system", args.system, "--instance", f"http://127.0.0.1:{BACKEND},role=lp"]
+    procs = [subprocess.Popen(backend, start_new_session=True),
+             subprocess.Popen(router, start_new_session=True)]
     try:
         _wait(f"http://127.0.0.1:{BACKEND}/health")
         _wait(f"http://127.0.0.1:{ROUTER}/health")
@@ -206,7 +215,7 @@ def main() -> None:
                     row["added_p99_ms"] = round(r["ttft_p99_ms"] - d["ttft_p99_ms"], 3)  # type: ignore[index]
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-        out = {"router_system": args.system, "harness": args.harness,
+        out = {"router": args.router, "router_system": args.system, "harness": args.harness,
                "requests_per_rate": args.requests, "prompt_tokens": 64,
                "output_tokens": args.output_tokens, "stream_interval": args.stream_interval,
                "cpu_count": os.cpu_count(), "machine": platform.machine(),

@@ -4,6 +4,7 @@
 //
 //	loadpump backend -port 18900 [-first-delay 2ms] [-gap 1ms] [-stream-interval 1]
 //	loadpump client -url http://127.0.0.1:18910/v1/completions -plan plan.jsonl > outcomes.json
+//	loadpump relay -port 18920 -upstream http://127.0.0.1:18900
 //
 // The backend answers POST /v1/completions as bench/standin_backend.py does (an OpenAI/vLLM SSE
 // stream of max_tokens token ids, the first after -first-delay, the rest -gap apart, in events of
@@ -13,6 +14,11 @@
 // The client sends each line of the plan ({"at": s, "body": {...}, "headers": {...}}) at its
 // time after the start, open-loop, streaming, and writes one outcome per line in plan order:
 // TTFT (send to the first event carrying a token), tokens, finish and error.
+//
+// The relay is the floor under any router on this machine: it forwards each request to the
+// upstream and copies the answer back a network read at a time, flushing each, and decides,
+// parses and checks nothing. What it costs a request is what the two HTTP hops and the per-event
+// reads and writes cost, in compiled code.
 package main
 
 import (
@@ -41,6 +47,8 @@ func main() {
 		backend(os.Args[2:])
 	case "client":
 		client(os.Args[2:])
+	case "relay":
+		relay(os.Args[2:])
 	default:
 		fmt.Fprintf(os.Stderr, "loadpump: unknown command %q\n", os.Args[1])
 		os.Exit(2)
@@ -124,6 +132,52 @@ func backend(args []string) {
 	addr := "127.0.0.1:" + strconv.Itoa(*port)
 	fmt.Fprintln(os.Stderr, "loadpump backend on", addr)
 	if err := http.ListenAndServe(addr, mux); err != nil {
+		fmt.Fprintln(os.Stderr, "loadpump:", err)
+		os.Exit(1)
+	}
+}
+
+func relay(args []string) {
+	fs := flag.NewFlagSet("relay", flag.ExitOnError)
+	port := fs.Int("port", 18920, "port on 127.0.0.1")
+	upstream := fs.String("upstream", "http://127.0.0.1:18900", "where requests go")
+	_ = fs.Parse(args)
+	tr := &http.Transport{MaxIdleConns: 0, MaxIdleConnsPerHost: 4096,
+		IdleConnTimeout: 30 * time.Second, DisableCompression: true}
+	hc := &http.Client{Transport: tr}
+	handler := func(w http.ResponseWriter, r *http.Request) {
+		req, err := http.NewRequestWithContext(r.Context(), r.Method, *upstream+r.URL.Path, r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), 502)
+			return
+		}
+		req.Header.Set("Content-Type", r.Header.Get("Content-Type"))
+		resp, err := hc.Do(req)
+		if err != nil {
+			http.Error(w, err.Error(), 502)
+			return
+		}
+		defer resp.Body.Close()
+		w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
+		w.WriteHeader(resp.StatusCode)
+		flusher := w.(http.Flusher)
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := resp.Body.Read(buf)
+			if n > 0 {
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					return
+				}
+				flusher.Flush()
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(*port)
+	fmt.Fprintln(os.Stderr, "loadpump relay on", addr, "to", *upstream)
+	if err := http.ListenAndServe(addr, http.HandlerFunc(handler)); err != nil {
 		fmt.Fprintln(os.Stderr, "loadpump:", err)
 		os.Exit(1)
 	}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,3 +68,30 @@ def test_the_client_reports_every_planned_request(backend: tuple[Path, str], tmp
                               "-plan", str(plan)], capture_output=True, check=True, timeout=30)
     assert all("refused" in o["error"] and not o["finished"]
                for o in json.loads(refused.stdout)["outcomes"])
+
+
+def test_the_relay_passes_streams_and_errors_through_unchanged(backend: tuple[Path, str],
+                                                              tmp_path: Path):
+    """The relay, the floor under any router's cost, forwards the request and copies back the
+    answer byte for byte."""
+    exe, url = backend
+    relay = subprocess.Popen([str(exe), "relay", "-port", str(PORT + 1), "-upstream", url],
+                             stderr=subprocess.DEVNULL)
+    try:
+        _wait(f"http://127.0.0.1:{PORT + 1}/health", 30)
+        answers = []
+        for base in (url, f"http://127.0.0.1:{PORT + 1}"):
+            req = urllib.request.Request(base + "/v1/completions", method="POST", data=json.dumps(
+                {"model": "standin", "prompt": "x", "max_tokens": 7}).encode(),
+                headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                answers.append((r.status, r.headers["Content-Type"], r.read()))
+        assert answers[0] == answers[1]
+        bad = urllib.request.Request(f"http://127.0.0.1:{PORT + 1}/v1/completions",
+                                     method="POST", data=b"{", headers={})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(bad, timeout=10)
+        assert e.value.code == 400
+    finally:
+        relay.terminate()
+        relay.wait()
