@@ -307,29 +307,33 @@ class Router:
             return e.status
 
     async def _stream(self, session: Session, shape: ResponseShape,
-                      opening: list[TokenEvent]) -> AsyncIterator[bytes]:
+                      opening: list[TokenEvent]) -> AsyncIterator[tuple[bytes, bool]]:
+        """The response's events as ``(data, last)``: each batch as it comes, and the last
+        batch with what ends the stream (an error, the usage, ``[DONE]``) in one piece."""
         error: ApiError | None = None
         first = True
         batch = opening
+        parts: list[bytes] = []
         try:
             try:
                 while True:
-                    parts = []
                     for ev in batch:
                         parts.append(shape.event(ev.text, ev.token_ids, ev.finish_reason,
                                                  first))
                         first = False
-                    if parts:
-                        yield b"".join(parts)
                     if session.relayed:
                         break
+                    if parts:
+                        yield b"".join(parts), False
+                        parts = []
                     batch = await self._next_batch(session)
             except ApiError as e:
                 error = e
-                yield sse(e.body())
+                parts.append(sse(e.body()))
             if error is None and shape.include_usage:
-                yield sse(shape.usage_chunk(len(session.generated)))
-            yield SSE_DONE
+                parts.append(sse(shape.usage_chunk(len(session.generated))))
+            parts.append(SSE_DONE)
+            yield b"".join(parts), True
         finally:
             await session.close()  # a client that went away aborts the engine request
             self._record(session, error and error.message,

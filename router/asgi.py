@@ -116,10 +116,13 @@ class Exchange:
         await self._start(status, [(b"content-length", b"0")])
         await self._send({"type": "http.response.body", "body": b""})
 
-    async def stream(self, chunks: AsyncIterator[bytes],
+    async def stream(self, chunks: AsyncIterator[tuple[bytes, bool]],
                      headers: dict[str, str] | None = None) -> None:
-        """Send ``chunks`` as a server-sent event stream until they end or the client leaves
-        (then the generator is closed where it waits, which runs its cleanup)."""
+        """Send ``chunks``, each ``(data, last)``, as a server-sent event stream until the last
+        or until the client leaves (then the generator is closed where it waits, which runs
+        its cleanup). The last chunk ends the response in the same write: a client that stops
+        reading at ``[DONE]`` finds the connection at its end and can reuse it (Go's client
+        closed it otherwise, and three in four requests opened a new one)."""
         await self._start(200, _header_list(headers, b"text/event-stream"))
         pump = asyncio.ensure_future(self._pump(chunks))
         watch = asyncio.ensure_future(self.disconnected())
@@ -134,11 +137,13 @@ class Exchange:
         if not pump.cancelled():
             pump.result()
 
-    async def _pump(self, chunks: AsyncIterator[bytes]) -> None:
+    async def _pump(self, chunks: AsyncIterator[tuple[bytes, bool]]) -> None:
         send = self._send
         try:
-            async for chunk in chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            async for data, last in chunks:
+                await send({"type": "http.response.body", "body": data, "more_body": not last})
+                if last:
+                    return
             await send({"type": "http.response.body", "body": b""})
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]

@@ -125,10 +125,10 @@ def test_a_stream_is_sent_in_order_and_closed_when_the_client_leaves():
 
     async def events():
         try:
-            yield b"data: 1\n\n"
-            yield b"data: 2\n\n"
+            yield b"data: 1\n\n", False
+            yield b"data: 2\n\n", False
             await asyncio.sleep(3600)  # waits for a token that never comes
-            yield b"data: never\n\n"
+            yield b"data: never\n\n", True
         finally:
             closed.append(True)
 
@@ -156,3 +156,34 @@ def test_a_stream_is_sent_in_order_and_closed_when_the_client_leaves():
     assert sent[0]["status"] == 200
     assert [m["body"] for m in sent[1:]] == [b"data: 1\n\n", b"data: 2\n\n"]
     assert closed == [True]
+
+
+def test_the_last_chunk_ends_the_response_in_the_same_send():
+    """``[DONE]`` and the end of the response go out together, so that a client that stops
+    reading at ``[DONE]`` finds the connection at its end (and can reuse it)."""
+    async def events():
+        yield b"data: 1\n\n", False
+        yield b"data: 2\n\ndata: [DONE]\n\n", True
+
+    async def streaming(x: Exchange) -> None:
+        await x.body(100)
+        await x.stream(events())
+
+    sent: list[dict] = []
+    state = {"read": False}
+
+    async def receive() -> dict:
+        if not state["read"]:
+            state["read"] = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.sleep(3600)  # the client stays
+        return {"type": "http.disconnect"}
+
+    async def send(msg: dict) -> None:
+        sent.append(msg)
+
+    app = hot_routes({"/s": streaming}, _fallback)
+    asyncio.run(asyncio.wait_for(app({"type": "http", "method": "POST", "path": "/s",
+                                      "headers": []}, receive, send), 5))
+    assert [(m["body"], m["more_body"]) for m in sent[1:]] == [
+        (b"data: 1\n\n", True), (b"data: 2\n\ndata: [DONE]\n\n", False)]
