@@ -241,6 +241,7 @@ class Router:
         self.control.submit(session)
         placed = session.placed
         assert placed is not None
+        await asyncio.sleep(0)  # the pass is due first: most arrivals are decided by then
         if not await x.unless_gone(placed):
             self._record(session, "client disconnected while queued")
             return 499
