@@ -59,6 +59,7 @@ from ascendra.router.protocol import (
     slo_from_headers,
 )
 from ascendra.router.session import Session, TokenEvent
+from ascendra.router.upstream import EngineConnections
 
 log = logging.getLogger("ascendra.router")
 
@@ -261,7 +262,6 @@ class Router:
         Raises ApiError when the stream cannot go on: the engine refused the request (its
         4xx, the client's error: no recovery, and the instance stays healthy), or it failed
         and no other instance could take the request over."""
-        assert self.http is not None
         out: list[TokenEvent] = []
         for ev in await session.next_events():
             if isinstance(ev, TokenEvent):
@@ -417,13 +417,14 @@ class Router:
         @contextlib.asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
             # An idle pooled connection is dropped before vLLM's server closes it (uvicorn's
-            # keep-alive, VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s by default): aiohttp keeps one for
-            # 15 s, and a request sent on a connection the engine is closing that instant is
-            # reset (11 of 1,200 requests at 76 req/s on the H200, 2026-12-03).
-            self.http = self.control.http = aiohttp.ClientSession(
+            # keep-alive, VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s by default; aiohttp keeps one for
+            # 15 s unless told), and a request sent on a connection the engine is closing that
+            # instant is reset (11 of 1,200 requests at 76 req/s on the H200, 2026-12-03).
+            self.http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300,
                                                keepalive_timeout=ENGINE_KEEPALIVE_S),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+            self.control.engines = EngineConnections(keepalive=ENGINE_KEEPALIVE_S)
             tasks = [asyncio.create_task(self.pool.poll_forever(self.http)),
                      asyncio.create_task(self._control_forever())]
             if self.settings.discovery is not None:
@@ -438,6 +439,7 @@ class Router:
                 for t in tasks:
                     t.cancel()
                 await self.http.close()
+                self.control.engines.close()
                 self._flush_observations()  # what the last tick did not write
 
         app = FastAPI(title="ascendra router", lifespan=lifespan)

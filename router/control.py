@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from ascendra.core.controller import ClusterController, Decisions, Move, MoveReason, Reject
 from ascendra.core.latency import BatchShape
 from ascendra.core.offload import DeadlinePredictor, FixedMarginPredictor, queue_snapshot
@@ -30,6 +28,7 @@ from ascendra.router.instances import Instance, InstancePool
 from ascendra.router.learning import FallbackPredictor
 from ascendra.router.metrics import RouterMetrics
 from ascendra.router.session import Session
+from ascendra.router.upstream import EngineConnections
 
 log = logging.getLogger("ascendra.router")
 
@@ -90,7 +89,7 @@ class ControlLoop:
         self.sessions: dict[int, Session] = {}  # by request id: queued and in flight
         self.recorder = ObservationRecorder()
         self.on_observations = on_observations
-        self.http: aiohttp.ClientSession | None = None
+        self.engines: EngineConnections | None = None  # for the token streams
         self._pass_due = False
         self._moves: set[asyncio.Task[None]] = set()  # held: the loop keeps tasks weakly
 
@@ -163,6 +162,8 @@ class ControlLoop:
     def tick(self) -> None:
         """The periodic pass: fresh engine rates, stalled streams, then moves and timeouts."""
         self.model.observe(self.pool.routable())
+        if self.engines is not None:
+            self.engines.prune()
         now = time.time()
         for inst in self.pool.instances:
             hung = inst.state is not None and inst.state.stalled
@@ -178,7 +179,7 @@ class ControlLoop:
 
     # -- executing decisions ---------------------------------------------------------------
     def execute(self, d: Decisions, now: float) -> None:
-        assert self.http is not None
+        assert self.engines is not None
         for req in d.relegated:
             s = self.sessions.get(req.id)
             if s is not None:
@@ -191,7 +192,7 @@ class ControlLoop:
             if s is None or s.closed or s.placed is None or s.placed.done():
                 continue
             inst = self.pool.instance(rel.instance)
-            s.start(self.http, inst, rel.engine_priority)
+            s.start(self.engines, inst, rel.engine_priority)
             s.predicted_ttft = rel.predicted_ttft
             s.placed.set_result(None)
             self.metrics.queue_wait.observe(now - s.request.arrival)
@@ -214,13 +215,13 @@ class ControlLoop:
         task.add_done_callback(self._moves.discard)
 
     async def move(self, s: Session, mv: Move) -> bool:
-        assert self.http is not None
+        assert self.engines is not None
         target = self.pool.instance(mv.target)
         s.moving = True
         try:
             if mv.reason is MoveReason.OFFLOAD:
                 s.request.offloaded = s.offloaded = True
-            moved = await s.move(self.http, target, mv.engine_priority)
+            moved = await s.move(self.engines, target, mv.engine_priority)
         finally:
             s.moving = False
         if moved:

@@ -20,12 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from ascendra.core.request import Request, TbtKind
 from ascendra.router.detokenize import IncrementalText
 from ascendra.router.instances import Instance
-from ascendra.router.upstream import EngineRefused, UpstreamError, stream_tokens
+from ascendra.router.upstream import EngineConnections, EngineRefused, UpstreamError, stream_tokens
 
 log = logging.getLogger("ascendra.router")
 
@@ -122,7 +120,7 @@ class Session:
             body["priority"] = priority
         return body
 
-    def start(self, http: aiohttp.ClientSession, instance: Instance,
+    def start(self, engines: EngineConnections, instance: Instance,
               priority: int | None) -> None:
         if self.closed:
             raise RuntimeError(f"session {self.id} is closed")
@@ -133,12 +131,12 @@ class Session:
         self.sent_at = self.last_event_at = time.time()
         instance.sessions[self.id] = self
         self._reader = asyncio.create_task(
-            self._read(http, instance, self._body(priority), self._attempt))
+            self._read(engines, instance, self._body(priority), self._attempt))
 
-    async def _read(self, http: aiohttp.ClientSession, instance: Instance,
+    async def _read(self, engines: EngineConnections, instance: Instance,
                     body: dict[str, Any], attempt: int) -> None:
         try:
-            async for delta in stream_tokens(http, instance.url, body):
+            async for delta in stream_tokens(engines, instance.url, body):
                 now = self.last_event_at = time.time()
                 if delta.token_ids:
                     if self.last_token_at is not None:
@@ -164,9 +162,10 @@ class Session:
                         self.on_change()
                 self._events.put_nowait(
                     TokenEvent(delta.token_ids, text, delta.finish_reason))
-                if self.done:
-                    return
-            raise UpstreamError("engine stream ended without a finish reason")
+            # Read on to the end of the answer after the finish, so that its connection can
+            # take the next request.
+            if not self.done:
+                raise UpstreamError("engine stream ended without a finish reason")
         except UpstreamError as e:
             self._events.put_nowait(FailureEvent(attempt, instance, str(e)))
         except EngineRefused as e:
@@ -194,7 +193,7 @@ class Session:
         self.closed = True
         await self.stop()
 
-    async def move(self, http: aiohttp.ClientSession, target: Instance,
+    async def move(self, engines: EngineConnections, target: Instance,
                    priority: int | None) -> bool:
         """Token replay onto ``target``. False if there is nothing left to move."""
         await self.stop()
@@ -208,7 +207,7 @@ class Session:
         if self.generated and self._text is None and self.decode is not None:
             self._text = IncrementalText(self.decode, self.prompt_ids + self.generated,
                                          len(self.prompt_ids) + self._text_through)
-        self.start(http, target, priority)
+        self.start(engines, target, priority)
         return True
 
     def is_current(self, failure: FailureEvent) -> bool:
