@@ -87,6 +87,9 @@ def _protocol(limits: ServerLimits) -> type[asyncio.Protocol]:
 
 def serve(app: Any, host: str, port: int, limits: ServerLimits | None = None) -> None:
     limits = limits or ServerLimits()
+    # The router reads no client address, so uvicorn's X-Forwarded-For rewriting and its
+    # access log (off at this level anyway) would be work on every request for nothing.
     uvicorn.run(app, host=host, port=port, log_level="warning", http=_protocol(limits),
                 limit_concurrency=limits.max_connections,
-                timeout_keep_alive=int(limits.keep_alive_timeout))
+                timeout_keep_alive=int(limits.keep_alive_timeout), proxy_headers=False,
+                access_log=False)
