@@ -20,7 +20,7 @@ read and a write an event).
 
     python bench/router_overhead.py [--rates 200,400,600,800] [--requests 2000]
         [--system ascendra] [--gap 0.001] [--output-tokens 16] [--stream-interval 1]
-        [--harness go|python] [--router ascendra|relay]
+        [--harness go|python] [--router ascendra|relay] [--skip-direct]
         [--json docs/results/router-overhead.json]
 """
 
@@ -107,17 +107,29 @@ def loadpump() -> Path:
 
 @dataclass(frozen=True)
 class Measured:
-    ttfts: list[float]  # of the requests answered, s
+    ttfts: list[float]  # of the requests answered, s, sorted
     failed: int
     tokens: int
     wall_s: float
+    in_order: list[float | None]  # every request's TTFT in the order sent (None: unanswered)
+
+    def p99_by_sixth(self) -> list[float | None]:
+        """TTFT p99 of each sixth of the run, ms, in order: a router at its limit shows a
+        p99 that keeps growing; one that keeps up shows a start-up and then a level."""
+        out: list[float | None] = []
+        n = len(self.in_order)
+        for k in range(6):
+            part = sorted(x for x in self.in_order[k * n // 6:(k + 1) * n // 6] if x is not None)
+            out.append(round(part[int(len(part) * 0.99)] * 1e3, 3) if part else None)
+        return out
 
 
 def _run_python(cfg: BenchConfig, rate: float) -> Measured:
     res = asyncio.run(run_rate(cfg, rate))
     return Measured(sorted(o.ttft for o in res.outcomes if o.ttft is not None),
                     sum(o.error is not None or not o.finished for o in res.outcomes),
-                    sum(o.tokens for o in res.outcomes), res.wall_s)
+                    sum(o.tokens for o in res.outcomes), res.wall_s,
+                    [o.ttft for o in res.outcomes])
 
 
 def _run_go(exe: Path, cfg: BenchConfig, rate: float, tmp: Path) -> Measured:
@@ -136,7 +148,8 @@ def _run_go(exe: Path, cfg: BenchConfig, rate: float, tmp: Path) -> Measured:
     outcomes = res["outcomes"]
     return Measured(sorted(o["ttft"] for o in outcomes if o["ttft"] is not None),
                     sum(bool(o.get("error")) or not o["finished"] for o in outcomes),
-                    sum(o["tokens"] for o in outcomes), res["wall_s"])
+                    sum(o["tokens"] for o in outcomes), res["wall_s"],
+                    [o["ttft"] for o in outcomes])
 
 
 def main() -> None:
@@ -158,6 +171,9 @@ def main() -> None:
     ap.add_argument("--router", choices=("ascendra", "relay"), default="ascendra",
                     help="the router under test, or the compiled relay that decides nothing "
                          "(--harness go only)")
+    ap.add_argument("--skip-direct", action="store_true",
+                    help="the router's TTFT and CPU only, without the direct run to subtract "
+                         "(half the time; to compare two routers run one after the other)")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.json and not Path(args.json).resolve().parent.is_dir():
@@ -190,7 +206,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for rate in rates:
                 row: dict[str, object] = {"rate": rate}
-                for name, port in (("direct", BACKEND), ("router", ROUTER)):
+                targets = (("router", ROUTER),) if args.skip_direct else \
+                    (("direct", BACKEND), ("router", ROUTER))
+                for name, port in targets:
                     cfg = BenchConfig(url=f"http://127.0.0.1:{port}/v1", model="standin",
                                       workload=work, rates=[rate], requests=args.requests,
                                       slo=Slo(1.0, 0.15), prompt="text")
@@ -203,14 +221,17 @@ def main() -> None:
                     row[name] = {
                         "ttft_p50_ms": round(t[len(t) // 2] * 1e3, 3) if t else None,
                         "ttft_p99_ms": round(t[int(len(t) * 0.99)] * 1e3, 3) if t else None,
+                        "ttft_p99_ms_by_sixth": m.p99_by_sixth(),
                         "failed": m.failed, "achieved_rate": round(len(t) / m.wall_s, 1)}
                     if name == "router":
                         row[name]["router_cpu_us_per_token"] = round(
                             1e6 * cpu / max(1, m.tokens), 1)
+                        row[name]["router_cpu_us_per_request"] = round(
+                            1e6 * cpu / max(1, len(t)), 1)
                         row[name]["router_cpu_fraction"] = round(cpu / m.wall_s, 3)
                         row[name] |= lag
-                d, r = row["direct"], row["router"]
-                if d["ttft_p50_ms"] is not None and r["ttft_p50_ms"] is not None:  # type: ignore[index]
+                d, r = row.get("direct", {}), row["router"]
+                if d and d["ttft_p50_ms"] is not None and r["ttft_p50_ms"] is not None:  # type: ignore[index]
                     row["added_p50_ms"] = round(r["ttft_p50_ms"] - d["ttft_p50_ms"], 3)  # type: ignore[index]
                     row["added_p99_ms"] = round(r["ttft_p99_ms"] - d["ttft_p99_ms"], 3)  # type: ignore[index]
                 print(json.dumps(row), flush=True)
