@@ -167,6 +167,9 @@ class Session:
             if not self.done:
                 raise UpstreamError("engine stream ended without a finish reason")
         except UpstreamError as e:
+            if self.done:  # it broke after the finish: the answer is whole, nothing failed
+                log.debug("stream %s: %s after its finish", self.id, e)
+                return
             self._events.put_nowait(FailureEvent(attempt, instance, str(e)))
         except EngineRefused as e:
             self._events.put_nowait(FailureEvent(attempt, instance, e.message, e.status))

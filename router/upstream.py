@@ -96,7 +96,8 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self.begin()
 
-    def begin(self) -> None:
+    def begin(self, expecting: bool = False) -> None:
+        self.expecting = expecting  # a request is out and its answer not complete
         self.status = 0  # 0 until the response's head is in
         self.answered = False  # any byte of the response has arrived
         self.complete = False
@@ -109,6 +110,9 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if not self.expecting:  # nothing was asked: the connection cannot be trusted again
+            self.close()
+            return
         self.answered = True
         try:
             self._parser.feed_data(data)
@@ -120,8 +124,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         if not self.complete and self.failure is None:
-            self.failure = f"connection lost: {exc}" if exc else "the engine closed the " \
-                                                                  "connection"
+            self.failure = f"connection lost: {exc}" if exc else \
+                "the engine closed the connection"
         self._wake()
 
     # -- httptools callbacks -----------------------------------------------------------------
@@ -134,6 +138,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+        self.expecting = False
 
     # -- the reader's side -------------------------------------------------------------------
     def _wake(self) -> None:
@@ -158,7 +163,7 @@ class _Connection(asyncio.Protocol):
 
     def send(self, path: bytes, payload: bytes) -> None:
         assert self.transport is not None
-        self.begin()
+        self.begin(expecting=True)
         o = self.origin
         self.transport.write(
             b"POST %s%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"

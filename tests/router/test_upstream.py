@@ -256,3 +256,52 @@ def test_an_abandoned_stream_closes_its_connection_and_is_not_reused():
 def test_an_engine_url_that_is_not_plain_http_is_refused():
     with pytest.raises(UpstreamError, match="not http"):
         asyncio.run(_collect(EngineConnections(keepalive=4.0), "https://engine:8000"))
+
+
+def test_a_connection_that_breaks_after_the_finish_fails_nothing():
+    """The reader reads on after the finish (so that the connection can be reused); if the
+    engine drops it before ``[DONE]``, the answer is whole and the session has not failed."""
+    from ascendra.core.request import Request, Slo
+    from ascendra.router.instances import Instance, InstanceSpec
+    from ascendra.router.session import Session, TokenEvent
+
+    async def reply(n: int, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                b"%x\r\n%s\r\n" % (len(_EVENTS) - 14, _EVENTS[:-14]))  # both events, no [DONE]
+        await w.drain()
+        return False  # and close
+
+    async def run() -> tuple[list, Session]:
+        async with _Engine(reply) as url:
+            req = Request(id=1, arrival=0.0, prompt_len=2, max_tokens=2, slo=Slo(1.0, 0.1))
+            s = Session(id="s", request=req, prompt_ids=[1, 2], max_tokens=2, sampling={})
+            s.start(EngineConnections(keepalive=4.0), Instance(0, InstanceSpec.parse(url)), None)
+            assert s._reader is not None
+            await asyncio.wait_for(s._reader, 5)
+            return await s.next_events(), s
+
+    events, s = asyncio.run(run())
+    assert all(isinstance(e, TokenEvent) for e in events)
+    assert [e.token_ids for e in events] == [[5], [6]] and s.done and s.relayed
+
+
+def test_a_pooled_connection_that_sends_unasked_is_not_reused():
+    async def reply(n: int, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        await _answer(_OK, w)
+        if n == 1:
+            await asyncio.sleep(0.05)
+            w.write(b"HTTP/1.1 200 OK\r\n")  # nothing asked for this
+            await w.drain()
+        return True
+
+    async def run() -> int:
+        engine = _Engine(reply)
+        async with engine as url:
+            engines = EngineConnections(keepalive=4.0)
+            await _collect(engines, url)
+            await asyncio.sleep(0.2)
+            assert await _collect(engines, url) == [([5], None), ([6], "length")]
+            engines.close()
+        return engine.connections
+
+    assert asyncio.run(run()) == 2
