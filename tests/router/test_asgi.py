@@ -120,6 +120,35 @@ def test_headers_are_read_case_insensitively_first_one_wins():
     assert got["x-ascendra-ttft-slo"] == "0.5"
 
 
+def _serve_stream(events, leaves_after: int | None) -> list[dict]:  # type: ignore[no-untyped-def]
+    """POST to a hot route that streams ``events()``; the client leaves once ``leaves_after``
+    messages were sent (None: it stays). What was sent, in order."""
+    async def streaming(x: Exchange) -> None:
+        await x.body(100)
+        await x.stream(events())
+
+    sent: list[dict] = []
+    state = {"read": False}
+
+    async def receive() -> dict:
+        if not state["read"]:
+            state["read"] = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        if leaves_after is None:
+            await asyncio.sleep(3600)
+        while len(sent) < leaves_after:  # type: ignore[operator]
+            await asyncio.sleep(0.001)
+        return {"type": "http.disconnect"}
+
+    async def send(msg: dict) -> None:
+        sent.append(msg)
+
+    app = hot_routes({"/s": streaming}, _fallback)
+    asyncio.run(asyncio.wait_for(app({"type": "http", "method": "POST", "path": "/s",
+                                      "headers": []}, receive, send), 5))
+    return sent
+
+
 def test_a_stream_is_sent_in_order_and_closed_when_the_client_leaves():
     closed: list[bool] = []
 
@@ -132,27 +161,7 @@ def test_a_stream_is_sent_in_order_and_closed_when_the_client_leaves():
         finally:
             closed.append(True)
 
-    async def streaming(x: Exchange) -> None:
-        await x.body(100)
-        await x.stream(events())
-
-    sent: list[dict] = []
-    state = {"read": False}
-
-    async def receive() -> dict:
-        if not state["read"]:
-            state["read"] = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        while len(sent) < 3:  # the client leaves once it has the two events
-            await asyncio.sleep(0.001)
-        return {"type": "http.disconnect"}
-
-    async def send(msg: dict) -> None:
-        sent.append(msg)
-
-    app = hot_routes({"/s": streaming}, _fallback)
-    asyncio.run(asyncio.wait_for(app({"type": "http", "method": "POST", "path": "/s",
-                                      "headers": []}, receive, send), 5))
+    sent = _serve_stream(events, leaves_after=3)  # once it has the two events
     assert sent[0]["status"] == 200
     assert [m["body"] for m in sent[1:]] == [b"data: 1\n\n", b"data: 2\n\n"]
     assert closed == [True]
@@ -165,25 +174,6 @@ def test_the_last_chunk_ends_the_response_in_the_same_send():
         yield b"data: 1\n\n", False
         yield b"data: 2\n\ndata: [DONE]\n\n", True
 
-    async def streaming(x: Exchange) -> None:
-        await x.body(100)
-        await x.stream(events())
-
-    sent: list[dict] = []
-    state = {"read": False}
-
-    async def receive() -> dict:
-        if not state["read"]:
-            state["read"] = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await asyncio.sleep(3600)  # the client stays
-        return {"type": "http.disconnect"}
-
-    async def send(msg: dict) -> None:
-        sent.append(msg)
-
-    app = hot_routes({"/s": streaming}, _fallback)
-    asyncio.run(asyncio.wait_for(app({"type": "http", "method": "POST", "path": "/s",
-                                      "headers": []}, receive, send), 5))
+    sent = _serve_stream(events, leaves_after=None)
     assert [(m["body"], m["more_body"]) for m in sent[1:]] == [
         (b"data: 1\n\n", True), (b"data: 2\n\ndata: [DONE]\n\n", False)]
