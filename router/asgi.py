@@ -141,9 +141,14 @@ class Exchange:
         send = self._send
         try:
             async for data, last in chunks:
-                await send({"type": "http.response.body", "body": data, "more_body": not last})
                 if last:
+                    # The stream's own cleanup first (its session closed, its outcome
+                    # recorded): once the end is out, the client-departure watch fires and
+                    # would cancel it half-way.
+                    await chunks.aclose()  # type: ignore[attr-defined]
+                    await send({"type": "http.response.body", "body": data, "more_body": False})
                     return
+                await send({"type": "http.response.body", "body": data, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
